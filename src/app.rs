@@ -1,0 +1,231 @@
+//! `App::build(config, exchange, listener)` -> `App { addr(), run(token) }`: the only place that wires the
+//! parts together. It owns the cancellation token's children and the task tracker; shutdown drains the
+//! tasks within a bound.
+//!
+//! Deliberately not here: any logic of the parts it wires.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_DATABASE_URL};
+use crate::db::{Store, StoreError};
+use crate::exchange::auth::{AuthError, CdpKey};
+use crate::exchange::coinbase::CoinbaseClient;
+use crate::exchange::{Exchange, ExchangeError};
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::reconcile::{Reconciler, Settings};
+
+/// How long shutdown waits for tasks in hand.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A setting is missing or cannot work; the message says which and how to fix it.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl AppError {
+    /// Whether the user can fix this by changing configuration (exit code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            AppError::Config(_)
+                | AppError::Auth(_)
+                | AppError::Store(StoreError::MissingTable { .. } | StoreError::MissingColumn { .. })
+        )
+    }
+}
+
+/// Connect to the bot's database named in the config.
+pub async fn connect_store(config: &Config) -> Result<Store, AppError> {
+    let url = config.database_url.as_deref().ok_or_else(|| {
+        AppError::Config(format!(
+            "{ENV_DATABASE_URL} is not set: point it at the bot's database, e.g. sqlite://trades.db or \
+             postgres://user@host/db (or --database-url, or database_url in the config file)"
+        ))
+    })?;
+    Ok(Store::connect(url, &config.trades).await?)
+}
+
+/// The Coinbase client the config describes.
+pub fn coinbase_from_config(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Exchange>, AppError> {
+    let path = config.coinbase.key_file.as_deref().ok_or_else(|| {
+        AppError::Config(format!(
+            "{ENV_COINBASE_KEY_FILE} is not set: ordersync needs a Coinbase API key (a CDP key file, or a PEM private \
+             key with ORDERSYNC_COINBASE_KEY_NAME). To try ordersync without credentials run `ordersync demo`."
+        ))
+    })?;
+    let key = CdpKey::from_file(config.coinbase.key_name.as_deref(), path)?;
+    let rate = NonZeroU32::new(config.coinbase.rate_limit).unwrap_or(NonZeroU32::MIN);
+    let client = CoinbaseClient::new(&config.coinbase.api_url, key, rate, metrics.clone())?;
+    Ok(Arc::new(client))
+}
+
+/// The reconciler settings from the config.
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        poll_interval: config.poll_interval,
+        grace: config.grace,
+        flag_after: config.flag_after,
+        batch_size: config.batch_size,
+    }
+}
+
+/// The running service's parts.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    reconciler: Reconciler,
+    metrics_refresh: Duration,
+}
+
+impl App {
+    /// Wire the service. `exchange`: `None` builds the Coinbase client from the config. `listener`: `None`
+    /// binds the configured address (tests pass one bound to port 0). `metrics`: `None` creates a fresh
+    /// registry (the demo passes its own, shared with the simulator's client).
+    ///
+    /// # Errors
+    /// Configuration that cannot work, an unreachable database, a bad key, an address in use.
+    pub async fn build(
+        config: &Config,
+        exchange: Option<Arc<dyn Exchange>>,
+        listener: Option<TcpListener>,
+        metrics: Option<Metrics>,
+    ) -> Result<App, AppError> {
+        let listen_loopback =
+            listener.as_ref().and_then(|l| l.local_addr().ok()).unwrap_or(config.listen).ip().is_loopback();
+        if config.api_token.is_none() && !listen_loopback {
+            return Err(AppError::Config(format!(
+                "{ENV_API_TOKEN} is required when listening on {} (not loopback): /api/ could otherwise reconcile \
+                 orders for anyone who can reach it",
+                config.listen
+            )));
+        }
+        let metrics = match metrics {
+            Some(metrics) => metrics,
+            None => Metrics::new(Registry::new(), config.stuck_after)
+                .map_err(|e| AppError::Config(format!("registering metrics failed: {e}")))?,
+        };
+        let store = connect_store(config).await?;
+        let applied = store.migrate().await?;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "applied ordersync migrations");
+        }
+        let exchange = match exchange {
+            Some(exchange) => exchange,
+            None => coinbase_from_config(config, &metrics)?,
+        };
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| AppError::Listen { addr: config.listen, source })?,
+        };
+        let reconciler = Reconciler::new(store.clone(), exchange, metrics.clone(), settings(config));
+        let state = AppState {
+            store,
+            metrics,
+            reconciler: reconciler.clone(),
+            api_token: config.api_token.clone().map(Arc::new),
+            exchange_stale_after: (config.poll_interval * 3).max(Duration::from_secs(120)),
+        };
+        Ok(App { listener, state, reconciler, metrics_refresh: config.metrics_refresh })
+    }
+
+    /// The address the HTTP server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    /// Run until `token` is cancelled, then drain: the reconciler finishes the order in hand, the HTTP
+    /// server finishes requests in flight, all within `SHUTDOWN_GRACE`.
+    ///
+    /// # Errors
+    /// When the HTTP server fails.
+    pub async fn run(self, token: CancellationToken) -> Result<(), AppError> {
+        let tracker = TaskTracker::new();
+        let reconciler = self.reconciler.clone();
+        let child = token.child_token();
+        tracker.spawn(async move { reconciler.run(child).await });
+        let metrics = self.state.metrics.clone();
+        let store = self.state.store.clone();
+        let refresh = self.metrics_refresh;
+        let child = token.child_token();
+        tracker.spawn(async move {
+            loop {
+                metrics.refresh_pending(&store).await;
+                tokio::select! {
+                    () = child.cancelled() => break,
+                    () = tokio::time::sleep(refresh) => {}
+                }
+            }
+        });
+        tracker.close();
+        let served = axum::serve(self.listener, router(self.state.clone()))
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .await;
+        // The server only returns once the token is cancelled (or it failed): make sure the tasks stop too.
+        token.cancel();
+        match tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await {
+            Ok(()) => tracing::info!("shut down cleanly"),
+            Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown cut short: tasks still running"),
+        }
+        self.state.store.close().await;
+        served.map_err(AppError::Serve)
+    }
+}
+
+/// Wait for SIGINT or SIGTERM and say which.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+                    _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!(signal = "SIGINT", "shutting down");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,450 @@
+//! The commands: serve, reconcile, audit, migrate, sandbox, demo. clap types, config loading (file, then
+//! `resolve`), and dispatch. `anyhow` lives here and in `main.rs` only.
+//!
+//! Deliberately not here: any logic the commands share; they call `app`, `reconcile`, `db`, `sandbox`.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, App, AppError};
+use crate::config::{self, Config, FileConfig, LogFormat, Overrides};
+use crate::exchange::auth::{CdpKey, PublicKey};
+use crate::metrics::Metrics;
+use crate::reconcile::{Mode, PassReport, Reconciler};
+use crate::sandbox::server::{self as sandbox_server, ServerState};
+use crate::sandbox::{Faults, Sandbox};
+
+/// Exit code when `audit --fail-on-mismatch` finds mismatches.
+pub const EXIT_MISMATCH: i32 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordersync",
+    version,
+    about = "Keeps a trading bot's order table honest about its orders on Coinbase",
+    long_about = "ordersync finds orders your bot's database still holds as pending, asks Coinbase what became of \
+                  them, writes the exchange's answer (status, fill time, price, size) back in one transaction, and \
+                  exports how healthy the sync is to Prometheus.\n\n\
+                  Settings come from flags, then ORDERSYNC_* environment variables, then the --config TOML file, \
+                  then defaults. Try it without credentials: `ordersync demo`.",
+    after_help = "Examples:\n  ordersync demo\n  ORDERSYNC_DATABASE_URL=sqlite://bot.db ordersync audit\n  \
+                  ordersync --config /etc/ordersync.toml serve\n\n\
+                  Exit codes: 0 ok, 1 failure at run time, 2 usage or configuration error, 3 mismatches found \
+                  (audit --fail-on-mismatch)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// TOML configuration file (keys as in the README's configuration reference)
+    #[arg(long, global = true, env = config::ENV_CONFIG, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The bot's database: sqlite://path/to/bot.db or postgres://user@host/db
+    #[arg(long, global = true, env = config::ENV_DATABASE_URL, value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Coinbase API base URL [default: https://api.coinbase.com]
+    #[arg(long, global = true, env = config::ENV_COINBASE_API_URL, value_name = "URL")]
+    pub coinbase_api_url: Option<String>,
+    /// CDP API key name: organizations/<org>/apiKeys/<key> (read from the key file when it is Coinbase's JSON)
+    #[arg(long, global = true, env = config::ENV_COINBASE_KEY_NAME, value_name = "NAME")]
+    pub coinbase_key_name: Option<String>,
+    /// File with the CDP private key (EC PEM, base64 Ed25519, or Coinbase's JSON key file)
+    #[arg(long, global = true, env = config::ENV_COINBASE_KEY_FILE, value_name = "FILE")]
+    pub coinbase_key_file: Option<String>,
+    /// Requests per second to Coinbase, shared by all tasks [default: 20]
+    #[arg(long, global = true, env = config::ENV_COINBASE_RATE_LIMIT, value_name = "N")]
+    pub coinbase_rate_limit: Option<String>,
+    /// How often to check pending orders: 30s, 5m, 2h [default: 30s]
+    #[arg(long, global = true, env = config::ENV_POLL_INTERVAL, value_name = "DURATION")]
+    pub poll_interval: Option<String>,
+    /// An order pending longer than this is stuck (alerts, metrics) [default: 5m]
+    #[arg(long, global = true, env = config::ENV_STUCK_AFTER, value_name = "DURATION")]
+    pub stuck_after: Option<String>,
+    /// Leave orders younger than this alone: the bot may still be hearing of them [default: 10s]
+    #[arg(long, global = true, env = config::ENV_GRACE, value_name = "DURATION")]
+    pub grace: Option<String>,
+    /// Flag an order after this many checks in a row without a certain answer [default: 3]
+    #[arg(long, global = true, env = config::ENV_FLAG_AFTER, value_name = "N")]
+    pub flag_after: Option<String>,
+    /// Order ids per Coinbase List Orders request, 1 to 1000 [default: 100]
+    #[arg(long, global = true, env = config::ENV_BATCH_SIZE, value_name = "N")]
+    pub batch_size: Option<String>,
+    /// HTTP address for /metrics and the API [default: 127.0.0.1:9787]
+    #[arg(long, global = true, env = config::ENV_LISTEN, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// How often the database gauges are refreshed [default: 15s]
+    #[arg(long, global = true, env = config::ENV_METRICS_REFRESH, value_name = "DURATION")]
+    pub metrics_refresh: Option<String>,
+    /// Bearer token required on /api/ (required when listening beyond loopback)
+    #[arg(long, global = true, env = config::ENV_API_TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Log format
+    #[arg(long, global = true, env = config::ENV_LOG_FORMAT, value_enum, default_value = "text")]
+    pub log_format: LogFormatArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(value: LogFormatArg) -> Self {
+        match value {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: reconcile every poll interval, serve /metrics and the API, until SIGINT/SIGTERM
+    #[command(after_help = "Example:\n  ORDERSYNC_DATABASE_URL=postgres://bot@db/trading \\\n  \
+                            ORDERSYNC_COINBASE_KEY_FILE=/etc/ordersync/cdp_api_key.json ordersync serve")]
+    Serve,
+    /// Reconcile pending orders against Coinbase: one pass with --once, else every poll interval (no HTTP)
+    #[command(
+        after_help = "Examples:\n  ordersync reconcile --once --dry-run   # what would change, changes nothing\n  \
+                            ordersync reconcile --once             # fix what Coinbase is certain about"
+    )]
+    Reconcile {
+        /// One pass, then exit
+        #[arg(long)]
+        once: bool,
+        /// Report what would change; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the pass as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit every pending order: bot, product, age, Coinbase status and verdict. Writes nothing
+    #[command(
+        after_help = "Examples:\n  ordersync audit\n  ordersync audit --json --fail-on-mismatch  # exit 3 if any mismatch"
+    )]
+    Audit {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+        /// Exit with code 3 when any pending order has ended on the exchange
+        #[arg(long)]
+        fail_on_mismatch: bool,
+    },
+    /// Create or update ordersync's own tables (ordersync_*) in the bot's database; the bot's tables are untouched
+    #[command(after_help = "Example:\n  ORDERSYNC_DATABASE_URL=sqlite://bot.db ordersync migrate")]
+    Migrate,
+    /// Run the Coinbase Advanced Trade simulator (REST) for tests and trials
+    #[command(
+        after_help = "Example:\n  ordersync sandbox --listen 127.0.0.1:8787 --key organizations/o/apiKeys/k=key.pem\n  \
+                            then: POST /sandbox/orders {\"product_id\":\"AVNT-USD\",\"base_size\":\"10\",\"limit_price\":\"0.84\"}"
+    )]
+    Sandbox {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: String,
+        /// Accept tokens signed by this key: NAME=FILE (public key PEM, or the private key). Repeatable
+        #[arg(long = "key", value_name = "NAME=FILE")]
+        keys: Vec<String>,
+        /// Requests per second before answering 429 (Coinbase: about 30)
+        #[arg(long, default_value_t = 30)]
+        rate_limit: u32,
+        /// Seed for fault injection
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Faults as JSON, e.g. '{"error_5xx_rate":0.1,"rate_limit_rate":0.1}'
+        #[arg(long)]
+        faults: Option<String>,
+    },
+    /// The embedded default: SQLite, the simulator and simulated bots, no credentials needed
+    #[command(after_help = "Example:\n  ordersync demo   # then open the printed metrics and sync-status URLs")]
+    Demo {
+        /// The demo's SQLite database (created if missing)
+        #[arg(long, default_value = "ordersync-demo.db")]
+        database: PathBuf,
+        /// Number of simulated bots
+        #[arg(long, default_value_t = 3)]
+        bots: usize,
+        /// Share of completions the bots miss, 0 to 1
+        #[arg(long, default_value_t = 0.3)]
+        miss_rate: f64,
+        /// Seed for the simulated bots and faults
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+impl Global {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            database_url: self.database_url.clone(),
+            coinbase_api_url: self.coinbase_api_url.clone(),
+            coinbase_key_name: self.coinbase_key_name.clone(),
+            coinbase_key_file: self.coinbase_key_file.clone(),
+            coinbase_rate_limit: self.coinbase_rate_limit.clone(),
+            poll_interval: self.poll_interval.clone(),
+            stuck_after: self.stuck_after.clone(),
+            grace: self.grace.clone(),
+            flag_after: self.flag_after.clone(),
+            batch_size: self.batch_size.clone(),
+            listen: self.listen.clone(),
+            metrics_refresh: self.metrics_refresh.clone(),
+            api_token: self.api_token.clone(),
+        }
+    }
+}
+
+/// A failure the user fixes by changing configuration: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Load the file (if any) and resolve the configuration.
+pub fn load_config(global: &Global) -> anyhow::Result<Config> {
+    let (file, name) = match &global.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| config::ConfigError::ReadFile { path: path.clone(), source })
+                .map_err(|e| UsageError(e.to_string()))?;
+            (FileConfig::parse(&text, path).map_err(|e| UsageError(e.to_string()))?, path.display().to_string())
+        }
+        None => (FileConfig::default(), "the config file".to_string()),
+    };
+    config::resolve(&global.overrides(), &file, &name).map_err(|e| UsageError(e.to_string()).into())
+}
+
+fn app_error(error: AppError) -> anyhow::Error {
+    if error.is_config() {
+        UsageError(error.to_string()).into()
+    } else {
+        anyhow::Error::new(error)
+    }
+}
+
+/// Run the parsed command; returns the process exit code for outcomes that are not errors.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = load_config(&cli.global)?;
+    match cli.command {
+        Command::Serve => serve(&config).await.map(|()| 0),
+        Command::Reconcile { once, dry_run, json } => reconcile(&config, once, dry_run, json).await,
+        Command::Audit { json, fail_on_mismatch } => audit(&config, json, fail_on_mismatch).await,
+        Command::Migrate => migrate(&config).await.map(|()| 0),
+        Command::Sandbox { listen, keys, rate_limit, seed, faults } => {
+            sandbox(&listen, &keys, rate_limit, seed, faults.as_deref()).await.map(|()| 0)
+        }
+        Command::Demo { database, bots, miss_rate, seed } => {
+            let mut config = config;
+            if cli.global.poll_interval.is_none() {
+                config.poll_interval = std::time::Duration::from_secs(5);
+            }
+            if cli.global.stuck_after.is_none() {
+                config.stuck_after = std::time::Duration::from_secs(60);
+            }
+            if cli.global.grace.is_none() {
+                config.grace = std::time::Duration::from_secs(2);
+            }
+            let options = crate::demo::DemoOptions {
+                database,
+                bots,
+                miss_rate,
+                order_every: std::time::Duration::from_secs(3),
+                seed,
+            };
+            let token = signal_token();
+            crate::demo::run(config, options, token).await.map_err(app_error)?;
+            Ok(0)
+        }
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn signal_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        cancel.cancel();
+    });
+    token
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let app = App::build(config, None, None, None).await.map_err(app_error)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        revision = option_env!("ORDERSYNC_GIT_SHA").unwrap_or("unknown"),
+        listen = %app.addr(),
+        database = app.store().url(),
+        backend = app.store().backend().as_str(),
+        exchange = %config.coinbase.api_url,
+        poll_interval = %config::format_duration(config.poll_interval),
+        "ordersync started"
+    );
+    app.run(signal_token()).await.map_err(app_error)
+}
+
+async fn reconciler(config: &Config) -> anyhow::Result<Reconciler> {
+    let store = app::connect_store(config).await.map_err(app_error)?;
+    store.migrate().await.context("applying ordersync's migrations")?;
+    let metrics = Metrics::standalone(config.stuck_after);
+    let exchange = app::coinbase_from_config(config, &metrics).map_err(app_error)?;
+    Ok(Reconciler::new(store, exchange, metrics, app::settings(config)))
+}
+
+async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool) -> anyhow::Result<i32> {
+    let reconciler = reconciler(config).await?;
+    let token = signal_token();
+    if !once {
+        if dry_run {
+            return Err(UsageError("--dry-run needs --once: a dry run is one pass".into()).into());
+        }
+        reconciler.run(token).await;
+        return Ok(0);
+    }
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    let report = reconciler.pass(mode, &token).await.context("reconcile pass failed")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
+    } else {
+        print_summary(&report, dry_run);
+    }
+    Ok(0)
+}
+
+fn print_summary(report: &PassReport, dry_run: bool) {
+    let mut out = std::io::stdout().lock();
+    for checked in report.checked.iter().filter(|c| c.verdict != "in_sync") {
+        let _ = writeln!(
+            out,
+            "{:<38} {:<10} {:<22} {:<17} {}",
+            checked.order_id,
+            checked.bot_id.as_deref().unwrap_or("-"),
+            checked.exchange_status.as_deref().unwrap_or("-"),
+            checked.verdict,
+            checked.detail.as_deref().unwrap_or(checked.result)
+        );
+    }
+    let changed = if dry_run { report.count("would_correct") } else { report.count("corrected") };
+    let _ = writeln!(
+        out,
+        "{} checked, {} mismatches, {} {}, {} unresolved, {} left alone by the grace period{}",
+        report.checked.len(),
+        report.mismatches(),
+        changed,
+        if dry_run { "would be corrected (dry run: nothing written)" } else { "corrected" },
+        report.checked.iter().filter(|c| matches!(c.verdict, "unresolved" | "flagged")).count(),
+        report.too_young,
+        if report.interrupted { ", interrupted" } else { "" },
+    );
+}
+
+async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::Result<i32> {
+    let reconciler = reconciler(config).await?;
+    let token = signal_token();
+    let progress = indicatif::ProgressBar::new_spinner();
+    if std::io::stderr().is_terminal() {
+        progress.set_message("asking Coinbase about pending orders…");
+        progress.enable_steady_tick(std::time::Duration::from_millis(120));
+    } else {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let report = reconciler.pass(Mode::DryRun, &token).await.context("audit failed");
+    progress.finish_and_clear();
+    let report = report?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.checked).context("encoding the audit")?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ =
+            writeln!(out, "{:<38} {:<10} {:<14} {:>9} {:<22} VERDICT", "ORDER_ID", "BOT", "PRODUCT", "AGE", "EXCHANGE");
+        for c in &report.checked {
+            let _ = writeln!(
+                out,
+                "{:<38} {:<10} {:<14} {:>9} {:<22} {}",
+                c.order_id,
+                c.bot_id.as_deref().unwrap_or("-"),
+                c.product_id.as_deref().unwrap_or("-"),
+                human_age(c.age_seconds),
+                c.exchange_status.as_deref().unwrap_or("-"),
+                c.verdict
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{} pending orders checked, {} mismatches, {} younger than the grace period not checked",
+            report.checked.len(),
+            report.mismatches(),
+            report.too_young
+        );
+    }
+    Ok(if fail_on_mismatch && report.mismatches() > 0 { EXIT_MISMATCH } else { 0 })
+}
+
+fn human_age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = app::connect_store(config).await.map_err(app_error)?;
+    let applied = store.migrate().await.context("applying ordersync's migrations")?;
+    if applied.is_empty() {
+        println!("ordersync's tables are up to date in {}", store.url());
+    } else {
+        println!("applied {} to {}", applied.join(", "), store.url());
+    }
+    Ok(())
+}
+
+async fn sandbox(
+    listen: &str,
+    keys: &[String],
+    rate_limit: u32,
+    seed: u64,
+    faults: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut accepted = HashMap::new();
+    for entry in keys {
+        let (name, path) =
+            entry.split_once('=').ok_or_else(|| UsageError(format!("--key {entry:?}: expected NAME=FILE")))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading key file {path}"))?;
+        let public = PublicKey::parse(&text).map_err(|e| UsageError(format!("--key {name}: {e}")))?;
+        accepted.insert(name.to_string(), public);
+    }
+    if accepted.is_empty() {
+        let key = CdpKey::generate("organizations/sandbox/apiKeys/sandbox");
+        let path = std::env::temp_dir().join("ordersync-sandbox-key.pem");
+        let pem = key.to_pem().ok_or_else(|| anyhow::anyhow!("generated key has no PEM form"))?;
+        std::fs::write(&path, secrecy::ExposeSecret::expose_secret(&pem))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("no --key given: generated {} with name {}", path.display(), key.name());
+        accepted.insert(key.name().to_string(), key.public_key());
+    }
+    let sandbox = Sandbox::new(seed);
+    if let Some(faults) = faults {
+        let faults: Faults = serde_json::from_str(faults).map_err(|e| UsageError(format!("--faults: {e}")))?;
+        sandbox.set_faults(faults);
+    }
+    let state = ServerState::new(sandbox, accepted, NonZeroU32::new(rate_limit));
+    let token = signal_token();
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    println!("Coinbase simulator listening on http://{}", listener.local_addr()?);
+    sandbox_server::serve(listener, state, token).await.context("simulator server failed")
+}

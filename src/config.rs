@@ -1,0 +1,709 @@
+//! Configuration, typed once: flags beat environment, environment beats the TOML file, the file beats
+//! defaults. `resolve` is pure (no environment reads, no I/O) so every rule is tested with plain values;
+//! reading the file and the environment happens in `cli.rs`.
+//!
+//! Deliberately not here: connecting to anything. A `Config` says what to connect to; `app.rs` connects.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+pub const ENV_CONFIG: &str = "ORDERSYNC_CONFIG";
+pub const ENV_DATABASE_URL: &str = "ORDERSYNC_DATABASE_URL";
+pub const ENV_COINBASE_API_URL: &str = "ORDERSYNC_COINBASE_API_URL";
+pub const ENV_COINBASE_KEY_NAME: &str = "ORDERSYNC_COINBASE_KEY_NAME";
+pub const ENV_COINBASE_KEY_FILE: &str = "ORDERSYNC_COINBASE_KEY_FILE";
+pub const ENV_COINBASE_RATE_LIMIT: &str = "ORDERSYNC_COINBASE_RATE_LIMIT";
+pub const ENV_POLL_INTERVAL: &str = "ORDERSYNC_POLL_INTERVAL";
+pub const ENV_STUCK_AFTER: &str = "ORDERSYNC_STUCK_AFTER";
+pub const ENV_GRACE: &str = "ORDERSYNC_GRACE";
+pub const ENV_FLAG_AFTER: &str = "ORDERSYNC_FLAG_AFTER";
+pub const ENV_BATCH_SIZE: &str = "ORDERSYNC_BATCH_SIZE";
+pub const ENV_LISTEN: &str = "ORDERSYNC_LISTEN";
+pub const ENV_METRICS_REFRESH: &str = "ORDERSYNC_METRICS_REFRESH";
+pub const ENV_API_TOKEN: &str = "ORDERSYNC_API_TOKEN";
+pub const ENV_LOG: &str = "ORDERSYNC_LOG";
+pub const ENV_LOG_FORMAT: &str = "ORDERSYNC_LOG_FORMAT";
+
+pub const DEFAULT_COINBASE_API_URL: &str = "https://api.coinbase.com";
+/// 9787 is outside the ports of the exporters people run beside us (node 9100, postgres 9187,
+/// blackbox 9115, Prometheus 9090, Alertmanager 9093, Pushgateway 9091).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9787";
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_FLAG_AFTER: u32 = 3;
+pub const DEFAULT_BATCH_SIZE: usize = 100;
+/// Coinbase allows about 30 private requests per second per user; stay well below it.
+pub const DEFAULT_RATE_LIMIT: u32 = 20;
+pub const DEFAULT_METRICS_REFRESH: Duration = Duration::from_secs(15);
+
+/// One bad configuration value: which key, what it was, and what would be accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadValue {
+    /// Where the value came from, in the words the user typed: `--poll-interval / ORDERSYNC_POLL_INTERVAL`
+    /// or `poll_interval in ordersync.toml`.
+    pub key: String,
+    pub value: String,
+    pub expected: String,
+}
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: invalid value {:?}: expected {}", self.key, self.value, self.expected)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Every bad key at once, so a user fixes them in one round.
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<BadValue>),
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{key} is not set: {hint}")]
+    Missing { key: &'static str, hint: &'static str },
+}
+
+fn list(bad: &[BadValue]) -> String {
+    bad.iter().map(|b| format!("  - {b}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Parse a duration such as `500ms`, `30s`, `5m`, `2h` or `1d`: one whole number and one unit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "a whole number followed by ms, s, m, h or d, e.g. 30s, 5m, 2h";
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| EXPECTED.to_string())?;
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        "d" => number.checked_mul(86_400_000),
+        _ => return Err(EXPECTED.to_string()),
+    };
+    millis.map(Duration::from_millis).ok_or_else(|| "a shorter duration".to_string())
+}
+
+/// Format a duration the way `parse_duration` reads it (largest exact unit).
+pub fn format_duration(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// A table or column name that is safe to splice into SQL: `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes,
+/// optionally one `schema.` prefix. Anything else is refused, so config can never inject SQL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SqlIdent(String);
+
+impl SqlIdent {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const EXPECTED: &str =
+            "an SQL identifier: letters, digits and _, not starting with a digit, at most 63 characters";
+        let valid_part = |part: &str| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        let parts: Vec<&str> = text.split('.').collect();
+        if parts.len() <= 2 && parts.iter().all(|part| valid_part(part)) {
+            Ok(SqlIdent(text.to_string()))
+        } else {
+            Err(EXPECTED.to_string())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as it goes into SQL, quoted per part so reserved words work too.
+    pub fn quoted(&self) -> String {
+        self.0.split('.').map(|part| format!("\"{part}\"")).collect::<Vec<_>>().join(".")
+    }
+}
+
+impl fmt::Display for SqlIdent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An optional column of the bot's table. A default name that the table lacks is simply not used;
+/// a name the user set explicitly must exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionalColumn {
+    pub name: SqlIdent,
+    pub explicit: bool,
+}
+
+/// The words the bot writes in its status column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusWords {
+    pub pending: String,
+    pub completed: String,
+    pub cancelled: String,
+    pub expired: String,
+    pub failed: String,
+}
+
+impl Default for StatusWords {
+    fn default() -> Self {
+        StatusWords {
+            pending: "pending".into(),
+            completed: "completed".into(),
+            cancelled: "cancelled".into(),
+            expired: "expired".into(),
+            failed: "failed".into(),
+        }
+    }
+}
+
+/// How ordersync maps onto the bot's own table. The bot's schema is the bot's: nothing here is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradesSchema {
+    pub table: SqlIdent,
+    pub order_id: SqlIdent,
+    pub status: SqlIdent,
+    pub created_at: SqlIdent,
+    pub filled_at: SqlIdent,
+    pub bot_id: Option<OptionalColumn>,
+    pub product_id: Option<OptionalColumn>,
+    pub filled_price: Option<OptionalColumn>,
+    pub filled_size: Option<OptionalColumn>,
+    pub words: StatusWords,
+}
+
+impl Default for TradesSchema {
+    fn default() -> Self {
+        let ident = |name: &str| SqlIdent(name.to_string());
+        let optional = |name: &str| Some(OptionalColumn { name: ident(name), explicit: false });
+        TradesSchema {
+            table: ident("trades"),
+            order_id: ident("order_id"),
+            status: ident("status"),
+            created_at: ident("created_at"),
+            filled_at: ident("filled_at"),
+            bot_id: optional("bot_id"),
+            product_id: optional("product_id"),
+            filled_price: optional("filled_price"),
+            filled_size: optional("filled_size"),
+            words: StatusWords::default(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Coinbase access. The key stays secret from the moment it is read.
+#[derive(Debug, Clone)]
+pub struct CoinbaseConfig {
+    pub api_url: String,
+    pub key_name: Option<String>,
+    pub key_file: Option<PathBuf>,
+    /// Client-side limit on requests per second, shared by every task.
+    pub rate_limit: u32,
+}
+
+/// The typed configuration every command runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Option<String>,
+    pub coinbase: CoinbaseConfig,
+    pub poll_interval: Duration,
+    pub stuck_after: Duration,
+    /// Pending orders younger than this are left alone: the bot may still be hearing about them.
+    pub grace: Duration,
+    /// Consecutive unresolved checks (not found, unknown status, ambiguous answers) before an order is flagged.
+    pub flag_after: u32,
+    /// Order ids per List Orders request.
+    pub batch_size: usize,
+    pub listen: SocketAddr,
+    pub metrics_refresh: Duration,
+    pub api_token: Option<SecretString>,
+    pub trades: TradesSchema,
+}
+
+/// The values given as flags or environment variables (clap settles which of the two wins).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub coinbase_api_url: Option<String>,
+    pub coinbase_key_name: Option<String>,
+    pub coinbase_key_file: Option<String>,
+    pub coinbase_rate_limit: Option<String>,
+    pub poll_interval: Option<String>,
+    pub stuck_after: Option<String>,
+    pub grace: Option<String>,
+    pub flag_after: Option<String>,
+    pub batch_size: Option<String>,
+    pub listen: Option<String>,
+    pub metrics_refresh: Option<String>,
+    pub api_token: Option<String>,
+}
+
+/// The TOML file. Every field is optional; unknown keys are an error so a typo never goes unnoticed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub database_url: Option<String>,
+    pub poll_interval: Option<String>,
+    pub stuck_after: Option<String>,
+    pub grace: Option<String>,
+    pub flag_after: Option<u32>,
+    pub batch_size: Option<usize>,
+    pub listen: Option<String>,
+    pub metrics_refresh: Option<String>,
+    pub api_token: Option<String>,
+    #[serde(default)]
+    pub coinbase: FileCoinbase,
+    #[serde(default)]
+    pub trades: FileTrades,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCoinbase {
+    pub api_url: Option<String>,
+    pub key_name: Option<String>,
+    pub key_file: Option<String>,
+    pub rate_limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTrades {
+    pub table: Option<String>,
+    pub order_id: Option<String>,
+    pub status: Option<String>,
+    pub created_at: Option<String>,
+    pub filled_at: Option<String>,
+    /// `""` switches an optional column off.
+    pub bot_id: Option<String>,
+    pub product_id: Option<String>,
+    pub filled_price: Option<String>,
+    pub filled_size: Option<String>,
+    #[serde(default)]
+    pub status_words: BTreeMap<String, String>,
+}
+
+impl FileConfig {
+    /// Parse TOML text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
+        toml::from_str(text)
+            .map_err(|error| ConfigError::ParseFile { path: path.to_path_buf(), message: error.to_string() })
+    }
+}
+
+/// Collects bad values while resolving, so all of them are reported together.
+struct Resolver<'a> {
+    file_name: &'a str,
+    bad: Vec<BadValue>,
+}
+
+impl Resolver<'_> {
+    /// Pick override, else file, else nothing; parse; remember a failure under the key the user wrote.
+    fn pick<T>(
+        &mut self,
+        flag_env: (&str, &str, Option<&String>),
+        file: (&str, Option<String>),
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let (flag, env, override_value) = flag_env;
+        let (file_key, file_value) = file;
+        let (key, value) = match (override_value, file_value) {
+            (Some(value), _) => (format!("{flag} / {env}"), value.clone()),
+            (None, Some(value)) => (format!("{file_key} in {}", self.file_name), value),
+            (None, None) => return None,
+        };
+        match parse(&value) {
+            Ok(parsed) => Some(parsed),
+            Err(expected) => {
+                self.bad.push(BadValue { key, value, expected });
+                None
+            }
+        }
+    }
+}
+
+fn parse_database_url(text: &str) -> Result<String, String> {
+    if text.starts_with("sqlite:") || text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(text.to_string())
+    } else {
+        Err("a URL starting with sqlite:// or postgres://, e.g. sqlite://trades.db".into())
+    }
+}
+
+fn parse_http_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
+            Ok(text.trim_end_matches('/').to_string())
+        }
+        _ => Err("an http:// or https:// URL, e.g. https://api.coinbase.com".into()),
+    }
+}
+
+fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<T>() {
+        Ok(value) if value > T::default() => Ok(value),
+        _ => Err("a whole number greater than 0".into()),
+    }
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("a duration greater than 0, e.g. 30s".into()),
+        duration => Ok(duration),
+    }
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| "an address with a port, e.g. 127.0.0.1:9787 or 0.0.0.0:9787".into())
+}
+
+/// Turn overrides and the file into a `Config`, reporting every bad key at once.
+///
+/// # Errors
+/// `ConfigError::Invalid` listing each key, its value and what is accepted.
+pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<Config, ConfigError> {
+    let mut r = Resolver { file_name, bad: Vec::new() };
+    let database_url = r.pick(
+        ("--database-url", ENV_DATABASE_URL, over.database_url.as_ref()),
+        ("database_url", file.database_url.clone()),
+        parse_database_url,
+    );
+    let api_url = r.pick(
+        ("--coinbase-api-url", ENV_COINBASE_API_URL, over.coinbase_api_url.as_ref()),
+        ("coinbase.api_url", file.coinbase.api_url.clone()),
+        parse_http_url,
+    );
+    let key_name = r.pick(
+        ("--coinbase-key-name", ENV_COINBASE_KEY_NAME, over.coinbase_key_name.as_ref()),
+        ("coinbase.key_name", file.coinbase.key_name.clone()),
+        |text| Ok::<_, String>(text.to_string()),
+    );
+    let key_file = r.pick(
+        ("--coinbase-key-file", ENV_COINBASE_KEY_FILE, over.coinbase_key_file.as_ref()),
+        ("coinbase.key_file", file.coinbase.key_file.clone()),
+        |text| Ok::<_, String>(PathBuf::from(text)),
+    );
+    let rate_limit = r.pick(
+        ("--coinbase-rate-limit", ENV_COINBASE_RATE_LIMIT, over.coinbase_rate_limit.as_ref()),
+        ("coinbase.rate_limit", file.coinbase.rate_limit.map(|v| v.to_string())),
+        parse_positive::<u32>,
+    );
+    let poll_interval = r.pick(
+        ("--poll-interval", ENV_POLL_INTERVAL, over.poll_interval.as_ref()),
+        ("poll_interval", file.poll_interval.clone()),
+        parse_positive_duration,
+    );
+    let stuck_after = r.pick(
+        ("--stuck-after", ENV_STUCK_AFTER, over.stuck_after.as_ref()),
+        ("stuck_after", file.stuck_after.clone()),
+        parse_positive_duration,
+    );
+    let grace = r.pick(("--grace", ENV_GRACE, over.grace.as_ref()), ("grace", file.grace.clone()), parse_duration);
+    let flag_after = r.pick(
+        ("--flag-after", ENV_FLAG_AFTER, over.flag_after.as_ref()),
+        ("flag_after", file.flag_after.map(|v| v.to_string())),
+        parse_positive::<u32>,
+    );
+    let batch_size = r.pick(
+        ("--batch-size", ENV_BATCH_SIZE, over.batch_size.as_ref()),
+        ("batch_size", file.batch_size.map(|v| v.to_string())),
+        |text| match parse_positive::<usize>(text) {
+            Ok(size) if size <= 1000 => Ok(size),
+            _ => Err("a whole number from 1 to 1000".to_string()),
+        },
+    );
+    let listen = r.pick(("--listen", ENV_LISTEN, over.listen.as_ref()), ("listen", file.listen.clone()), parse_listen);
+    let metrics_refresh = r.pick(
+        ("--metrics-refresh", ENV_METRICS_REFRESH, over.metrics_refresh.as_ref()),
+        ("metrics_refresh", file.metrics_refresh.clone()),
+        parse_positive_duration,
+    );
+    let api_token = resolve_secret(&mut r, ("--api-token", ENV_API_TOKEN, over.api_token.as_ref()), file);
+    let trades = resolve_trades(&mut r, &file.trades);
+
+    if !r.bad.is_empty() {
+        return Err(ConfigError::Invalid(r.bad));
+    }
+    let default_listen = DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid socket address");
+    Ok(Config {
+        database_url,
+        coinbase: CoinbaseConfig {
+            api_url: api_url.unwrap_or_else(|| DEFAULT_COINBASE_API_URL.to_string()),
+            key_name,
+            key_file,
+            rate_limit: rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+        },
+        poll_interval: poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
+        stuck_after: stuck_after.unwrap_or(DEFAULT_STUCK_AFTER),
+        grace: grace.unwrap_or(DEFAULT_GRACE),
+        flag_after: flag_after.unwrap_or(DEFAULT_FLAG_AFTER),
+        batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+        listen: listen.unwrap_or(default_listen),
+        metrics_refresh: metrics_refresh.unwrap_or(DEFAULT_METRICS_REFRESH),
+        api_token,
+        trades,
+    })
+}
+
+/// The API token is checked like any value but never echoed: the error shows `<redacted>`.
+fn resolve_secret(
+    r: &mut Resolver<'_>,
+    flag_env: (&str, &str, Option<&String>),
+    file: &FileConfig,
+) -> Option<SecretString> {
+    let (flag, env, override_value) = flag_env;
+    let (key, value) = match (override_value, &file.api_token) {
+        (Some(value), _) => (format!("{flag} / {env}"), value),
+        (None, Some(value)) => (format!("api_token in {}", r.file_name), value),
+        (None, None) => return None,
+    };
+    if value.len() < 16 {
+        r.bad.push(BadValue { key, value: "<redacted>".into(), expected: "a token of at least 16 characters".into() });
+        return None;
+    }
+    Some(SecretString::from(value.clone()))
+}
+
+fn resolve_trades(r: &mut Resolver<'_>, file: &FileTrades) -> TradesSchema {
+    let defaults = TradesSchema::default();
+    let mut required = |key: &str, value: &Option<String>, default: SqlIdent| {
+        let key = format!("trades.{key}");
+        r.pick(("", "", None), (&key, value.clone()), SqlIdent::parse).unwrap_or(default)
+    };
+    let table = required("table", &file.table, defaults.table);
+    let order_id = required("order_id", &file.order_id, defaults.order_id);
+    let status = required("status", &file.status, defaults.status);
+    let created_at = required("created_at", &file.created_at, defaults.created_at);
+    let filled_at = required("filled_at", &file.filled_at, defaults.filled_at);
+    let mut optional = |key: &str, value: &Option<String>, default: Option<OptionalColumn>| match value.as_deref() {
+        None => default,
+        Some("") => None,
+        Some(text) => {
+            let key = format!("trades.{key}");
+            let accepted = |t: &str| SqlIdent::parse(t).map_err(|e| format!("{e}, or \"\" to not use the column"));
+            r.pick(("", "", None), (&key, Some(text.to_string())), accepted)
+                .map(|name| OptionalColumn { name, explicit: true })
+        }
+    };
+    let bot_id = optional("bot_id", &file.bot_id, defaults.bot_id);
+    let product_id = optional("product_id", &file.product_id, defaults.product_id);
+    let filled_price = optional("filled_price", &file.filled_price, defaults.filled_price);
+    let filled_size = optional("filled_size", &file.filled_size, defaults.filled_size);
+
+    let mut words = StatusWords::default();
+    for (key, value) in &file.status_words {
+        let slot = match key.as_str() {
+            "pending" => &mut words.pending,
+            "completed" => &mut words.completed,
+            "cancelled" => &mut words.cancelled,
+            "expired" => &mut words.expired,
+            "failed" => &mut words.failed,
+            _ => {
+                r.bad.push(BadValue {
+                    key: format!("trades.status_words.{key} in {}", r.file_name),
+                    value: value.clone(),
+                    expected: "one of the keys pending, completed, cancelled, expired, failed".into(),
+                });
+                continue;
+            }
+        };
+        if value.trim().is_empty() || value.len() > 64 {
+            r.bad.push(BadValue {
+                key: format!("trades.status_words.{key} in {}", r.file_name),
+                value: value.clone(),
+                expected: "a non-empty word of at most 64 characters".into(),
+            });
+        } else {
+            *slot = value.clone();
+        }
+    }
+    let all = [&words.pending, &words.completed, &words.cancelled, &words.expired, &words.failed];
+    for (index, word) in all.iter().enumerate() {
+        if all[..index].contains(word) {
+            r.bad.push(BadValue {
+                key: format!("trades.status_words in {}", r.file_name),
+                value: (*word).clone(),
+                expected: "five different words: one status word may not stand for two statuses".into(),
+            });
+        }
+    }
+    TradesSchema {
+        table,
+        order_id,
+        status,
+        created_at,
+        filled_at,
+        bot_id,
+        product_id,
+        filled_price,
+        filled_size,
+        words,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve_with(over: Overrides, file_text: &str) -> Result<Config, ConfigError> {
+        let file = FileConfig::parse(file_text, std::path::Path::new("test.toml"))?;
+        resolve(&over, &file, "test.toml")
+    }
+
+    fn bad_keys(result: Result<Config, ConfigError>) -> Vec<String> {
+        match result {
+            Err(ConfigError::Invalid(bad)) => bad.into_iter().map(|b| b.key).collect(),
+            other => panic!("expected invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration(" 0s "), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn durations_refuse_bad_forms() {
+        for bad in ["", "30", "s", "5 m", "1.5h", "-5m", "5min", "5M", "1h30m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn durations_format_back_to_what_parses() {
+        for text in ["30s", "5m", "2h", "1d", "1500ms"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+    }
+
+    #[test]
+    fn identifiers_refuse_anything_that_could_inject_sql() {
+        for good in ["trades", "_t", "bot_trades2", "public.trades"] {
+            assert!(SqlIdent::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1trades", "trades; drop table x", "tr\"ades", "a.b.c", "trades--", "t a", "é"] {
+            assert!(SqlIdent::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(SqlIdent::parse("public.trades").unwrap().quoted(), "\"public\".\"trades\"");
+    }
+
+    #[test]
+    fn defaults_match_the_incident_schema() {
+        let config = resolve_with(Overrides::default(), "").unwrap();
+        assert_eq!(config.poll_interval, Duration::from_secs(30));
+        assert_eq!(config.stuck_after, Duration::from_secs(300));
+        assert_eq!(config.coinbase.api_url, "https://api.coinbase.com");
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.trades, TradesSchema::default());
+        assert_eq!(config.trades.words.pending, "pending");
+        assert!(config.database_url.is_none());
+    }
+
+    #[test]
+    fn overrides_beat_the_file_and_the_file_beats_defaults() {
+        let over = Overrides { poll_interval: Some("10s".into()), ..Overrides::default() };
+        let config = resolve_with(over, "poll_interval = \"1m\"\nstuck_after = \"15m\"").unwrap();
+        assert_eq!(config.poll_interval, Duration::from_secs(10));
+        assert_eq!(config.stuck_after, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn every_bad_key_is_named_with_its_value_and_what_is_accepted() {
+        let over = Overrides {
+            poll_interval: Some("soon".into()),
+            database_url: Some("mysql://x".into()),
+            ..Overrides::default()
+        };
+        let result = resolve_with(over, "stuck_after = \"5 minutes\"\n[trades]\ntable = \"trades; drop\"");
+        let message = match &result {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("expected an error"),
+        };
+        assert!(message.contains("--poll-interval / ORDERSYNC_POLL_INTERVAL: invalid value \"soon\""), "{message}");
+        assert!(message.contains("e.g. 30s, 5m, 2h"), "{message}");
+        assert!(message.contains("stuck_after in test.toml"), "{message}");
+        assert!(message.contains("trades.table in test.toml"), "{message}");
+        assert!(message.contains("ORDERSYNC_DATABASE_URL"), "{message}");
+        assert_eq!(bad_keys(result).len(), 4);
+    }
+
+    #[test]
+    fn a_custom_schema_comes_from_the_file_alone() {
+        let file = r#"
+            [trades]
+            table = "bot.orders"
+            order_id = "exchange_order_id"
+            status = "state"
+            created_at = "placed_at"
+            filled_at = "done_at"
+            bot_id = ""
+            product_id = "symbol"
+            [trades.status_words]
+            pending = "OPEN"
+            completed = "DONE"
+        "#;
+        let trades = resolve_with(Overrides::default(), file).unwrap().trades;
+        assert_eq!(trades.table.as_str(), "bot.orders");
+        assert_eq!(trades.status.as_str(), "state");
+        assert_eq!(trades.bot_id, None);
+        assert_eq!(trades.product_id.as_ref().map(|c| (c.name.as_str(), c.explicit)), Some(("symbol", true)));
+        assert_eq!(trades.filled_size.as_ref().map(|c| c.explicit), Some(false));
+        assert_eq!((trades.words.pending.as_str(), trades.words.completed.as_str()), ("OPEN", "DONE"));
+        assert_eq!(trades.words.cancelled, "cancelled");
+    }
+
+    #[test]
+    fn two_statuses_cannot_share_a_word() {
+        let keys = bad_keys(resolve_with(Overrides::default(), "[trades.status_words]\ncompleted = \"pending\""));
+        assert_eq!(keys, vec!["trades.status_words in test.toml".to_string()]);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let error = FileConfig::parse("pol_interval = \"5s\"", std::path::Path::new("x.toml")).unwrap_err();
+        assert!(error.to_string().contains("pol_interval"), "{error}");
+    }
+
+    #[test]
+    fn short_api_tokens_are_refused_without_echoing_them_as_config() {
+        let over = Overrides { api_token: Some("short".into()), ..Overrides::default() };
+        let result = resolve_with(over, "");
+        let message = result.as_ref().map(|_| ()).unwrap_err().to_string();
+        assert!(!message.contains("short"), "{message}");
+        assert_eq!(bad_keys(result), vec!["--api-token / ORDERSYNC_API_TOKEN".to_string()]);
+    }
+}

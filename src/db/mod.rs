@@ -1,0 +1,604 @@
+//! `Store`: the one interface over SQLite and PostgreSQL. Reads pending rows of the bot's table, applies
+//! a correction and its event in one transaction, keeps per-order check state, runs ordersync's own
+//! migrations. Every query is written once; `on_pool!` runs the same body on either pool type.
+//!
+//! Deliberately not here: deciding anything (that is `decide.rs`), and any table of the bot's other than
+//! the mapped one. Only this module writes the bot's table.
+
+mod sql;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{PgPool, Row, SqlitePool};
+
+use crate::config::{StatusWords, TradesSchema};
+use crate::decide::{Fill, Terminal};
+use crate::order::{parse_timestamp, OrderId, TradeRow};
+
+pub use sql::BoundSchema;
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to the database {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("table {table} does not exist in the database {url}: create it, or set trades.table to the bot's table")]
+    MissingTable { table: String, url: String },
+    #[error(
+        "table {table} has no column {column}: set trades.{key} in the config file to the column that holds {what}"
+    )]
+    MissingColumn { table: String, column: String, key: &'static str, what: &'static str },
+    #[error("ordersync migration {version} ({name}) failed: {source}")]
+    Migrate {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Where an answer came from, as recorded in the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Poll,
+    Websocket,
+    Manual,
+}
+
+impl Source {
+    pub const ALL: [Source; 3] = [Source::Poll, Source::Websocket, Source::Manual];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::Poll => "poll",
+            Source::Websocket => "websocket",
+            Source::Manual => "manual",
+        }
+    }
+}
+
+/// A correction to write: the row it was decided on, where it goes, and what the exchange said.
+#[derive(Debug, Clone)]
+pub struct Correction<'a> {
+    pub row: &'a TradeRow,
+    pub to: Terminal,
+    pub fill: &'a Fill,
+    pub exchange_status: &'a str,
+    pub source: Source,
+    pub detected_at: DateTime<Utc>,
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The row was pending and now holds the exchange's outcome.
+    Written {
+        applied_at: DateTime<Utc>,
+        /// From the exchange's fill time to our commit; `None` when the exchange gave no fill time.
+        latency: Option<Duration>,
+    },
+    /// The bot changed the row after we read it: nothing was overwritten. `now` is what it holds
+    /// (`None` if the row is gone).
+    RowChanged { now: Option<String> },
+}
+
+/// One check of an order that wrote nothing to the bot's row.
+#[derive(Debug, Clone)]
+pub struct CheckRecord<'a> {
+    pub order_id: &'a OrderId,
+    pub exchange_status: Option<&'a str>,
+    pub verdict: &'a str,
+    /// Set when the check was unresolved; counts towards flagging.
+    pub error: Option<String>,
+    pub flagged: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// Where an order's checks stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckState {
+    pub checks: i64,
+    pub unresolved_in_a_row: i64,
+    pub last_exchange_status: Option<String>,
+    pub last_verdict: String,
+    pub last_error: Option<String>,
+    pub flagged: bool,
+    pub last_checked_at: Option<DateTime<Utc>>,
+}
+
+/// One row of the event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub order_id: String,
+    pub bot_id: Option<String>,
+    pub product_id: Option<String>,
+    pub from_status: String,
+    pub to_status: Option<String>,
+    pub exchange_status: String,
+    pub exchange_fill_time: Option<DateTime<Utc>>,
+    pub fill_price: Option<String>,
+    pub fill_size: Option<String>,
+    pub detected_at: DateTime<Utc>,
+    pub applied_at: Option<DateTime<Utc>>,
+    pub source: String,
+    pub outcome: String,
+    pub latency_seconds: Option<f64>,
+    pub note: Option<String>,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Run the same body on whichever pool the store holds. Both arms compile the body, so a query that does
+/// not work on one backend fails to build, not at run time.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The store over the bot's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    schema: Arc<BoundSchema>,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).field("table", &self.schema.table()).finish()
+    }
+}
+
+/// The URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Store {
+    /// Connect and check that the bot's table has the mapped columns.
+    ///
+    /// # Errors
+    /// `Connect` when the database cannot be reached, `MissingTable`/`MissingColumn` naming what to fix.
+    pub async fn connect(url: &str, schema: &TradesSchema) -> Result<Store, StoreError> {
+        let shown = redact_url(url);
+        let connect_error = |source| StoreError::Connect { url: shown.clone(), source };
+        let pool = if url.starts_with("sqlite:") {
+            // Never create the bot's database: a missing file is a wrong URL.
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(connect_error)?
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(false);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await
+                .map_err(connect_error)?;
+            Pool::Sqlite(pool)
+        } else {
+            let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(5))
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        // Timestamps without zone are read and written as UTC.
+                        sqlx::query("SET TIME ZONE 'UTC'").execute(connection).await.map(|_| ())
+                    })
+                })
+                .connect_with(options)
+                .await
+                .map_err(connect_error)?;
+            Pool::Postgres(pool)
+        };
+        let backend = match pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        };
+        let columns = table_columns(&pool, schema).await?;
+        let bound = BoundSchema::bind(schema, backend, columns.as_deref(), &shown)?;
+        let store = Store { pool, schema: Arc::new(bound), url: shown };
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The database URL with its password hidden.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn words(&self) -> &StatusWords {
+        self.schema.words()
+    }
+
+    pub fn schema(&self) -> &BoundSchema {
+        &self.schema
+    }
+
+    /// Apply ordersync's own migrations in one transaction; returns the names of those applied now.
+    ///
+    /// # Errors
+    /// `Migrate` naming the migration that failed; nothing of it is kept.
+    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        let backend = self.backend();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if backend == Backend::Postgres {
+                sqlx::query(sql::PG_MIGRATION_LOCK).execute(&mut *tx).await?;
+            }
+            sqlx::query(sql::CREATE_MIGRATIONS_TABLE).execute(&mut *tx).await?;
+            let done: Vec<i64> = sqlx::query_scalar(sql::SELECT_MIGRATIONS).fetch_all(&mut *tx).await?;
+            let mut applied = Vec::new();
+            for migration in sql::MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+                let text = match backend {
+                    Backend::Sqlite => migration.sqlite,
+                    Backend::Postgres => migration.postgres,
+                };
+                let failed = |source| StoreError::Migrate { version: migration.version, name: migration.name, source };
+                sqlx::raw_sql(text).execute(&mut *tx).await.map_err(failed)?;
+                sqlx::query(sql::INSERT_MIGRATION)
+                    .bind(migration.version)
+                    .bind(migration.name)
+                    .bind(Utc::now().to_rfc3339())
+                    .execute(&mut *tx)
+                    .await?;
+                applied.push(format!("{:04}_{}", migration.version, migration.name));
+            }
+            tx.commit().await?;
+            Ok(applied)
+        })
+    }
+
+    /// Whether every migration ordersync knows has been applied.
+    pub async fn migrations_current(&self) -> Result<bool, StoreError> {
+        let done: Vec<i64> = on_pool!(self, pool => {
+            match sqlx::query_scalar(sql::SELECT_MIGRATIONS).fetch_all(pool).await {
+                Ok(done) => done,
+                // No bookkeeping table yet: nothing applied.
+                Err(sqlx::Error::Database(_)) => Vec::new(),
+                Err(other) => return Err(other.into()),
+            }
+        });
+        Ok(sql::MIGRATIONS.iter().all(|m| done.contains(&m.version)))
+    }
+
+    /// A cheap round trip.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Every pending row, oldest first. A row whose id or creation time cannot be read is skipped with a
+    /// warning and left as it is.
+    pub async fn pending_orders(&self) -> Result<Vec<TradeRow>, StoreError> {
+        let sql = self.schema.select_by_status();
+        let pending = self.words().pending.clone();
+        let raw: Vec<RawTrade> = on_pool!(self, pool => {
+            sqlx::query(sql).bind(&pending).fetch_all(pool).await?.iter().map(RawTrade::read).collect::<Result<_, _>>()?
+        });
+        let mut rows: Vec<TradeRow> = raw.into_iter().filter_map(RawTrade::parse_or_warn).collect();
+        rows.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.order_id.cmp(&b.order_id)));
+        Ok(rows)
+    }
+
+    /// One row of the bot's table by order id, whatever its status.
+    pub async fn trade(&self, order_id: &OrderId) -> Result<Option<TradeRow>, StoreError> {
+        let sql = self.schema.select_by_id();
+        let raw: Option<RawTrade> = on_pool!(self, pool => {
+            match sqlx::query(sql).bind(order_id.as_str()).fetch_optional(pool).await? {
+                Some(row) => Some(RawTrade::read(&row)?),
+                None => None,
+            }
+        });
+        Ok(raw.and_then(RawTrade::parse_or_warn))
+    }
+
+    /// Check state for the given orders (absent when never checked).
+    pub async fn check_states(&self, ids: &[OrderId]) -> Result<HashMap<OrderId, CheckState>, StoreError> {
+        let mut states = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let sql = sql::select_checks(chunk.len());
+            let rows: Vec<(String, CheckState)> = on_pool!(self, pool => {
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                query.fetch_all(pool).await?.iter().map(read_check).collect::<Result<_, sqlx::Error>>()?
+            });
+            for (id, state) in rows {
+                if let Ok(id) = OrderId::parse(&id) {
+                    states.insert(id, state);
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    /// Write a correction: the conditional update of the bot's row, the event and the check state, in one
+    /// transaction. The row is only written while it still holds the pending word.
+    ///
+    /// # Errors
+    /// Any database error; the transaction is then rolled back and the row is as it was.
+    pub async fn apply(&self, correction: &Correction<'_>) -> Result<Applied, StoreError> {
+        let schema = &self.schema;
+        let to_word = correction.to.word(schema.words()).to_string();
+        let pending = schema.words().pending.clone();
+        let (update_sql, values) = schema.update(correction.fill);
+        let row = correction.row;
+        let outcome = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut query = sqlx::query(&update_sql).bind(&to_word);
+            for value in &values {
+                query = query.bind(value);
+            }
+            let updated = query.bind(row.order_id.as_str()).bind(&pending).execute(&mut *tx).await?.rows_affected();
+            let applied_at = Utc::now();
+            let outcome = if updated > 0 {
+                let latency = correction.fill.time.and_then(|at| (applied_at - at).to_std().ok());
+                Applied::Written { applied_at, latency }
+            } else {
+                let now = sqlx::query(schema.select_status_by_id())
+                    .bind(row.order_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get::<Option<String>, _>(0))
+                    .transpose()?
+                    .flatten();
+                Applied::RowChanged { now }
+            };
+            let (to_status, applied, outcome_word, latency, note) = match &outcome {
+                Applied::Written { applied_at, latency } => {
+                    (Some(to_word.clone()), Some(*applied_at), "applied", latency.map(|l| l.as_secs_f64()), None)
+                }
+                Applied::RowChanged { now } => (
+                    None,
+                    None,
+                    "row_changed",
+                    None,
+                    Some(match now {
+                        Some(word) => format!("the bot set the row to {word:?} after ordersync read it; left as is"),
+                        None => "the row was deleted after ordersync read it".to_string(),
+                    }),
+                ),
+            };
+            sqlx::query(sql::INSERT_EVENT)
+                .bind(row.order_id.as_str())
+                .bind(row.bot_id.as_deref())
+                .bind(row.product_id.as_deref())
+                .bind(&row.status)
+                .bind(to_status)
+                .bind(correction.exchange_status)
+                .bind(correction.fill.time)
+                .bind(correction.fill.price.map(|p| p.to_string()))
+                .bind(correction.fill.size.map(|s| s.to_string()))
+                .bind(correction.detected_at)
+                .bind(applied)
+                .bind(correction.source.as_str())
+                .bind(outcome_word)
+                .bind(latency)
+                .bind(note)
+                .execute(&mut *tx)
+                .await?;
+            let verdict = if updated > 0 { "corrected" } else { "row_changed" };
+            sqlx::query(sql::UPSERT_CHECK)
+                .bind(row.order_id.as_str())
+                .bind(correction.detected_at)
+                .bind(Some(correction.exchange_status))
+                .bind(verdict)
+                .bind(None::<String>)
+                .bind(false)
+                .bind(false)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            outcome
+        });
+        Ok(outcome)
+    }
+
+    /// Record a check that wrote nothing to the bot's row.
+    pub async fn record_check(&self, check: &CheckRecord<'_>) -> Result<(), StoreError> {
+        let unresolved = check.error.is_some();
+        on_pool!(self, pool => {
+            sqlx::query(sql::UPSERT_CHECK)
+                .bind(check.order_id.as_str())
+                .bind(check.at)
+                .bind(check.exchange_status)
+                .bind(check.verdict)
+                .bind(check.error.as_deref())
+                .bind(unresolved)
+                .bind(check.flagged)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// The event log, oldest first; only one order's events when `order_id` is given.
+    pub async fn events(&self, order_id: Option<&OrderId>) -> Result<Vec<EventRow>, StoreError> {
+        let sql = sql::select_events(order_id.is_some());
+        let rows = on_pool!(self, pool => {
+            let mut query = sqlx::query(&sql);
+            if let Some(id) = order_id {
+                query = query.bind(id.as_str());
+            }
+            query.fetch_all(pool).await?.iter().map(read_event).collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Close the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// The columns of the bot's table, `None` when it does not exist.
+async fn table_columns(pool: &Pool, schema: &TradesSchema) -> Result<Option<Vec<String>>, StoreError> {
+    let (schema_name, table) = BoundSchema::table_parts(schema);
+    let columns: Vec<String> = match pool {
+        Pool::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT name FROM pragma_table_info($1, $2)")
+                .bind(table)
+                .bind(schema_name.unwrap_or("main"))
+                .fetch_all(pool)
+                .await?
+        }
+        Pool::Postgres(pool) => {
+            sqlx::query_scalar(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
+            )
+            .bind(schema_name)
+            .bind(table)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    Ok((!columns.is_empty()).then_some(columns))
+}
+
+/// A row as the database gave it, before parsing.
+struct RawTrade {
+    order_id: Option<String>,
+    status: Option<String>,
+    created_at: Option<String>,
+    bot_id: Option<String>,
+    product_id: Option<String>,
+}
+
+impl RawTrade {
+    fn read<R: Row>(row: &R) -> Result<RawTrade, sqlx::Error>
+    where
+        for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        Ok(RawTrade {
+            order_id: row.try_get(0)?,
+            status: row.try_get(1)?,
+            created_at: row.try_get(2)?,
+            bot_id: row.try_get(3)?,
+            product_id: row.try_get(4)?,
+        })
+    }
+
+    fn parse_or_warn(self) -> Option<TradeRow> {
+        let raw_id = self.order_id.unwrap_or_default();
+        let parsed = OrderId::parse(&raw_id).and_then(|order_id| {
+            let created_at = parse_timestamp(self.created_at.as_deref().unwrap_or(""))?;
+            Ok(TradeRow {
+                order_id,
+                status: self.status.unwrap_or_default(),
+                created_at,
+                bot_id: self.bot_id,
+                product_id: self.product_id,
+            })
+        });
+        match parsed {
+            Ok(row) => Some(row),
+            Err(error) => {
+                tracing::warn!(order_id = %raw_id, %error, "skipping a row of the bot's table that cannot be read; it is left as it is");
+                None
+            }
+        }
+    }
+}
+
+fn read_check<R: Row>(row: &R) -> Result<(String, CheckState), sqlx::Error>
+where
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    Ok((
+        row.try_get(0)?,
+        CheckState {
+            checks: row.try_get(1)?,
+            unresolved_in_a_row: row.try_get(2)?,
+            last_exchange_status: row.try_get(3)?,
+            last_verdict: row.try_get(4)?,
+            last_error: row.try_get(5)?,
+            flagged: row.try_get(6)?,
+            last_checked_at: row.try_get(7)?,
+        },
+    ))
+}
+
+fn read_event<R: Row>(row: &R) -> Result<EventRow, sqlx::Error>
+where
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    Ok(EventRow {
+        order_id: row.try_get(0)?,
+        bot_id: row.try_get(1)?,
+        product_id: row.try_get(2)?,
+        from_status: row.try_get(3)?,
+        to_status: row.try_get(4)?,
+        exchange_status: row.try_get(5)?,
+        exchange_fill_time: row.try_get(6)?,
+        fill_price: row.try_get(7)?,
+        fill_size: row.try_get(8)?,
+        detected_at: row.try_get(9)?,
+        applied_at: row.try_get(10)?,
+        source: row.try_get(11)?,
+        outcome: row.try_get(12)?,
+        latency_seconds: row.try_get(13)?,
+        note: row.try_get(14)?,
+    })
+}

@@ -1,0 +1,309 @@
+//! The SQL text ordersync runs, built once from the validated schema mapping. Only identifiers that passed
+//! `SqlIdent` are spliced in; every value is a bind parameter (`$N`, which SQLite and PostgreSQL both read).
+
+use crate::config::{OptionalColumn, SqlIdent, StatusWords, TradesSchema};
+use crate::db::{Backend, StoreError};
+use crate::decide::Fill;
+use crate::order::sqlite_timestamp;
+
+/// ordersync's own migrations, one SQL file per backend, applied in order and recorded in
+/// `ordersync_migrations` (not sqlx's `_sqlx_migrations`, which a bot using sqlx may own).
+pub(super) struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "events_and_checks",
+    sqlite: include_str!("../../migrations/sqlite/0001_events_and_checks.sql"),
+    postgres: include_str!("../../migrations/postgres/0001_events_and_checks.sql"),
+}];
+
+pub(super) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ordersync_migrations \
+     (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
+pub(super) const SELECT_MIGRATIONS: &str = "SELECT version FROM ordersync_migrations";
+pub(super) const INSERT_MIGRATION: &str =
+    "INSERT INTO ordersync_migrations (version, name, applied_at) VALUES ($1, $2, $3)";
+/// Replicas starting together take turns migrating.
+pub(super) const PG_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7261736862)";
+
+pub(super) const INSERT_EVENT: &str = "INSERT INTO ordersync_events (order_id, bot_id, product_id, from_status, \
+     to_status, exchange_status, exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, \
+     latency_seconds, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+
+/// `$6` says whether this check was unresolved: it extends or resets the run of unresolved checks.
+pub(super) const UPSERT_CHECK: &str = "INSERT INTO ordersync_order_checks (order_id, first_checked_at, \
+     last_checked_at, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged) \
+     VALUES ($1, $2, $2, 1, CASE WHEN $6 THEN 1 ELSE 0 END, $3, $4, $5, $7) \
+     ON CONFLICT (order_id) DO UPDATE SET last_checked_at = excluded.last_checked_at, \
+     checks = ordersync_order_checks.checks + 1, \
+     unresolved_in_a_row = CASE WHEN $6 THEN ordersync_order_checks.unresolved_in_a_row + 1 ELSE 0 END, \
+     last_exchange_status = excluded.last_exchange_status, last_verdict = excluded.last_verdict, \
+     last_error = excluded.last_error, flagged = excluded.flagged";
+
+pub(super) fn select_checks(count: usize) -> String {
+    let placeholders = (1..=count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT order_id, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged, \
+         last_checked_at FROM ordersync_order_checks WHERE order_id IN ({placeholders})"
+    )
+}
+
+pub(super) fn select_events(one_order: bool) -> String {
+    let filter = if one_order { "WHERE order_id = $1 " } else { "" };
+    format!(
+        "SELECT order_id, bot_id, product_id, from_status, to_status, exchange_status, exchange_fill_time, \
+         fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note \
+         FROM ordersync_events {filter}ORDER BY id"
+    )
+}
+
+/// The mapping after checking it against the real table: optional columns the table lacks are dropped.
+#[derive(Debug, Clone)]
+pub struct BoundSchema {
+    config: TradesSchema,
+    backend: Backend,
+    bot_id: Option<SqlIdent>,
+    product_id: Option<SqlIdent>,
+    filled_price: Option<SqlIdent>,
+    filled_size: Option<SqlIdent>,
+    select_by_status: String,
+    select_by_id: String,
+    select_status_by_id: String,
+}
+
+impl BoundSchema {
+    /// Check the mapping against the table's columns (`None`: the table does not exist).
+    pub(super) fn bind(
+        config: &TradesSchema,
+        backend: Backend,
+        columns: Option<&[String]>,
+        url: &str,
+    ) -> Result<BoundSchema, StoreError> {
+        let table = config.table.as_str().to_string();
+        let columns = columns.ok_or_else(|| StoreError::MissingTable { table: table.clone(), url: url.to_string() })?;
+        // SQLite compares column names without case; PostgreSQL's quoted names are exact.
+        let has = |name: &SqlIdent| {
+            columns.iter().any(|column| match backend {
+                Backend::Sqlite => column.eq_ignore_ascii_case(name.as_str()),
+                Backend::Postgres => column == name.as_str(),
+            })
+        };
+        let required = [
+            (&config.order_id, "order_id", "the exchange order id"),
+            (&config.status, "status", "the order status word"),
+            (&config.created_at, "created_at", "when the bot placed the order"),
+            (&config.filled_at, "filled_at", "when the order filled"),
+        ];
+        for (column, key, what) in required {
+            if !has(column) {
+                return Err(StoreError::MissingColumn { table, column: column.to_string(), key, what });
+            }
+        }
+        let optional = |column: &Option<OptionalColumn>, key: &'static str, what: &'static str| match column {
+            None => Ok(None),
+            Some(column) if has(&column.name) => Ok(Some(column.name.clone())),
+            Some(column) if column.explicit => {
+                Err(StoreError::MissingColumn { table: table.clone(), column: column.name.to_string(), key, what })
+            }
+            Some(_) => Ok(None),
+        };
+        let bot_id = optional(&config.bot_id, "bot_id", "the bot's name (or set it to \"\")")?;
+        let product_id = optional(&config.product_id, "product_id", "the product, e.g. AVNT-USD (or set it to \"\")")?;
+        let filled_price =
+            optional(&config.filled_price, "filled_price", "the average fill price (or set it to \"\")")?;
+        let filled_size = optional(&config.filled_size, "filled_size", "the filled size (or set it to \"\")")?;
+        Ok(Self::build(config.clone(), backend, bot_id, product_id, filled_price, filled_size))
+    }
+
+    fn build(
+        config: TradesSchema,
+        backend: Backend,
+        bot_id: Option<SqlIdent>,
+        product_id: Option<SqlIdent>,
+        filled_price: Option<SqlIdent>,
+        filled_size: Option<SqlIdent>,
+    ) -> BoundSchema {
+        let text = |column: &Option<SqlIdent>| match column {
+            Some(name) => format!("CAST({} AS TEXT)", name.quoted()),
+            None => "CAST(NULL AS TEXT)".to_string(),
+        };
+        let columns = format!(
+            "CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS TEXT), {}, {}",
+            config.order_id.quoted(),
+            config.status.quoted(),
+            config.created_at.quoted(),
+            text(&bot_id),
+            text(&product_id),
+        );
+        let table = config.table.quoted();
+        let select_by_status = format!("SELECT {columns} FROM {table} WHERE {} = $1", config.status.quoted());
+        let select_by_id = format!("SELECT {columns} FROM {table} WHERE {} = $1", config.order_id.quoted());
+        let select_status_by_id = format!(
+            "SELECT CAST({} AS TEXT) FROM {table} WHERE {} = $1",
+            config.status.quoted(),
+            config.order_id.quoted()
+        );
+        BoundSchema {
+            config,
+            backend,
+            bot_id,
+            product_id,
+            filled_price,
+            filled_size,
+            select_by_status,
+            select_by_id,
+            select_status_by_id,
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        self.config.table.as_str()
+    }
+
+    /// `(schema, table)` of a possibly qualified table name.
+    pub(super) fn table_parts(config: &TradesSchema) -> (Option<&str>, &str) {
+        match config.table.as_str().split_once('.') {
+            Some((schema, table)) => (Some(schema), table),
+            None => (None, config.table.as_str()),
+        }
+    }
+
+    pub fn words(&self) -> &StatusWords {
+        &self.config.words
+    }
+
+    /// Which optional columns are in use, for the start-up log.
+    pub fn optional_columns(&self) -> Vec<&str> {
+        [&self.bot_id, &self.product_id, &self.filled_price, &self.filled_size]
+            .into_iter()
+            .flatten()
+            .map(SqlIdent::as_str)
+            .collect()
+    }
+
+    pub(super) fn select_by_status(&self) -> &str {
+        &self.select_by_status
+    }
+
+    pub(super) fn select_by_id(&self) -> &str {
+        &self.select_by_id
+    }
+
+    pub(super) fn select_status_by_id(&self) -> &str {
+        &self.select_status_by_id
+    }
+
+    /// The conditional update for a correction. Binds, in order: the new status word, then the returned
+    /// values, then the order id and the pending word. Fill figures the exchange did not give, or the
+    /// table has no column for, are left untouched.
+    pub(super) fn update(&self, fill: &Fill) -> (String, Vec<String>) {
+        let mut sets = vec![format!("{} = $1", self.config.status.quoted())];
+        let mut values = Vec::new();
+        let mut next = 2;
+        // SQLite takes text and lets the column's affinity convert it; PostgreSQL needs the type spelt out.
+        let param = |n: usize, pg_type: &str| match self.backend {
+            Backend::Sqlite => format!("${n}"),
+            Backend::Postgres => format!("CAST(${n} AS {pg_type})"),
+        };
+        if let Some(at) = fill.time {
+            sets.push(format!("{} = {}", self.config.filled_at.quoted(), param(next, "TIMESTAMPTZ")));
+            values.push(match self.backend {
+                Backend::Sqlite => sqlite_timestamp(at),
+                Backend::Postgres => at.to_rfc3339(),
+            });
+            next += 1;
+        }
+        for (column, value) in [(&self.filled_price, fill.price), (&self.filled_size, fill.size)] {
+            if let (Some(column), Some(value)) = (column, value) {
+                sets.push(format!("{} = {}", column.quoted(), param(next, "NUMERIC")));
+                values.push(value.to_string());
+                next += 1;
+            }
+        }
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {} = ${next} AND {} = ${}",
+            self.config.table.quoted(),
+            sets.join(", "),
+            self.config.order_id.quoted(),
+            self.config.status.quoted(),
+            next + 1
+        );
+        (sql, values)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use rust_decimal::Decimal;
+
+    fn bound(backend: Backend, columns: &[&str]) -> Result<BoundSchema, StoreError> {
+        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        BoundSchema::bind(&TradesSchema::default(), backend, Some(&columns), "sqlite://x.db")
+    }
+
+    const ALL: [&str; 8] =
+        ["order_id", "status", "created_at", "filled_at", "bot_id", "product_id", "filled_price", "filled_size"];
+
+    #[test]
+    fn the_update_only_touches_rows_still_pending() {
+        let schema = bound(Backend::Postgres, &ALL).unwrap();
+        let fill = Fill {
+            time: Some(Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap()),
+            price: Some(Decimal::new(8373, 4)),
+            size: Some(Decimal::from(100)),
+        };
+        let (sql, values) = schema.update(&fill);
+        assert_eq!(
+            sql,
+            "UPDATE \"trades\" SET \"status\" = $1, \"filled_at\" = CAST($2 AS TIMESTAMPTZ), \
+             \"filled_price\" = CAST($3 AS NUMERIC), \"filled_size\" = CAST($4 AS NUMERIC) \
+             WHERE \"order_id\" = $5 AND \"status\" = $6"
+        );
+        assert_eq!(values, vec!["2025-10-01T10:00:03+00:00", "0.8373", "100"]);
+    }
+
+    #[test]
+    fn figures_the_exchange_did_not_give_are_left_alone() {
+        let schema = bound(Backend::Sqlite, &ALL[..4]).unwrap();
+        let fill = Fill { time: None, price: Some(Decimal::ONE), size: Some(Decimal::ONE) };
+        let (sql, values) = schema.update(&fill);
+        assert_eq!(sql, "UPDATE \"trades\" SET \"status\" = $1 WHERE \"order_id\" = $2 AND \"status\" = $3");
+        assert!(values.is_empty());
+    }
+
+    #[test]
+    fn a_missing_table_or_required_column_is_named() {
+        let missing = BoundSchema::bind(&TradesSchema::default(), Backend::Sqlite, None, "sqlite://x.db").unwrap_err();
+        assert!(missing.to_string().starts_with("table trades does not exist"), "{missing}");
+        let error = bound(Backend::Sqlite, &["order_id", "status", "filled_at"]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "table trades has no column created_at: set trades.created_at in the config file to the column that \
+             holds when the bot placed the order"
+        );
+    }
+
+    #[test]
+    fn default_optional_columns_the_table_lacks_are_not_used() {
+        let schema = bound(Backend::Sqlite, &["ORDER_ID", "status", "created_at", "filled_at", "bot_id"]).unwrap();
+        assert_eq!(schema.optional_columns(), vec!["bot_id"]);
+        assert!(schema.select_by_status().contains("CAST(NULL AS TEXT)"));
+    }
+
+    #[test]
+    fn an_explicit_optional_column_must_exist() {
+        let config = TradesSchema {
+            product_id: Some(OptionalColumn { name: SqlIdent::parse("symbol").unwrap(), explicit: true }),
+            ..TradesSchema::default()
+        };
+        let columns: Vec<String> = ALL.iter().map(|c| c.to_string()).collect();
+        let error = BoundSchema::bind(&config, Backend::Postgres, Some(&columns), "postgres://x").unwrap_err();
+        assert!(error.to_string().contains("has no column symbol: set trades.product_id"), "{error}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The exchange seam: `trait Exchange`, its typed errors, and the Coinbase implementation. Everything the
+//! rest of ordersync knows about an order on the exchange comes through `Exchange` as `ExchangeOrder`.
+//!
+//! Deliberately not here: what an answer means for the bot's row (that is `decide.rs`). Only this module
+//! (and the simulator, which reuses `types`) knows Coinbase JSON.
+
+pub mod auth;
+pub mod coinbase;
+pub mod limiter;
+pub mod types;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::order::OrderId;
+
+pub use types::{ExchangeOrder, ExchangeStatus};
+
+/// Why the exchange gave no usable answer. The reconciler branches on these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("order not found on the exchange")]
+    NotFound,
+    #[error("the exchange refused the credentials: {0}")]
+    Unauthorized(String),
+    #[error("rate limited by the exchange")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("transient exchange error: {0}")]
+    Transient(String),
+    #[error("malformed answer from the exchange: {0}")]
+    Malformed(String),
+    #[error("the exchange rejected the request: {0}")]
+    Rejected(String),
+}
+
+impl ExchangeError {
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ExchangeError::NotFound => "not_found",
+            ExchangeError::Unauthorized(_) => "unauthorized",
+            ExchangeError::RateLimited { .. } => "rate_limited",
+            ExchangeError::Transient(_) => "transient",
+            ExchangeError::Malformed(_) => "malformed",
+            ExchangeError::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// The orders a batch lookup returned. Ids asked for and absent from both lists were not returned at
+/// all, which proves nothing: confirm them one by one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub orders: Vec<ExchangeOrder>,
+    /// Orders whose fields could not be read: `(order id as sent, why)`.
+    pub malformed: Vec<(String, String)>,
+}
+
+/// Where ordersync asks about orders. Implemented by the Coinbase client and by the in-process simulator.
+#[async_trait]
+pub trait Exchange: Send + Sync {
+    /// Look up many orders at once (List Orders filtered by order ids, every page).
+    async fn orders(&self, ids: &[OrderId]) -> Result<Batch, ExchangeError>;
+
+    /// Look up one order (Get Order). `NotFound` only on a clear 404.
+    async fn order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError>;
+}

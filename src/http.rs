@@ -1,0 +1,271 @@
+//! The HTTP surface: `GET /metrics` (never waits on the database or the exchange), `/healthz`, `/readyz`,
+//! and the diagnostics API under `/api/v1/` (sync status, reconcile one order), optionally behind a
+//! bearer token. Unknown paths 404, wrong methods 405, every error is JSON with a message.
+//!
+//! Deliberately not here: SQL, Coinbase JSON, decisions. Handlers call `Store`, `Reconciler`, `Metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::config::parse_duration;
+use crate::db::Store;
+use crate::metrics::Metrics;
+use crate::order::OrderId;
+use crate::reconcile::{Mode, ReconcileError, Reconciler};
+
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// How long a readiness or API request may wait on the database.
+const DB_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub reconciler: Reconciler,
+    pub api_token: Option<Arc<SecretString>>,
+    /// `/readyz` fails when the exchange has not answered for this long.
+    pub exchange_stale_after: Duration,
+}
+
+/// An error answered as JSON. 4xx say why; 5xx log the cause and answer generically.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unauthorized,
+    NotFound(String),
+    MethodNotAllowed,
+    Unavailable(String),
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, message) = match self {
+            ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, "bad_request", message),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send Authorization: Bearer <ORDERSYNC_API_TOKEN>".to_string(),
+            ),
+            ApiError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this path does not take that method".to_string(),
+            ),
+            ApiError::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "API request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the ordersync log".to_string())
+            }
+        };
+        (status, Json(ErrorBody { error, message })).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], state.metrics.encode()).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    checks: Vec<ReadyCheck>,
+}
+
+#[derive(Serialize)]
+struct ReadyCheck {
+    name: &'static str,
+    ok: bool,
+    message: String,
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let mut checks = Vec::new();
+    let database = tokio::time::timeout(DB_TIMEOUT, state.store.ping()).await;
+    let database_ok = matches!(database, Ok(Ok(())));
+    checks.push(ReadyCheck {
+        name: "database",
+        ok: database_ok,
+        message: match database {
+            Ok(Ok(())) => "reachable".into(),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {DB_TIMEOUT:?}"),
+        },
+    });
+    let migrations = if database_ok {
+        tokio::time::timeout(DB_TIMEOUT, state.store.migrations_current()).await.ok().and_then(Result::ok)
+    } else {
+        None
+    };
+    checks.push(ReadyCheck {
+        name: "migrations",
+        ok: migrations == Some(true),
+        message: match migrations {
+            Some(true) => "applied".into(),
+            Some(false) => "not applied: run ordersync migrate".into(),
+            None => "unknown: the database is not reachable".into(),
+        },
+    });
+    let since = state.metrics.since_exchange_contact();
+    let exchange_ok = since.is_none_or(|since| since <= state.exchange_stale_after);
+    checks.push(ReadyCheck {
+        name: "exchange",
+        ok: exchange_ok,
+        message: match since {
+            None => "not contacted yet".into(),
+            Some(since) if exchange_ok => format!("last answer {}s ago", since.as_secs()),
+            Some(since) => {
+                format!("no answer for {}s (bound {}s)", since.as_secs(), state.exchange_stale_after.as_secs())
+            }
+        },
+    });
+    let ready = checks.iter().all(|check| check.ok);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { ready, checks })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncStatusQuery {
+    bot: Option<String>,
+    /// A duration such as `5m`.
+    min_age: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SyncStatusRow {
+    order_id: String,
+    bot_id: Option<String>,
+    product_id: Option<String>,
+    db_status: String,
+    created_at: chrono::DateTime<Utc>,
+    age_seconds: i64,
+    last_exchange_status: Option<String>,
+    last_checked_at: Option<chrono::DateTime<Utc>>,
+    verdict: String,
+    checks: i64,
+    flagged: bool,
+    last_error: Option<String>,
+}
+
+async fn sync_status(
+    State(state): State<AppState>,
+    Query(query): Query<SyncStatusQuery>,
+) -> Result<Response, ApiError> {
+    let min_age = match query.min_age.as_deref() {
+        Some(text) => {
+            parse_duration(text).map_err(|e| ApiError::BadRequest(format!("min_age {text:?}: expected {e}")))?
+        }
+        None => Duration::ZERO,
+    };
+    let rows = tokio::time::timeout(DB_TIMEOUT * 5, state.store.pending_orders())
+        .await
+        .map_err(|_| ApiError::Unavailable("the database did not answer in time".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("the database is not reachable: {e}")))?;
+    let now = Utc::now();
+    let min_age = chrono::Duration::from_std(min_age).unwrap_or_default();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|row| query.bot.as_deref().is_none_or(|bot| row.bot_id.as_deref() == Some(bot)))
+        .filter(|row| now - row.created_at >= min_age)
+        .collect();
+    let ids: Vec<OrderId> = rows.iter().map(|row| row.order_id.clone()).collect();
+    let states = state.store.check_states(&ids).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let orders: Vec<SyncStatusRow> = rows
+        .into_iter()
+        .map(|row| {
+            let check = states.get(&row.order_id);
+            SyncStatusRow {
+                order_id: row.order_id.to_string(),
+                age_seconds: (now - row.created_at).num_seconds(),
+                bot_id: row.bot_id,
+                product_id: row.product_id,
+                db_status: row.status,
+                created_at: row.created_at,
+                last_exchange_status: check.and_then(|c| c.last_exchange_status.clone()),
+                last_checked_at: check.and_then(|c| c.last_checked_at),
+                verdict: check.map_or_else(|| "not_checked".to_string(), |c| c.last_verdict.clone()),
+                checks: check.map_or(0, |c| c.checks),
+                flagged: check.is_some_and(|c| c.flagged),
+                last_error: check.and_then(|c| c.last_error.clone()),
+            }
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"generated_at": now, "count": orders.len(), "orders": orders})).into_response())
+}
+
+async fn reconcile_order(State(state): State<AppState>, Path(order_id): Path<String>) -> Result<Response, ApiError> {
+    let order_id = OrderId::parse(&order_id).map_err(ApiError::BadRequest)?;
+    match state.reconciler.reconcile_one(&order_id, Mode::Apply).await {
+        Ok(checked) => Ok(Json(checked).into_response()),
+        Err(ReconcileError::UnknownOrder(id)) => {
+            Err(ApiError::NotFound(format!("order {id} is not in the bot's table")))
+        }
+        Err(ReconcileError::Store(error)) => {
+            Err(ApiError::Unavailable(format!("the database is not reachable: {error}")))
+        }
+    }
+}
+
+async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if let Some(expected) = &state.api_token {
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
+        let matches =
+            given.is_some_and(|given| constant_time_eq(given.as_bytes(), expected.expose_secret().as_bytes()));
+        if !matches {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such path; try /metrics, /healthz, /readyz or /api/v1/trades/sync-status".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/v1/trades/sync-status", get(sync_status))
+        .route("/api/v1/orders/{order_id}/reconcile", post(reconcile_order))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}

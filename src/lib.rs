@@ -1,0 +1,20 @@
+//! ordersync keeps a trading bot's order table honest about its orders on Coinbase.
+//!
+//! Reading order: `config` (what to run with) -> `order` (the bot's row) -> `exchange` (what Coinbase
+//! says) -> `decide` (the one decision) -> `db` (the one apply path over SQLite and PostgreSQL) ->
+//! `reconcile` (the loop that joins them) -> `metrics`, `http` (how it is seen) -> `app` (the wiring) ->
+//! `cli` (the commands). `sandbox` is the Coinbase simulator that the demo and the tests run against.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod decide;
+pub mod demo;
+pub mod exchange;
+pub mod http;
+pub mod metrics;
+pub mod order;
+pub mod reconcile;
+pub mod sandbox;
+pub mod telemetry;

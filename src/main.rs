@@ -1,0 +1,25 @@
+//! The `ordersync` binary: parse the command line, start tracing, run the command, map the outcome to
+//! an exit code (0 ok, 1 failure at run time, 2 usage or configuration, 3 mismatches found by audit).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ordersync::cli::{self, Cli, UsageError};
+use ordersync::config::ENV_LOG;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ordersync::telemetry::init(cli.global.log_format.into(), std::env::var(ENV_LOG).ok().as_deref());
+    match cli::run(cli).await {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) if error.is::<UsageError>() => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The simulator over HTTP: Coinbase's REST paths and JSON, JWT verification (signature, expiry, `uri`
+//! claim), its own rate limit with 429 and `Retry-After`, seeded fault injection, and a small control API
+//! under `/sandbox/` for tests and the demo (unauthenticated: bind it to loopback).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::exchange::auth::{verify, PublicKey};
+use crate::exchange::coinbase::{LIST_ORDERS_PATH, ORDERS_PATH};
+use crate::exchange::limiter::Limiter;
+use crate::exchange::types::{ErrorResponse, GetOrderResponse};
+use crate::sandbox::{Fault, Faults, NewOrder, Sandbox, SandboxError, DEFAULT_PAGE};
+
+/// What the HTTP face needs: the simulator, the keys it accepts, and its own rate limit.
+#[derive(Clone)]
+pub struct ServerState {
+    pub sandbox: Sandbox,
+    pub keys: Arc<HashMap<String, PublicKey>>,
+    limiter: Option<Limiter>,
+}
+
+impl ServerState {
+    /// `rate_limit_per_second`: requests per second before 429 (Coinbase: about 30); `None` for no limit.
+    pub fn new(sandbox: Sandbox, keys: HashMap<String, PublicKey>, rate_limit_per_second: Option<NonZeroU32>) -> Self {
+        ServerState { sandbox, keys: Arc::new(keys), limiter: rate_limit_per_second.map(Limiter::per_second) }
+    }
+}
+
+fn coinbase_error(status: StatusCode, error: &str, message: &str) -> Response {
+    let body = ErrorResponse { error: error.into(), error_details: message.into(), message: message.into() };
+    (status, Json(body)).into_response()
+}
+
+/// Authenticate, rate-limit and draw a fault, as Coinbase's front door would (in that order).
+async fn admit(state: &ServerState, headers: &HeaderMap, path: &str) -> Result<Option<Fault>, Response> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| coinbase_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "missing bearer token"))?;
+    let uri = format!("GET {host}{path}");
+    if let Err(error) = verify(token, &state.keys, Some(&uri), Utc::now().timestamp()) {
+        return Err(coinbase_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &error.to_string()));
+    }
+    if let Some(limiter) = &state.limiter {
+        if let Err(wait) = limiter.try_acquire() {
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(rate_limited(seconds));
+        }
+    }
+    let (fault, delay) = state.sandbox.draw_fault();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    match fault {
+        Some(Fault::ServerError) => {
+            Err(coinbase_error(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL", "injected server error"))
+        }
+        Some(Fault::RateLimited) => Err(rate_limited(state.sandbox.faults().retry_after_seconds)),
+        other => Ok(other),
+    }
+}
+
+fn rate_limited(retry_after_seconds: u64) -> Response {
+    let mut response = coinbase_error(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED", "Too many requests");
+    if retry_after_seconds > 0 {
+        if let Ok(value) = HeaderValue::from_str(&retry_after_seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+/// Serve `value` as JSON, bent by the fault drawn for this request.
+fn answer<T: Serialize>(value: &T, fault: Option<Fault>) -> Response {
+    let mut json = match serde_json::to_value(value) {
+        Ok(json) => json,
+        Err(error) => return coinbase_error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", &error.to_string()),
+    };
+    if fault == Some(Fault::UnknownStatus) {
+        for order in json.get_mut("orders").and_then(|o| o.as_array_mut()).into_iter().flatten() {
+            order["status"] = "SETTLING_V2".into();
+        }
+        if let Some(order) = json.get_mut("order") {
+            order["status"] = "SETTLING_V2".into();
+        }
+    }
+    let text = json.to_string();
+    let body = match fault {
+        Some(Fault::Malformed) => "<html><body>502 Bad Gateway</body></html>".to_string(),
+        Some(Fault::Truncated) => text[..text.len() / 2].to_string(),
+        _ => text,
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn list_orders(State(state): State<ServerState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let fault = match admit(&state, &headers, LIST_ORDERS_PATH).await {
+        Ok(fault) => fault,
+        Err(response) => return response,
+    };
+    let mut ids = Vec::new();
+    let mut limit = DEFAULT_PAGE;
+    let mut cursor = String::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "order_ids" => ids.push(value.into_owned()),
+            "limit" => match value.parse() {
+                Ok(parsed) => limit = parsed,
+                Err(_) => return coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "limit must be a number"),
+            },
+            "cursor" => cursor = value.into_owned(),
+            _ => {}
+        }
+    }
+    match state.sandbox.list(&ids, limit, &cursor) {
+        Ok(page) => answer(&page, fault),
+        Err(error) => coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &error.to_string()),
+    }
+}
+
+async fn get_order(State(state): State<ServerState>, headers: HeaderMap, Path(order_id): Path<String>) -> Response {
+    let fault = match admit(&state, &headers, &format!("{ORDERS_PATH}/{order_id}")).await {
+        Ok(fault) => fault,
+        Err(response) => return response,
+    };
+    match state.sandbox.wire_order(&order_id) {
+        Some(order) => answer(&GetOrderResponse { order }, fault),
+        None => coinbase_error(StatusCode::NOT_FOUND, "NOT_FOUND", "order with this orderID was not found"),
+    }
+}
+
+#[derive(Serialize)]
+struct FillEntry {
+    entry_id: String,
+    trade_id: String,
+    order_id: String,
+    trade_time: String,
+    trade_type: String,
+    price: String,
+    size: String,
+    commission: String,
+    product_id: String,
+    sequence_timestamp: String,
+    liquidity_indicator: String,
+    size_in_quote: bool,
+    user_id: String,
+    side: String,
+}
+
+async fn list_fills(State(state): State<ServerState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    let fault = match admit(&state, &headers, &format!("{ORDERS_PATH}/fills")).await {
+        Ok(fault) => fault,
+        Err(response) => return response,
+    };
+    let mut fills = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let Some(order) = (name == "order_ids").then(|| state.sandbox.wire_order(&value)).flatten() else { continue };
+        let (Some(time), Some(size)) = (order.last_fill_time.clone(), order.filled_size.clone()) else { continue };
+        fills.push(FillEntry {
+            entry_id: format!("{}-1", order.order_id),
+            trade_id: format!("{}-t1", order.order_id),
+            order_id: order.order_id.clone(),
+            trade_time: time.clone(),
+            trade_type: "FILL".into(),
+            price: order.average_filled_price.clone().unwrap_or_default(),
+            size,
+            commission: order.total_fees.clone().unwrap_or_default(),
+            product_id: order.product_id.clone(),
+            sequence_timestamp: time,
+            liquidity_indicator: "MAKER".into(),
+            size_in_quote: false,
+            user_id: order.user_id.clone(),
+            side: order.side.clone(),
+        });
+    }
+    answer(&serde_json::json!({"fills": fills, "cursor": ""}), fault)
+}
+
+fn control_error(error: SandboxError) -> Response {
+    let status = match error {
+        SandboxError::NoSuchOrder(_) => StatusCode::NOT_FOUND,
+        SandboxError::Terminal { .. } => StatusCode::CONFLICT,
+        SandboxError::Invalid(_) => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(serde_json::json!({"error": error.to_string()}))).into_response()
+}
+
+async fn create_order(State(state): State<ServerState>, Json(new): Json<NewOrder>) -> Response {
+    match state.sandbox.create_order(new) {
+        Ok(order_id) => (StatusCode::CREATED, Json(serde_json::json!({"order_id": order_id}))).into_response(),
+        Err(error) => control_error(error),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct FillRequest {
+    size: Option<Decimal>,
+    price: Option<Decimal>,
+    time: Option<DateTime<Utc>>,
+}
+
+async fn fill_order(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+    body: Option<Json<FillRequest>>,
+) -> Response {
+    let request = body.map(|Json(r)| r).unwrap_or_default();
+    match state.sandbox.fill(&id, request.size, request.price, request.time) {
+        Ok(()) => Json(state.sandbox.wire_order(&id)).into_response(),
+        Err(error) => control_error(error),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndRequest {
+    status: String,
+}
+
+async fn end_order(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+    Json(request): Json<EndRequest>,
+) -> Response {
+    match state.sandbox.end(&id, &request.status) {
+        Ok(()) => Json(state.sandbox.wire_order(&id)).into_response(),
+        Err(error) => control_error(error),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvanceRequest {
+    seconds: u64,
+}
+
+async fn advance_clock(State(state): State<ServerState>, Json(request): Json<AdvanceRequest>) -> Response {
+    state.sandbox.advance(std::time::Duration::from_secs(request.seconds));
+    Json(serde_json::json!({"now": state.sandbox.now()})).into_response()
+}
+
+async fn put_faults(State(state): State<ServerState>, Json(faults): Json<Faults>) -> Response {
+    state.sandbox.set_faults(faults);
+    Json(state.sandbox.faults()).into_response()
+}
+
+async fn get_faults(State(state): State<ServerState>) -> Response {
+    Json(state.sandbox.faults()).into_response()
+}
+
+async fn not_found() -> Response {
+    coinbase_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+}
+
+/// The simulator's routes.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route(LIST_ORDERS_PATH, get(list_orders))
+        .route(&format!("{ORDERS_PATH}/fills"), get(list_fills))
+        .route(&format!("{ORDERS_PATH}/{{order_id}}"), get(get_order))
+        .route("/sandbox/orders", post(create_order))
+        .route("/sandbox/orders/{id}/fill", post(fill_order))
+        .route("/sandbox/orders/{id}/end", post(end_order))
+        .route("/sandbox/clock/advance", post(advance_clock))
+        .route("/sandbox/faults", get(get_faults).put(put_faults))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serve until `token` is cancelled.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(listener: TcpListener, state: ServerState, token: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(token.cancelled_owned()).await
+}
+
+/// Bind `addr` and serve in the background; returns the bound address.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn spawn(addr: &str, state: ServerState, token: CancellationToken) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = serve(listener, state, token).await {
+            tracing::error!(%error, "simulator server failed");
+        }
+    });
+    Ok(bound)
+}

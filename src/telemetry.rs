@@ -1,0 +1,23 @@
+//! Tracing setup: human-readable text by default, JSON lines with `--log-format json`; the filter comes
+//! from `ORDERSYNC_LOG` (default `info,sqlx=warn`). Deliberately not here: what to log (each module).
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, ENV_LOG};
+
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn";
+
+/// Install the global subscriber; logs go to stderr so stdout stays for command output.
+pub fn init(format: LogFormat, filter: Option<&str>) {
+    let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER)).unwrap_or_else(|error| {
+        eprintln!("{ENV_LOG}: {error}; using {DEFAULT_FILTER}");
+        EnvFilter::new(DEFAULT_FILTER)
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}
