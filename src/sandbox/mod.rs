@@ -49,8 +49,9 @@ pub struct Faults {
     pub malformed_rate: f64,
     pub unknown_status_rate: f64,
     pub truncated_rate: f64,
-    /// Requests per second the simulator serves before answering 429 (0: no limit).
-    pub rate_limit_per_second: u32,
+    /// Serve at most this many orders a page whatever `limit` asks (0: as asked), so clients must follow
+    /// the cursor.
+    pub page_size: usize,
 }
 
 /// A fault chosen for one request.

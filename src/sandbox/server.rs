@@ -126,6 +126,10 @@ async fn list_orders(State(state): State<ServerState>, headers: HeaderMap, RawQu
             _ => {}
         }
     }
+    let page_size = state.sandbox.faults().page_size;
+    if page_size > 0 {
+        limit = limit.min(page_size);
+    }
     match state.sandbox.list(&ids, limit, &cursor) {
         Ok(page) => answer(&page, fault),
         Err(error) => coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &error.to_string()),

@@ -1,0 +1,263 @@
+//! The real Coinbase client against the simulator over loopback HTTP: auth, paging, errors, retries.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ordersync::exchange::auth::CdpKey;
+use ordersync::exchange::coinbase::{CoinbaseClient, RetryPolicy, ORDERS_PATH};
+use ordersync::exchange::{Exchange, ExchangeError, ExchangeStatus};
+use ordersync::metrics::Metrics;
+use ordersync::order::OrderId;
+use ordersync::reconcile::{Mode, Reconciler};
+use ordersync::sandbox::{Faults, NewOrder, Sandbox};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{client, config, dec, fast_retry, sandbox_http, settings, Backend, TestDb};
+
+fn place(sandbox: &Sandbox, count: usize) -> Vec<OrderId> {
+    (0..count)
+        .map(|_| {
+            let new = NewOrder {
+                product_id: "AVNT-USD".into(),
+                base_size: dec("10"),
+                limit_price: dec("0.84"),
+                ..NewOrder::default()
+            };
+            OrderId::parse(&sandbox.create_order(new).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+fn requests(metrics: &Metrics, endpoint: &str, outcome: &str) -> u64 {
+    metrics.exchange_requests.with_label_values(&[endpoint, outcome]).get()
+}
+
+#[tokio::test]
+async fn the_right_key_is_accepted_and_a_wrong_one_refused_without_retrying() {
+    let sandbox = Sandbox::new(1);
+    let ids = place(&sandbox, 1);
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+
+    let order = client(&url, key, &metrics).order(&ids[0]).await.unwrap();
+    assert_eq!(order.status, ExchangeStatus::Open);
+
+    let impostor = CdpKey::generate("organizations/test/apiKeys/test");
+    let error = client(&url, impostor, &metrics).order(&ids[0]).await.unwrap_err();
+    assert!(matches!(error, ExchangeError::Unauthorized(_)), "{error:?}");
+    assert_eq!(requests(&metrics, "get_order", "unauthorized"), 1, "a 401 is reported, not retried");
+}
+
+#[tokio::test]
+async fn an_expired_token_or_one_for_another_path_is_refused() {
+    let sandbox = Sandbox::new(1);
+    let ids = place(&sandbox, 1);
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let host = url.trim_start_matches("http://");
+    let path = format!("{ORDERS_PATH}/{}", ids[0]);
+    let http = reqwest::Client::new();
+    let send = |jwt: String| http.get(format!("{url}{path}")).bearer_auth(jwt).send();
+
+    let fresh = key.jwt(Some(&format!("GET {host}{path}")), Utc::now().timestamp());
+    assert_eq!(send(fresh).await.unwrap().status(), 200);
+    let expired = key.jwt(Some(&format!("GET {host}{path}")), Utc::now().timestamp() - 300);
+    let response = send(expired).await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "UNAUTHENTICATED");
+    let elsewhere = key.jwt(Some(&format!("GET {host}{ORDERS_PATH}/batch")), Utc::now().timestamp());
+    assert_eq!(send(elsewhere).await.unwrap().status(), 401);
+}
+
+#[tokio::test]
+async fn a_thousand_orders_are_read_in_batches_following_the_cursor() {
+    let sandbox = Sandbox::new(1);
+    let ids = place(&sandbox, 1000);
+    sandbox.set_faults(Faults { page_size: 100, ..Faults::default() });
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+    let client = client(&url, key, &metrics);
+
+    let mut found = Vec::new();
+    for chunk in ids.chunks(250) {
+        let batch = client.orders(chunk).await.unwrap();
+        assert!(batch.malformed.is_empty());
+        found.extend(batch.orders.into_iter().map(|o| o.order_id));
+    }
+    found.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(found, expected);
+    assert_eq!(requests(&metrics, "list_orders", "ok"), 12, "4 batches of 250 ids, 3 pages of at most 100 each");
+}
+
+#[tokio::test]
+async fn an_unknown_order_is_not_found() {
+    let sandbox = Sandbox::new(1);
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+    let missing = OrderId::parse("0c5e2f39-0000-4000-8000-000000000000").unwrap();
+
+    assert_eq!(client(&url, key.clone(), &metrics).order(&missing).await, Err(ExchangeError::NotFound));
+    let batch = client(&url, key, &metrics).orders(std::slice::from_ref(&missing)).await.unwrap();
+    assert!(batch.orders.is_empty(), "absent from a batch, which proves nothing by itself");
+}
+
+#[tokio::test]
+async fn a_429_is_waited_out_as_told_then_succeeds() {
+    let sandbox = Sandbox::new(1);
+    let ids = place(&sandbox, 1);
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, Some(2), &token).await;
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+    let client = Arc::new(client(&url, key, &metrics).with_retry(RetryPolicy { max_retries: 5, ..fast_retry() }));
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (client, id) = (client.clone(), ids[0].clone());
+        tasks.push(tokio::spawn(async move { client.order(&id).await }));
+    }
+    for task in tasks {
+        assert!(task.await.unwrap().is_ok());
+    }
+    assert!(requests(&metrics, "get_order", "rate_limited") >= 1);
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After: 1 was honoured");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_reported_as_transient() {
+    let sandbox = Sandbox::new(1);
+    let ids = place(&sandbox, 1);
+    sandbox.set_faults(Faults { error_5xx_rate: 1.0, ..Faults::default() });
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+    let client = client(&url, key, &metrics).with_retry(RetryPolicy { max_retries: 3, ..fast_retry() });
+
+    let error = client.order(&ids[0]).await.unwrap_err();
+
+    assert_eq!(error, ExchangeError::Transient("HTTP 503".into()));
+    assert_eq!(requests(&metrics, "get_order", "transient"), 4, "one try and three retries");
+    assert_eq!(metrics.exchange_up.get(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_as_transient() {
+    let sandbox = Sandbox::new(1);
+    let ids = place(&sandbox, 1);
+    sandbox.set_faults(Faults { latency_rate: 1.0, latency_ms: 1500, ..Faults::default() });
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+    let retry = RetryPolicy { max_retries: 1, timeout: Duration::from_millis(200), ..fast_retry() };
+
+    let error = client(&url, key, &metrics).with_retry(retry).order(&ids[0]).await.unwrap_err();
+
+    assert!(matches!(&error, ExchangeError::Transient(m) if m.contains("timed out")), "{error:?}");
+}
+
+#[tokio::test]
+async fn malformed_and_truncated_bodies_are_malformed_errors_not_retried() {
+    for faults in
+        [Faults { malformed_rate: 1.0, ..Faults::default() }, Faults { truncated_rate: 1.0, ..Faults::default() }]
+    {
+        let sandbox = Sandbox::new(1);
+        let ids = place(&sandbox, 2);
+        sandbox.set_faults(faults.clone());
+        let token = CancellationToken::new();
+        let (url, key) = sandbox_http(&sandbox, None, &token).await;
+        let metrics = Metrics::standalone(Duration::from_secs(300));
+        let client = client(&url, key, &metrics);
+
+        assert!(matches!(client.order(&ids[0]).await, Err(ExchangeError::Malformed(_))), "{faults:?}");
+        assert!(matches!(client.orders(&ids).await, Err(ExchangeError::Malformed(_))), "{faults:?}");
+        assert_eq!(requests(&metrics, "get_order", "malformed"), 1);
+    }
+}
+
+async fn malformed_answers_leave_the_order_as_it_was(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    crate::harness::incident(&db, &sandbox).await;
+    sandbox.set_faults(Faults { malformed_rate: 1.0, ..Faults::default() });
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let config = config(&db);
+    let store = ordersync::db::Store::connect(&db.url, &config.trades).await.unwrap();
+    store.migrate().await.unwrap();
+    let metrics = Metrics::standalone(config.stuck_after);
+    let exchange = Arc::new(client(&url, key, &metrics));
+    let reconciler = Reconciler::new(store, exchange, metrics.clone(), settings(&config));
+
+    let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+
+    assert!(report.checked.iter().all(|c| c.verdict == "unresolved"), "{report:?}");
+    assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM trades WHERE status = 'pending'").await, 3);
+    assert_eq!(metrics.order_checks.with_label_values(&["unknown"]).get(), 3);
+}
+crate::both!(malformed_answers_leave_the_order_as_it_was);
+
+/// Demo-style: the exchange ends orders the bot never hears of; with 10% 5xx and 10% 429 injected, every
+/// ended order is fixed, with the right status, and no live order is touched.
+async fn with_faults_everything_ended_is_fixed_and_nothing_wrongly(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(7);
+    let mut expected = HashMap::new();
+    for n in 0..120 {
+        let id =
+            crate::harness::open_order(&db, &sandbox, &format!("bot{}", n % 3), chrono::Duration::minutes(30)).await;
+        let status = match n % 6 {
+            0 => "pending",
+            1 => {
+                sandbox.end(&id, "CANCELLED").unwrap();
+                "cancelled"
+            }
+            2 => {
+                sandbox.fill(&id, Some(dec("4")), None, None).unwrap();
+                sandbox.end(&id, "EXPIRED").unwrap();
+                "expired"
+            }
+            _ => {
+                sandbox.fill(&id, None, Some(dec("0.8373")), None).unwrap();
+                "completed"
+            }
+        };
+        expected.insert(id, status);
+    }
+    sandbox.set_faults(Faults { error_5xx_rate: 0.1, rate_limit_rate: 0.1, ..Faults::default() });
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let config = crate::harness::config_with(&db, "batch_size = 20");
+    let store = ordersync::db::Store::connect(&db.url, &config.trades).await.unwrap();
+    store.migrate().await.unwrap();
+    let metrics = Metrics::standalone(config.stuck_after);
+    let exchange = Arc::new(
+        CoinbaseClient::new(&url, key, NonZeroU32::new(1000).unwrap(), metrics.clone())
+            .unwrap()
+            .with_retry(fast_retry()),
+    );
+    let reconciler = Reconciler::new(store, exchange, metrics.clone(), settings(&config));
+
+    for _ in 0..5 {
+        reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+    }
+
+    for (id, status) in &expected {
+        let trade = db.trade(id).await;
+        assert_eq!(&trade.status, status, "{id}");
+        if *status == "completed" {
+            assert_eq!(trade.filled_price, Some(dec("0.8373")));
+        }
+    }
+    let injected = requests(&metrics, "list_orders", "transient") + requests(&metrics, "list_orders", "rate_limited");
+    assert!(injected > 0, "faults were injected");
+}
+crate::both!(with_faults_everything_ended_is_fixed_and_nothing_wrongly);

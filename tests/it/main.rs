@@ -1,0 +1,7 @@
+//! One integration-test binary (faster to link than one per file); one file per capability.
+
+mod harness;
+
+mod coinbase;
+mod http;
+mod reconcile;
