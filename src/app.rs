@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_DATABASE_URL};
+use crate::config::{
+    Config, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_COINBASE_KEY_NAME, ENV_COINBASE_PRIVATE_KEY, ENV_DATABASE_URL,
+};
 use crate::db::{Store, StoreError};
 use crate::exchange::auth::{AuthError, CdpKey};
 use crate::exchange::coinbase::CoinbaseClient;
@@ -23,6 +25,8 @@ use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, Settings};
 
+/// The longest any HTTP request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for tasks in hand.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
@@ -72,13 +76,17 @@ pub async fn connect_store(config: &Config) -> Result<Store, AppError> {
 
 /// The Coinbase client the config describes.
 pub fn coinbase_from_config(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Exchange>, AppError> {
-    let path = config.coinbase.key_file.as_deref().ok_or_else(|| {
-        AppError::Config(format!(
-            "{ENV_COINBASE_KEY_FILE} is not set: ordersync needs a Coinbase API key (a CDP key file, or a PEM private \
-             key with ORDERSYNC_COINBASE_KEY_NAME). To try ordersync without credentials run `ordersync demo`."
-        ))
-    })?;
-    let key = CdpKey::from_file(config.coinbase.key_name.as_deref(), path)?;
+    let key = match (&config.coinbase.key_file, &config.coinbase.private_key) {
+        (Some(path), _) => CdpKey::from_file(config.coinbase.key_name.as_deref(), path)?,
+        (None, Some(secret)) => CdpKey::parse(config.coinbase.key_name.as_deref().unwrap_or_default(), secret)?,
+        (None, None) => {
+            return Err(AppError::Config(format!(
+                "{ENV_COINBASE_KEY_FILE} is not set: ordersync needs a Coinbase API key (a CDP key file, or the key in \
+                 {ENV_COINBASE_PRIVATE_KEY} with {ENV_COINBASE_KEY_NAME}). To try ordersync without credentials run \
+                 `ordersync demo`."
+            )))
+        }
+    };
     let rate = NonZeroU32::new(config.coinbase.rate_limit).unwrap_or(NonZeroU32::MIN);
     let client = CoinbaseClient::new(&config.coinbase.api_url, key, rate, metrics.clone())?;
     Ok(Arc::new(client))
@@ -192,9 +200,11 @@ impl App {
             }
         });
         tracker.close();
-        let served = axum::serve(self.listener, router(self.state.clone()))
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .await;
+        let service = router(self.state.clone()).layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(token.clone().cancelled_owned()).await;
         // The server only returns once the token is cancelled (or it failed): make sure the tasks stop too.
         token.cancel();
         match tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await {

@@ -63,6 +63,9 @@ pub struct Global {
     /// File with the CDP private key (EC PEM, base64 Ed25519, or Coinbase's JSON key file)
     #[arg(long, global = true, env = config::ENV_COINBASE_KEY_FILE, value_name = "FILE")]
     pub coinbase_key_file: Option<String>,
+    /// The CDP private key itself, instead of a key file (needs --coinbase-key-name)
+    #[arg(long, global = true, env = config::ENV_COINBASE_PRIVATE_KEY, value_name = "KEY", hide_env_values = true)]
+    pub coinbase_private_key: Option<String>,
     /// Requests per second to Coinbase, shared by all tasks [default: 20]
     #[arg(long, global = true, env = config::ENV_COINBASE_RATE_LIMIT, value_name = "N")]
     pub coinbase_rate_limit: Option<String>,
@@ -194,6 +197,7 @@ impl Global {
             coinbase_api_url: self.coinbase_api_url.clone(),
             coinbase_key_name: self.coinbase_key_name.clone(),
             coinbase_key_file: self.coinbase_key_file.clone(),
+            coinbase_private_key: self.coinbase_private_key.clone(),
             coinbase_rate_limit: self.coinbase_rate_limit.clone(),
             poll_interval: self.poll_interval.clone(),
             stuck_after: self.stuck_after.clone(),
@@ -285,7 +289,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let app = App::build(config, None, None, None).await.map_err(app_error)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        revision = option_env!("ORDERSYNC_GIT_SHA").unwrap_or("unknown"),
+        revision = crate::metrics::REVISION,
         listen = %app.addr(),
         database = app.store().url(),
         backend = app.store().backend().as_str(),

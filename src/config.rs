@@ -18,6 +18,7 @@ pub const ENV_DATABASE_URL: &str = "ORDERSYNC_DATABASE_URL";
 pub const ENV_COINBASE_API_URL: &str = "ORDERSYNC_COINBASE_API_URL";
 pub const ENV_COINBASE_KEY_NAME: &str = "ORDERSYNC_COINBASE_KEY_NAME";
 pub const ENV_COINBASE_KEY_FILE: &str = "ORDERSYNC_COINBASE_KEY_FILE";
+pub const ENV_COINBASE_PRIVATE_KEY: &str = "ORDERSYNC_COINBASE_PRIVATE_KEY";
 pub const ENV_COINBASE_RATE_LIMIT: &str = "ORDERSYNC_COINBASE_RATE_LIMIT";
 pub const ENV_POLL_INTERVAL: &str = "ORDERSYNC_POLL_INTERVAL";
 pub const ENV_STUCK_AFTER: &str = "ORDERSYNC_STUCK_AFTER";
@@ -226,6 +227,8 @@ pub struct CoinbaseConfig {
     pub api_url: String,
     pub key_name: Option<String>,
     pub key_file: Option<PathBuf>,
+    /// The private key itself, when not in a file (environment only: never in the config file).
+    pub private_key: Option<SecretString>,
     /// Client-side limit on requests per second, shared by every task.
     pub rate_limit: u32,
 }
@@ -256,6 +259,7 @@ pub struct Overrides {
     pub coinbase_api_url: Option<String>,
     pub coinbase_key_name: Option<String>,
     pub coinbase_key_file: Option<String>,
+    pub coinbase_private_key: Option<String>,
     pub coinbase_rate_limit: Option<String>,
     pub poll_interval: Option<String>,
     pub stuck_after: Option<String>,
@@ -460,6 +464,7 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
             api_url: api_url.unwrap_or_else(|| DEFAULT_COINBASE_API_URL.to_string()),
             key_name,
             key_file,
+            private_key: over.coinbase_private_key.clone().map(SecretString::from),
             rate_limit: rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
         },
         poll_interval: poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),

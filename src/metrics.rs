@@ -82,6 +82,9 @@ impl Collector for OldestAge {
     }
 }
 
+/// The revision ordersync was built from (`git rev-parse --short=12 HEAD`, or `unknown`).
+pub const REVISION: &str = env!("ORDERSYNC_GIT_SHA");
+
 /// Every metric ordersync exports. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -276,6 +279,14 @@ impl Metrics {
         r.register(Box::new(metrics.collector_duration.clone()))?;
         r.register(Box::new(metrics.last_successful_collection.clone()))?;
         r.register(Box::new(metrics.store_errors.clone()))?;
+        let build_info = IntGaugeVec::new(
+            opts("ordersync_build_info", "Always 1; labels say which ordersync version and git revision is running."),
+            &["version", "revision"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION]).set(1);
+        r.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         // Series that must exist from the start at 0, so rates and ratios are defined before anything happens.
         for outcome in Outcome::ALL {
             metrics.order_checks.with_label_values(&[outcome.as_str()]);

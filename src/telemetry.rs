@@ -1,6 +1,8 @@
 //! Tracing setup: human-readable text by default, JSON lines with `--log-format json`; the filter comes
 //! from `ORDERSYNC_LOG` (default `info,sqlx=warn`). Deliberately not here: what to log (each module).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, ENV_LOG};
@@ -13,7 +15,9 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
         eprintln!("{ENV_LOG}: {error}; using {DEFAULT_FILTER}");
         EnvFilter::new(DEFAULT_FILTER)
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod cli;
 mod coinbase;
 mod http;
 mod reconcile;

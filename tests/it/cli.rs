@@ -1,0 +1,262 @@
+//! The `ordersync` binary as a user runs it: configuration errors, precedence, help, the one-shot
+//! commands, logs, signals, and the README's demo command.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use ordersync::sandbox::Sandbox;
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{incident, sandbox_http, Backend, TestDb, INCIDENT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
+
+/// The binary with a clean `ORDERSYNC_*` environment.
+fn ordersync() -> Command {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ORDERSYNC_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("ORDERSYNC_LOG", "info").kill_on_drop(true);
+    command
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(command: &mut Command) -> Run {
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await.expect("finished").unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn bad_values_fail_at_start_naming_every_key_and_what_is_accepted() {
+    let out = run(ordersync()
+        .args(["reconcile", "--once"])
+        .env("ORDERSYNC_POLL_INTERVAL", "soon")
+        .env("ORDERSYNC_DATABASE_URL", "mysql://bot@db/trades"))
+    .await;
+
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--poll-interval / ORDERSYNC_POLL_INTERVAL: invalid value \"soon\""), "{}", out.stderr);
+    assert!(out.stderr.contains("e.g. 30s, 5m, 2h"), "{}", out.stderr);
+    assert!(out.stderr.contains("--database-url / ORDERSYNC_DATABASE_URL: invalid value \"mysql://bot@db/trades\""));
+}
+
+#[tokio::test]
+async fn flags_beat_the_environment_and_the_environment_beats_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ordersync.toml");
+    std::fs::write(&file, "poll_interval = \"bad-in-file\"\n").unwrap();
+    let file = file.to_str().unwrap();
+
+    let file_only = run(ordersync().args(["--config", file, "migrate"])).await;
+    assert_eq!(file_only.code, 2);
+    assert!(file_only.stderr.contains(&format!("poll_interval in {file}")), "{}", file_only.stderr);
+
+    let env_wins =
+        run(ordersync().args(["--config", file, "migrate"]).env("ORDERSYNC_POLL_INTERVAL", "bad-in-env")).await;
+    assert!(
+        env_wins.stderr.contains("\"bad-in-env\"") && !env_wins.stderr.contains("bad-in-file"),
+        "{}",
+        env_wins.stderr
+    );
+
+    let flag_wins = run(ordersync()
+        .args(["--config", file, "--poll-interval", "5s", "migrate"])
+        .env("ORDERSYNC_POLL_INTERVAL", "bad-in-env"))
+    .await;
+    assert!(!flag_wins.stderr.contains("poll_interval"), "the flag's good value wins: {}", flag_wins.stderr);
+    assert!(flag_wins.stderr.contains("ORDERSYNC_DATABASE_URL is not set"), "{}", flag_wins.stderr);
+    assert_eq!(flag_wins.code, 2);
+}
+
+#[tokio::test]
+async fn help_teaches_every_command_with_an_example_and_names_the_environment() {
+    let top = run(ordersync().arg("--help")).await;
+    assert_eq!(top.code, 0);
+    for env in ["ORDERSYNC_DATABASE_URL", "ORDERSYNC_POLL_INTERVAL", "ORDERSYNC_STUCK_AFTER", "ORDERSYNC_LISTEN"] {
+        assert!(top.stdout.contains(env), "{env} in --help");
+    }
+    for command in ["serve", "reconcile", "audit", "migrate", "sandbox", "demo"] {
+        let help = run(ordersync().args([command, "--help"])).await;
+        assert_eq!(help.code, 0, "{command}");
+        assert!(help.stdout.contains("Example"), "{command} --help has an example:\n{}", help.stdout);
+    }
+}
+
+/// A bot database with the incident, the simulator over HTTP, and a key file: what a user points ordersync at.
+struct Setup {
+    db: TestDb,
+    url: String,
+    key_file: tempfile::NamedTempFile,
+    key_line: String,
+    _token: CancellationToken,
+}
+
+async fn setup(backend: Backend) -> Setup {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    incident(&db, &sandbox).await;
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let pem = key.to_pem().unwrap();
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), pem.expose_secret()).unwrap();
+    let key_line = pem.expose_secret().lines().nth(1).unwrap().to_string();
+    Setup { db, url, key_file, key_line, _token: token }
+}
+
+impl Setup {
+    fn command(&self) -> Command {
+        let mut command = ordersync();
+        command
+            .env("ORDERSYNC_DATABASE_URL", &self.db.url)
+            .env("ORDERSYNC_COINBASE_API_URL", &self.url)
+            .env("ORDERSYNC_COINBASE_KEY_NAME", "organizations/test/apiKeys/test")
+            .env("ORDERSYNC_COINBASE_KEY_FILE", self.key_file.path())
+            .env("ORDERSYNC_GRACE", "0s");
+        command
+    }
+}
+
+async fn audit_then_dry_run_then_reconcile_through_the_binary(backend: Backend) {
+    let setup = setup(backend).await;
+
+    let audit = run(setup.command().args(["audit", "--json", "--fail-on-mismatch"])).await;
+    assert_eq!(audit.code, 3, "mismatches found: {}", audit.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&audit.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert!(rows.as_array().unwrap().iter().all(|r| r["verdict"] == "mismatch" && r["exchange_status"] == "FILLED"));
+
+    let dry = run(setup.command().args(["reconcile", "--once", "--dry-run"])).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(dry.stdout.contains("3 would be corrected (dry run: nothing written)"), "{}", dry.stdout);
+    for (order_id, _, _) in INCIDENT {
+        assert!(dry.stdout.contains(order_id));
+        assert_eq!(setup.db.trade(order_id).await.status, "pending");
+    }
+
+    let real = run(setup.command().args(["--log-format", "json", "reconcile", "--once"])).await;
+    assert_eq!(real.code, 0, "{}", real.stderr);
+    assert!(real.stdout.contains("3 corrected"), "{}", real.stdout);
+    let logs: Vec<serde_json::Value> = real.stderr.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let corrections: Vec<_> = logs.iter().filter(|l| l["message"] == "corrected order").collect();
+    assert_eq!(corrections.len(), 3, "every correction logged once: {}", real.stderr);
+    assert!(corrections
+        .iter()
+        .all(|l| l["from"] == "pending" && l["to"] == "completed" && l["latency_seconds"].is_number()));
+    assert!(!real.stderr.contains(&setup.key_line), "the private key is never logged");
+    for (order_id, _, _) in INCIDENT {
+        assert_eq!(setup.db.trade(order_id).await.status, "completed");
+    }
+
+    let clean = run(setup.command().args(["audit", "--fail-on-mismatch"])).await;
+    assert_eq!(clean.code, 0);
+    assert!(clean.stdout.contains("0 pending orders checked, 0 mismatches"), "{}", clean.stdout);
+}
+crate::both!(audit_then_dry_run_then_reconcile_through_the_binary);
+
+#[tokio::test]
+async fn migrate_creates_ordersyncs_tables_once() {
+    let setup = setup(Backend::Sqlite).await;
+    let first = run(setup.command().arg("migrate")).await;
+    assert!(first.stdout.contains("applied 0001_events_and_checks"), "{}{}", first.stdout, first.stderr);
+    let second = run(setup.command().arg("migrate")).await;
+    assert!(second.stdout.contains("up to date"), "{}", second.stdout);
+    let tables = setup
+        .db
+        .rows("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'ordersync%' ORDER BY name")
+        .await;
+    let names: Vec<_> = tables.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(names, ["ordersync_events", "ordersync_migrations", "ordersync_order_checks"]);
+}
+
+#[tokio::test]
+async fn a_missing_table_is_a_configuration_error() {
+    let db = TestDb::empty(Backend::Sqlite).await;
+    let out = run(ordersync().arg("migrate").env("ORDERSYNC_DATABASE_URL", &db.url)).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("table trades does not exist"), "{}", out.stderr);
+}
+
+async fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().await.unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn serve_stops_cleanly_on_sigterm() {
+    let setup = setup(Backend::Sqlite).await;
+    let mut child = setup
+        .command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--poll-interval", "1h"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut started = false;
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+        if line.contains("ordersync started") {
+            assert!(line.contains("backend=\"sqlite\"") || line.contains("backend=sqlite"), "{line}");
+            started = true;
+        }
+        if line.contains("corrected order") {
+            break;
+        }
+    }
+    assert!(started);
+    signal(child.id().unwrap(), "TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_demo_runs_without_credentials_and_fixes_the_incident() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("demo.db");
+    let mut child = ordersync()
+        .args(["demo", "--listen", "127.0.0.1:0", "--database", database.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut metrics_url = None;
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+        if let Some(url) = line.trim().strip_prefix("metrics:") {
+            metrics_url = Some(url.trim().to_string());
+            break;
+        }
+    }
+    let metrics_url = metrics_url.expect("the demo prints its metrics URL");
+    let mut fixed = 0.0;
+    for _ in 0..100 {
+        let scrape = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        fixed = scrape
+            .lines()
+            .filter(|l| l.starts_with("ordersync_corrections_total{bot=\"incident\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if fixed >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fixed, 3.0, "the incident's three orders were corrected");
+    signal(child.id().unwrap(), "INT").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0));
+}
