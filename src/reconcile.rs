@@ -168,15 +168,22 @@ impl Reconciler {
         let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) = rows.into_iter().partition(|r| r.created_at <= cutoff);
         let mut report = PassReport { too_young: young.len(), ..PassReport::default() };
         let mut unresolved_mismatches = 0;
-        for chunk in eligible.chunks(self.settings.batch_size.max(1)) {
+        // The next batch's lookup runs while this batch is written, so the exchange and the database work
+        // at the same time; lookups only read, so abandoning one on cancellation is harmless.
+        let chunks: Vec<&[TradeRow]> = eligible.chunks(self.settings.batch_size.max(1)).collect();
+        let mut next = chunks.first().map(|chunk| self.prefetch(chunk));
+        for (index, chunk) in chunks.iter().enumerate() {
+            let Some(lookup) = next.take() else { break };
             if token.is_cancelled() {
+                lookup.abort();
                 report.interrupted = true;
                 break;
             }
+            let mut answers = lookup.await.unwrap_or_default();
+            next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
             let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
-            let mut answers = lookup(self.exchange.as_ref(), &ids).await;
             let states = self.check_states(&ids).await;
-            for row in chunk {
+            for row in chunk.iter() {
                 if token.is_cancelled() {
                     report.interrupted = true;
                     break;
@@ -192,6 +199,9 @@ impl Reconciler {
                 report.checked.push(checked);
             }
             if report.interrupted {
+                if let Some(lookup) = next.take() {
+                    lookup.abort();
+                }
                 break;
             }
         }
@@ -201,6 +211,13 @@ impl Reconciler {
             self.metrics.flagged_orders.set(flagged as i64);
         }
         Ok(report)
+    }
+
+    /// Start looking up a batch in the background.
+    fn prefetch(&self, chunk: &[TradeRow]) -> tokio::task::JoinHandle<HashMap<OrderId, Answer>> {
+        let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
+        let exchange = self.exchange.clone();
+        tokio::spawn(async move { lookup(exchange.as_ref(), &ids).await })
     }
 
     async fn check_states(&self, ids: &[OrderId]) -> HashMap<OrderId, CheckState> {

@@ -257,7 +257,8 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     assert!(error.contains("cannot connect to the database sqlite:///nonexistent/dir/bot.db"), "{error}");
 }
 
-/// An exchange that cancels the pass while answering about the second batch.
+/// An exchange that cancels the pass while answering about the second batch. The pass looks the second
+/// batch up while writing the first, so the signal arrives with the first order's write in hand.
 struct CancelsOnSecondLookup {
     inner: Sandbox,
     token: CancellationToken,
@@ -268,6 +269,7 @@ struct CancelsOnSecondLookup {
 impl Exchange for CancelsOnSecondLookup {
     async fn orders(&self, ids: &[OrderId]) -> Result<Batch, ExchangeError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) == 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             self.token.cancel();
         }
         self.inner.orders(ids).await

@@ -1,0 +1,50 @@
+//! Shared by the benchmarks: a SQLite bot database filled fast, and small statistics.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+/// Create the incident's bot schema with `rows` rows, of which the newest `pending` are pending (created an
+/// hour ago) and the rest completed. Ids are `bench-<n>`.
+pub async fn fill_trades(path: &Path, rows: usize, pending: usize) -> sqlx::SqlitePool {
+    let pool = ordersync::demo::create_bot_database(path).await.expect("create the bench database");
+    let completed = rows.saturating_sub(pending);
+    let sql = "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $1) \
+               INSERT INTO trades (order_id, bot_id, product_id, size, status, created_at, filled_at) \
+               SELECT 'bench-' || i, 'bot' || (i % 5), 'AVNT-USD', '10', $2, datetime('now', '-1 hour'), $3 FROM n";
+    if completed > 0 {
+        sqlx::query(sql)
+            .bind(completed as i64)
+            .bind("completed")
+            .bind("2025-01-01 00:00:00")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE trades SET order_id = 'done-' || id").execute(&pool).await.unwrap();
+    }
+    if pending > 0 {
+        sqlx::query(sql).bind(pending as i64).bind("pending").bind(None::<String>).execute(&pool).await.unwrap();
+    }
+    pool
+}
+
+/// The `q` quantile (0..=1) of sorted samples.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index]
+}
+
+/// Resident set size of this process in MiB (Linux), from /proc/self/status.
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
