@@ -36,8 +36,13 @@ async fn main() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         // An exchange that knows none of the orders: the pass changes nothing, the table stays as filled.
         let exchange = Arc::new(Sandbox::new(1));
-        let app =
-            ordersync::app::App::build(&config, Some(exchange), Some(listener), Some(metrics.clone())).await.unwrap();
+        let parts = ordersync::app::AppParts {
+            exchange: Some(exchange),
+            listener: Some(listener),
+            metrics: Some(metrics.clone()),
+            key: None,
+        };
+        let app = ordersync::app::App::build(&config, parts).await.unwrap();
         let url = format!("http://{}/metrics", app.addr());
         let store = app.store().clone();
         let token = CancellationToken::new();

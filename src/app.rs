@@ -22,6 +22,7 @@ use crate::exchange::auth::{AuthError, CdpKey};
 use crate::exchange::coinbase::CoinbaseClient;
 use crate::exchange::{Exchange, ExchangeError};
 use crate::http::{router, AppState};
+use crate::listen::{Listener, ListenerSettings};
 use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, Settings};
 
@@ -74,22 +75,29 @@ pub async fn connect_store(config: &Config) -> Result<Store, AppError> {
     Ok(Store::connect(url, &config.trades).await?)
 }
 
-/// The Coinbase client the config describes.
-pub fn coinbase_from_config(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Exchange>, AppError> {
-    let key = match (&config.coinbase.key_file, &config.coinbase.private_key) {
-        (Some(path), _) => CdpKey::from_file(config.coinbase.key_name.as_deref(), path)?,
-        (None, Some(secret)) => CdpKey::parse(config.coinbase.key_name.as_deref().unwrap_or_default(), secret)?,
-        (None, None) => {
-            return Err(AppError::Config(format!(
-                "{ENV_COINBASE_KEY_FILE} is not set: ordersync needs a Coinbase API key (a CDP key file, or the key in \
-                 {ENV_COINBASE_PRIVATE_KEY} with {ENV_COINBASE_KEY_NAME}). To try ordersync without credentials run \
-                 `ordersync demo`."
-            )))
-        }
-    };
+/// The Coinbase key the config names.
+pub fn key_from_config(config: &Config) -> Result<CdpKey, AppError> {
+    match (&config.coinbase.key_file, &config.coinbase.private_key) {
+        (Some(path), _) => Ok(CdpKey::from_file(config.coinbase.key_name.as_deref(), path)?),
+        (None, Some(secret)) => Ok(CdpKey::parse(config.coinbase.key_name.as_deref().unwrap_or_default(), secret)?),
+        (None, None) => Err(AppError::Config(format!(
+            "{ENV_COINBASE_KEY_FILE} is not set: ordersync needs a Coinbase API key (a CDP key file, or the key in \
+             {ENV_COINBASE_PRIVATE_KEY} with {ENV_COINBASE_KEY_NAME}). To try ordersync without credentials run \
+             `ordersync demo`."
+        ))),
+    }
+}
+
+/// The Coinbase client the config describes, with `key`.
+pub fn coinbase_client(config: &Config, key: CdpKey, metrics: &Metrics) -> Result<Arc<dyn Exchange>, AppError> {
     let rate = NonZeroU32::new(config.coinbase.rate_limit).unwrap_or(NonZeroU32::MIN);
     let client = CoinbaseClient::new(&config.coinbase.api_url, key, rate, metrics.clone())?;
     Ok(Arc::new(client))
+}
+
+/// The Coinbase client the config describes.
+pub fn coinbase_from_config(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Exchange>, AppError> {
+    coinbase_client(config, key_from_config(config)?, metrics)
 }
 
 /// The reconciler settings from the config.
@@ -102,27 +110,34 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
+/// What a caller may hand `App::build` instead of having it made from the config. Tests and the demo
+/// pass a simulator's client, a socket bound to port 0, their own registry, or the key for the WebSocket.
+#[derive(Default)]
+pub struct AppParts {
+    pub exchange: Option<Arc<dyn Exchange>>,
+    pub listener: Option<TcpListener>,
+    pub metrics: Option<Metrics>,
+    /// The key for the user-channel WebSocket when `exchange` is given (otherwise the config's key).
+    pub key: Option<CdpKey>,
+}
+
 /// The running service's parts.
 pub struct App {
     listener: TcpListener,
     state: AppState,
     reconciler: Reconciler,
     metrics_refresh: Duration,
+    websocket: Option<Listener>,
 }
 
 impl App {
-    /// Wire the service. `exchange`: `None` builds the Coinbase client from the config. `listener`: `None`
-    /// binds the configured address (tests pass one bound to port 0). `metrics`: `None` creates a fresh
-    /// registry (the demo passes its own, shared with the simulator's client).
+    /// Wire the service; what `parts` leaves out is made from the config. The user-channel listener runs
+    /// when the config allows it and there is a key.
     ///
     /// # Errors
     /// Configuration that cannot work, an unreachable database, a bad key, an address in use.
-    pub async fn build(
-        config: &Config,
-        exchange: Option<Arc<dyn Exchange>>,
-        listener: Option<TcpListener>,
-        metrics: Option<Metrics>,
-    ) -> Result<App, AppError> {
+    pub async fn build(config: &Config, parts: AppParts) -> Result<App, AppError> {
+        let AppParts { exchange, listener, metrics, key } = parts;
         let listen_loopback =
             listener.as_ref().and_then(|l| l.local_addr().ok()).unwrap_or(config.listen).ip().is_loopback();
         if config.api_token.is_none() && !listen_loopback {
@@ -142,9 +157,12 @@ impl App {
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "applied ordersync migrations");
         }
-        let exchange = match exchange {
-            Some(exchange) => exchange,
-            None => coinbase_from_config(config, &metrics)?,
+        let (exchange, key) = match exchange {
+            Some(exchange) => (exchange, key),
+            None => {
+                let key = key_from_config(config)?;
+                (coinbase_client(config, key.clone(), &metrics)?, Some(key))
+            }
         };
         let listener = match listener {
             Some(listener) => listener,
@@ -153,6 +171,13 @@ impl App {
                 .map_err(|source| AppError::Listen { addr: config.listen, source })?,
         };
         let reconciler = Reconciler::new(store.clone(), exchange, metrics.clone(), settings(config));
+        let websocket = key.filter(|_| config.coinbase.websocket).map(|key| {
+            let settings = ListenerSettings {
+                url: config.coinbase.ws_url.clone(),
+                stall_after: config.coinbase.websocket_stall_after,
+            };
+            Listener::new(settings, key, reconciler.clone(), metrics.clone())
+        });
         let state = AppState {
             store,
             metrics,
@@ -160,7 +185,7 @@ impl App {
             api_token: config.api_token.clone().map(Arc::new),
             exchange_stale_after: (config.poll_interval * 3).max(Duration::from_secs(120)),
         };
-        Ok(App { listener, state, reconciler, metrics_refresh: config.metrics_refresh })
+        Ok(App { listener, state, reconciler, metrics_refresh: config.metrics_refresh, websocket })
     }
 
     /// The address the HTTP server listens on.
@@ -186,6 +211,9 @@ impl App {
         let reconciler = self.reconciler.clone();
         let child = token.child_token();
         tracker.spawn(async move { reconciler.run(child).await });
+        if let Some(websocket) = self.websocket {
+            tracker.spawn(websocket.run(token.child_token()));
+        }
         let metrics = self.state.metrics.clone();
         let store = self.state.store.clone();
         let refresh = self.metrics_refresh;

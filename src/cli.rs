@@ -69,6 +69,15 @@ pub struct Global {
     /// Requests per second to Coinbase, shared by all tasks [default: 20]
     #[arg(long, global = true, env = config::ENV_COINBASE_RATE_LIMIT, value_name = "N")]
     pub coinbase_rate_limit: Option<String>,
+    /// Coinbase user-channel WebSocket URL [default: wss://advanced-trade-ws-user.coinbase.com]
+    #[arg(long, global = true, env = config::ENV_COINBASE_WS_URL, value_name = "URL")]
+    pub coinbase_ws_url: Option<String>,
+    /// Listen to the user channel for real-time updates when credentials are set: on or off [default: on]
+    #[arg(long, global = true, env = config::ENV_WEBSOCKET, value_name = "ON|OFF")]
+    pub websocket: Option<String>,
+    /// Reconnect the WebSocket after this long without any message [default: 10s]
+    #[arg(long, global = true, env = config::ENV_WEBSOCKET_STALL_AFTER, value_name = "DURATION")]
+    pub websocket_stall_after: Option<String>,
     /// How often to check pending orders: 30s, 5m, 2h [default: 30s]
     #[arg(long, global = true, env = config::ENV_POLL_INTERVAL, value_name = "DURATION")]
     pub poll_interval: Option<String>,
@@ -199,6 +208,9 @@ impl Global {
             coinbase_key_file: self.coinbase_key_file.clone(),
             coinbase_private_key: self.coinbase_private_key.clone(),
             coinbase_rate_limit: self.coinbase_rate_limit.clone(),
+            coinbase_ws_url: self.coinbase_ws_url.clone(),
+            websocket: self.websocket.clone(),
+            websocket_stall_after: self.websocket_stall_after.clone(),
             poll_interval: self.poll_interval.clone(),
             stuck_after: self.stuck_after.clone(),
             grace: self.grace.clone(),
@@ -286,7 +298,7 @@ fn signal_token() -> CancellationToken {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let app = App::build(config, None, None, None).await.map_err(app_error)?;
+    let app = App::build(config, app::AppParts::default()).await.map_err(app_error)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         revision = crate::metrics::REVISION,

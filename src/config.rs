@@ -20,6 +20,9 @@ pub const ENV_COINBASE_KEY_NAME: &str = "ORDERSYNC_COINBASE_KEY_NAME";
 pub const ENV_COINBASE_KEY_FILE: &str = "ORDERSYNC_COINBASE_KEY_FILE";
 pub const ENV_COINBASE_PRIVATE_KEY: &str = "ORDERSYNC_COINBASE_PRIVATE_KEY";
 pub const ENV_COINBASE_RATE_LIMIT: &str = "ORDERSYNC_COINBASE_RATE_LIMIT";
+pub const ENV_COINBASE_WS_URL: &str = "ORDERSYNC_COINBASE_WS_URL";
+pub const ENV_WEBSOCKET: &str = "ORDERSYNC_WEBSOCKET";
+pub const ENV_WEBSOCKET_STALL_AFTER: &str = "ORDERSYNC_WEBSOCKET_STALL_AFTER";
 pub const ENV_POLL_INTERVAL: &str = "ORDERSYNC_POLL_INTERVAL";
 pub const ENV_STUCK_AFTER: &str = "ORDERSYNC_STUCK_AFTER";
 pub const ENV_GRACE: &str = "ORDERSYNC_GRACE";
@@ -42,6 +45,8 @@ pub const DEFAULT_FLAG_AFTER: u32 = 3;
 pub const DEFAULT_BATCH_SIZE: usize = 100;
 /// Coinbase allows about 30 private requests per second per user; stay well below it.
 pub const DEFAULT_RATE_LIMIT: u32 = 20;
+/// Coinbase sends a heartbeat every second; this long without any message means the socket is deaf.
+pub const DEFAULT_WEBSOCKET_STALL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_METRICS_REFRESH: Duration = Duration::from_secs(15);
 
 /// One bad configuration value: which key, what it was, and what would be accepted.
@@ -231,6 +236,12 @@ pub struct CoinbaseConfig {
     pub private_key: Option<SecretString>,
     /// Client-side limit on requests per second, shared by every task.
     pub rate_limit: u32,
+    /// The user channel's URL.
+    pub ws_url: String,
+    /// Listen to the user channel (when there are credentials).
+    pub websocket: bool,
+    /// Reconnect when the socket has been silent this long.
+    pub websocket_stall_after: Duration,
 }
 
 /// The typed configuration every command runs on.
@@ -261,6 +272,9 @@ pub struct Overrides {
     pub coinbase_key_file: Option<String>,
     pub coinbase_private_key: Option<String>,
     pub coinbase_rate_limit: Option<String>,
+    pub coinbase_ws_url: Option<String>,
+    pub websocket: Option<String>,
+    pub websocket_stall_after: Option<String>,
     pub poll_interval: Option<String>,
     pub stuck_after: Option<String>,
     pub grace: Option<String>,
@@ -297,6 +311,10 @@ pub struct FileCoinbase {
     pub key_name: Option<String>,
     pub key_file: Option<String>,
     pub rate_limit: Option<u32>,
+    pub ws_url: Option<String>,
+    /// `true` or `false`.
+    pub websocket: Option<bool>,
+    pub websocket_stall_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -372,6 +390,21 @@ fn parse_http_url(text: &str) -> Result<String, String> {
     }
 }
 
+fn parse_ws_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "ws" | "wss") && url.host_str().is_some() => Ok(text.to_string()),
+        _ => Err("a ws:// or wss:// URL, e.g. wss://advanced-trade-ws-user.coinbase.com".into()),
+    }
+}
+
+fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err("on or off".into()),
+    }
+}
+
 fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
     match text.trim().parse::<T>() {
         Ok(value) if value > T::default() => Ok(value),
@@ -421,6 +454,21 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         ("coinbase.rate_limit", file.coinbase.rate_limit.map(|v| v.to_string())),
         parse_positive::<u32>,
     );
+    let ws_url = r.pick(
+        ("--coinbase-ws-url", ENV_COINBASE_WS_URL, over.coinbase_ws_url.as_ref()),
+        ("coinbase.ws_url", file.coinbase.ws_url.clone()),
+        parse_ws_url,
+    );
+    let websocket = r.pick(
+        ("--websocket", ENV_WEBSOCKET, over.websocket.as_ref()),
+        ("coinbase.websocket", file.coinbase.websocket.map(|v| v.to_string())),
+        parse_switch,
+    );
+    let websocket_stall_after = r.pick(
+        ("--websocket-stall-after", ENV_WEBSOCKET_STALL_AFTER, over.websocket_stall_after.as_ref()),
+        ("coinbase.websocket_stall_after", file.coinbase.websocket_stall_after.clone()),
+        parse_positive_duration,
+    );
     let poll_interval = r.pick(
         ("--poll-interval", ENV_POLL_INTERVAL, over.poll_interval.as_ref()),
         ("poll_interval", file.poll_interval.clone()),
@@ -466,6 +514,9 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
             key_file,
             private_key: over.coinbase_private_key.clone().map(SecretString::from),
             rate_limit: rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+            ws_url: ws_url.unwrap_or_else(|| crate::exchange::ws::DEFAULT_USER_WS_URL.to_string()),
+            websocket: websocket.unwrap_or(true),
+            websocket_stall_after: websocket_stall_after.unwrap_or(DEFAULT_WEBSOCKET_STALL_AFTER),
         },
         poll_interval: poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
         stuck_after: stuck_after.unwrap_or(DEFAULT_STUCK_AFTER),

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,10 +21,9 @@ use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, AppError};
+use crate::app::{App, AppError, AppParts};
 use crate::config::Config;
 use crate::exchange::auth::CdpKey;
-use crate::exchange::coinbase::CoinbaseClient;
 use crate::metrics::Metrics;
 use crate::order::sqlite_timestamp;
 use crate::sandbox::server::{self, ServerState};
@@ -98,11 +96,12 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
     config.coinbase.api_url = format!("http://{sim_addr}");
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after)
         .map_err(|e| AppError::Config(format!("registering metrics failed: {e}")))?;
-    let rate = NonZeroU32::new(config.coinbase.rate_limit).unwrap_or(NonZeroU32::MIN);
-    let client = CoinbaseClient::new(&config.coinbase.api_url, key, rate, metrics.clone())?;
+    config.coinbase.ws_url = format!("ws://{sim_addr}{}", server::WS_PATH);
+    let exchange = crate::app::coinbase_client(&config, key.clone(), &metrics)?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| AppError::Listen { addr: config.listen, source })?;
-    let app = App::build(&config, Some(Arc::new(client)), Some(listener), Some(metrics)).await?;
+    let parts = AppParts { exchange: Some(exchange), listener: Some(listener), metrics: Some(metrics), key: Some(key) };
+    let app = App::build(&config, parts).await?;
     print_banner(app.addr(), sim_addr, &options);
 
     for bot in 0..options.bots {
@@ -129,6 +128,7 @@ fn print_banner(addr: SocketAddr, sim_addr: SocketAddr, options: &DemoOptions) {
     println!("  readiness:      http://{addr}/readyz");
     println!("  bot database:   sqlite://{}", options.database.display());
     println!("  simulator:      http://{sim_addr} (Coinbase Advanced Trade API, control API under /sandbox/)");
+    println!("  user channel:   ws://{sim_addr}{} (real-time updates; polling is the safety net)", server::WS_PATH);
     println!(
         "  {} simulated bots place an order every {:?}; each misses {:.0}% of its completions, which ordersync fixes.",
         options.bots,

@@ -2,7 +2,7 @@
 //!
 //! Reading order: `config` (what to run with) -> `order` (the bot's row) -> `exchange` (what Coinbase
 //! says) -> `decide` (the one decision) -> `db` (the one apply path over SQLite and PostgreSQL) ->
-//! `reconcile` (the loop that joins them) -> `metrics`, `http` (how it is seen) -> `app` (the wiring) ->
+//! `reconcile` (the loop that joins them) -> `listen` (the real-time WebSocket feed into the same path) -> `metrics`, `http` (how it is seen) -> `app` (the wiring) ->
 //! `cli` (the commands). `sandbox` is the Coinbase simulator that the demo and the tests run against.
 
 pub mod app;
@@ -13,6 +13,7 @@ pub mod decide;
 pub mod demo;
 pub mod exchange;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod order;
 pub mod reconcile;

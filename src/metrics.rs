@@ -115,6 +115,10 @@ pub struct Metrics {
     pub collector_duration: GaugeVec,
     pub last_successful_collection: GaugeVec,
     pub store_errors: IntCounter,
+    pub websocket_connected: IntGauge,
+    pub websocket_messages: IntCounterVec,
+    pub websocket_reconnects: IntCounter,
+    pub websocket_sequence_gaps: IntCounter,
     last_exchange_contact: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -243,6 +247,22 @@ impl Metrics {
                 "ordersync_store_errors_total",
                 "Database errors while checking or correcting an order; the order was left as it was.",
             ))?,
+            websocket_connected: IntGauge::with_opts(opts(
+                "ordersync_websocket_connected",
+                "1 while subscribed to Coinbase's user channel (real-time order updates), 0 otherwise.",
+            ))?,
+            websocket_messages: IntCounterVec::new(
+                opts("ordersync_websocket_messages_total", "Messages received on the user-channel WebSocket, by type."),
+                &["type"],
+            )?,
+            websocket_reconnects: IntCounter::with_opts(opts(
+                "ordersync_websocket_reconnects_total",
+                "Times the WebSocket was lost (closed, failed or silent) and reconnected; each triggers a full resync.",
+            ))?,
+            websocket_sequence_gaps: IntCounter::with_opts(opts(
+                "ordersync_websocket_sequence_gaps_total",
+                "Jumps in the WebSocket's sequence numbers: messages were lost; each triggers a full resync.",
+            ))?,
             last_exchange_contact: Arc::new(Mutex::new(None)),
             registry,
         };
@@ -279,6 +299,10 @@ impl Metrics {
         r.register(Box::new(metrics.collector_duration.clone()))?;
         r.register(Box::new(metrics.last_successful_collection.clone()))?;
         r.register(Box::new(metrics.store_errors.clone()))?;
+        r.register(Box::new(metrics.websocket_connected.clone()))?;
+        r.register(Box::new(metrics.websocket_messages.clone()))?;
+        r.register(Box::new(metrics.websocket_reconnects.clone()))?;
+        r.register(Box::new(metrics.websocket_sequence_gaps.clone()))?;
         let build_info = IntGaugeVec::new(
             opts("ordersync_build_info", "Always 1; labels say which ordersync version and git revision is running."),
             &["version", "revision"],

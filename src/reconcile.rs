@@ -301,6 +301,10 @@ impl Reconciler {
                         checked.result = "corrected";
                         checked.detail = Some(format!("{} -> {}", row.status, to.word(words)));
                     }
+                    Ok(Applied::AlreadyApplied) => {
+                        checked.result = "unchanged";
+                        checked.detail = Some(format!("already {}", to.word(words)));
+                    }
                     Ok(Applied::RowChanged { now }) => {
                         tracing::info!(
                             order_id = %row.order_id,

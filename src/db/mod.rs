@@ -107,6 +107,9 @@ pub enum Applied {
     /// The bot changed the row after we read it: nothing was overwritten. `now` is what it holds
     /// (`None` if the row is gone).
     RowChanged { now: Option<String> },
+    /// The row already holds the status we would write (another path of ours, or the bot, got there
+    /// first with the same outcome): nothing to write, no event.
+    AlreadyApplied,
 }
 
 /// One check of an order that wrote nothing to the bot's row.
@@ -393,11 +396,12 @@ impl Store {
                     .flatten();
                 Applied::RowChanged { now }
             };
-            let (to_status, applied, outcome_word, latency, note) = match &outcome {
+            let event = match &outcome {
                 Applied::Written { applied_at, latency } => {
-                    (Some(to_word.clone()), Some(*applied_at), "applied", latency.map(|l| l.as_secs_f64()), None)
+                    Some((Some(to_word.clone()), Some(*applied_at), "applied", latency.map(|l| l.as_secs_f64()), None))
                 }
-                Applied::RowChanged { now } => (
+                Applied::RowChanged { now } if now.as_deref() == Some(to_word.as_str()) => None,
+                Applied::RowChanged { now } => Some((
                     None,
                     None,
                     "row_changed",
@@ -406,27 +410,38 @@ impl Store {
                         Some(word) => format!("the bot set the row to {word:?} after ordersync read it; left as is"),
                         None => "the row was deleted after ordersync read it".to_string(),
                     }),
-                ),
+                )),
+                Applied::AlreadyApplied => None,
             };
-            sqlx::query(sql::INSERT_EVENT)
-                .bind(row.order_id.as_str())
-                .bind(row.bot_id.as_deref())
-                .bind(row.product_id.as_deref())
-                .bind(&row.status)
-                .bind(to_status)
-                .bind(correction.exchange_status)
-                .bind(correction.fill.time)
-                .bind(correction.fill.price.map(|p| p.to_string()))
-                .bind(correction.fill.size.map(|s| s.to_string()))
-                .bind(correction.detected_at)
-                .bind(applied)
-                .bind(correction.source.as_str())
-                .bind(outcome_word)
-                .bind(latency)
-                .bind(note)
-                .execute(&mut *tx)
-                .await?;
-            let verdict = if updated > 0 { "corrected" } else { "row_changed" };
+            let outcome = match (outcome, &event) {
+                (Applied::RowChanged { .. }, None) => Applied::AlreadyApplied,
+                (outcome, _) => outcome,
+            };
+            if let Some((to_status, applied, outcome_word, latency, note)) = event {
+                sqlx::query(sql::INSERT_EVENT)
+                    .bind(row.order_id.as_str())
+                    .bind(row.bot_id.as_deref())
+                    .bind(row.product_id.as_deref())
+                    .bind(&row.status)
+                    .bind(to_status)
+                    .bind(correction.exchange_status)
+                    .bind(correction.fill.time)
+                    .bind(correction.fill.price.map(|p| p.to_string()))
+                    .bind(correction.fill.size.map(|s| s.to_string()))
+                    .bind(correction.detected_at)
+                    .bind(applied)
+                    .bind(correction.source.as_str())
+                    .bind(outcome_word)
+                    .bind(latency)
+                    .bind(note)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let verdict = match outcome {
+                Applied::Written { .. } => "corrected",
+                Applied::RowChanged { .. } => "row_changed",
+                Applied::AlreadyApplied => "in_sync",
+            };
             sqlx::query(sql::UPSERT_CHECK)
                 .bind(row.order_id.as_str())
                 .bind(correction.detected_at)

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod coinbase;
 pub mod limiter;
 pub mod types;
+pub mod ws;
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 //! so the simulator and the client cannot drift apart on field names.
 
 pub mod server;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +19,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::types::{ListOrdersResponse, WireOrder};
+use crate::exchange::ws::WsOrder;
 use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeOrder};
 use crate::order::OrderId;
 
@@ -49,6 +51,12 @@ pub struct Faults {
     pub malformed_rate: f64,
     pub unknown_status_rate: f64,
     pub truncated_rate: f64,
+    /// WebSocket: share of messages not sent (their sequence number is used up, so clients see a gap).
+    pub ws_drop_rate: f64,
+    /// WebSocket: share of messages sent twice.
+    pub ws_duplicate_rate: f64,
+    /// WebSocket: share of messages held back and sent after the next one.
+    pub ws_reorder_rate: f64,
     /// Serve at most this many orders a page whatever `limit` asks (0: as asked), so clients must follow
     /// the cursor.
     pub page_size: usize,
@@ -155,6 +163,59 @@ impl SimOrder {
     }
 }
 
+impl SimOrder {
+    fn ws(&self) -> WsOrder {
+        let wire = self.wire();
+        let unset = "0001-01-01T00:00:00Z".to_string();
+        WsOrder {
+            order_id: self.order_id.clone(),
+            client_order_id: self.client_order_id.clone(),
+            product_id: self.product_id.clone(),
+            order_side: self.side.clone(),
+            order_type: "Limit".into(),
+            status: self.status.clone(),
+            cumulative_quantity: number(self.filled_size),
+            leaves_quantity: number(self.base_size - self.filled_size),
+            avg_price: wire.average_filled_price.unwrap_or_default(),
+            filled_value: number(self.filled_value),
+            number_of_fills: self.number_of_fills.to_string(),
+            completion_percentage: wire.completion_percentage.unwrap_or_default(),
+            total_fees: wire.total_fees.unwrap_or_default(),
+            total_value_after_fees: wire.total_value_after_fees.unwrap_or_default(),
+            outstanding_hold_amount: wire.outstanding_hold_amount.unwrap_or_default(),
+            limit_price: number(self.limit_price),
+            stop_price: String::new(),
+            time_in_force: wire.time_in_force,
+            post_only: "false".into(),
+            cancel_reason: String::new(),
+            reject_reason: String::new(),
+            creation_time: time_text(self.created_time),
+            start_time: unset.clone(),
+            end_time: unset,
+            product_type: "SPOT".into(),
+            trigger_status: wire.trigger_status,
+            retail_portfolio_id: "sandbox-portfolio".into(),
+            risk_managed_by: "UNKNOWN_RISK_MANAGEMENT_TYPE".into(),
+        }
+    }
+}
+
+/// An order changed: what the user channel sends as an update.
+#[derive(Debug, Clone)]
+pub struct OrderChange {
+    pub order: WsOrder,
+    pub at: DateTime<Utc>,
+}
+
+/// Commands to the simulator's WebSocket connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsControl {
+    /// Close every connection.
+    Disconnect,
+    /// Send nothing (not even heartbeats) for this long.
+    Stall(std::time::Duration),
+}
+
 struct State {
     orders: BTreeMap<String, SimOrder>,
     clock_offset: chrono::Duration,
@@ -167,6 +228,8 @@ struct State {
 #[derive(Clone)]
 pub struct Sandbox {
     state: Arc<Mutex<State>>,
+    changes: tokio::sync::broadcast::Sender<OrderChange>,
+    control: tokio::sync::broadcast::Sender<WsControl>,
 }
 
 impl Default for Sandbox {
@@ -186,7 +249,47 @@ impl Sandbox {
                 rng: StdRng::seed_from_u64(seed),
                 requests: 0,
             })),
+            changes: tokio::sync::broadcast::channel(65_536).0,
+            control: tokio::sync::broadcast::channel(16).0,
         }
+    }
+
+    /// Order changes as they happen, for the user channel.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<OrderChange> {
+        self.changes.subscribe()
+    }
+
+    /// Commands for WebSocket connections.
+    pub fn ws_control(&self) -> tokio::sync::broadcast::Receiver<WsControl> {
+        self.control.subscribe()
+    }
+
+    /// Close every WebSocket connection.
+    pub fn disconnect_websockets(&self) {
+        let _ = self.control.send(WsControl::Disconnect);
+    }
+
+    /// Make every WebSocket connection go silent for `duration`.
+    pub fn stall_websockets(&self, duration: std::time::Duration) {
+        let _ = self.control.send(WsControl::Stall(duration));
+    }
+
+    /// Live orders as the user channel's snapshot lists them.
+    pub fn open_orders(&self) -> Vec<WsOrder> {
+        self.state().orders.values().filter(|o| LIVE.contains(&o.status.as_str())).map(SimOrder::ws).collect()
+    }
+
+    /// Draw whether a WebSocket message is dropped, duplicated or held back.
+    pub fn draw_ws_fault(&self) -> (bool, bool, bool) {
+        let mut state = self.state();
+        let faults = state.faults.clone();
+        let mut hit = |rate: f64| rate > 0.0 && state.rng.gen_bool(rate.min(1.0));
+        (hit(faults.ws_drop_rate), hit(faults.ws_duplicate_rate), hit(faults.ws_reorder_rate))
+    }
+
+    /// Announce a change while the state lock is held, so updates go out in the order they happened.
+    fn announce(&self, order: &SimOrder, at: DateTime<Utc>) {
+        let _ = self.changes.send(OrderChange { order: order.ws(), at });
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -256,7 +359,9 @@ impl Sandbox {
         if !LIVE.contains(&order.status.as_str()) {
             return Err(SandboxError::Terminal { id: id.into(), status: order.status.clone(), action });
         }
-        change(order, now)
+        let result = change(order, now)?;
+        self.announce(order, now);
+        Ok(result)
     }
 
     /// Fill `size` more (all that is left when `None`) at `price` (the limit price when `None`), at time
@@ -298,8 +403,10 @@ impl Sandbox {
     /// Force any status word, documented or not (for tests of unknown statuses).
     pub fn force_status(&self, id: &str, status: &str) -> Result<(), SandboxError> {
         let mut state = self.state();
+        let now = Utc::now() + state.clock_offset;
         let order = state.orders.get_mut(id).ok_or_else(|| SandboxError::NoSuchOrder(id.to_string()))?;
         order.status = status.to_string();
+        self.announce(order, now);
         Ok(())
     }
 

@@ -23,6 +23,9 @@ use crate::exchange::limiter::Limiter;
 use crate::exchange::types::{ErrorResponse, GetOrderResponse};
 use crate::sandbox::{Fault, Faults, NewOrder, Sandbox, SandboxError, DEFAULT_PAGE};
 
+/// Where the simulator serves the user channel: `ws://<addr>/ws/user`.
+pub const WS_PATH: &str = "/ws/user";
+
 /// What the HTTP face needs: the simulator, the keys it accepts, and its own rate limit.
 #[derive(Clone)]
 pub struct ServerState {
@@ -267,6 +270,16 @@ async fn get_faults(State(state): State<ServerState>) -> Response {
     Json(state.sandbox.faults()).into_response()
 }
 
+async fn ws_disconnect(State(state): State<ServerState>) -> Response {
+    state.sandbox.disconnect_websockets();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn ws_stall(State(state): State<ServerState>, Json(request): Json<AdvanceRequest>) -> Response {
+    state.sandbox.stall_websockets(std::time::Duration::from_secs(request.seconds));
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn not_found() -> Response {
     coinbase_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
 }
@@ -282,6 +295,9 @@ pub fn router(state: ServerState) -> Router {
         .route("/sandbox/orders/{id}/end", post(end_order))
         .route("/sandbox/clock/advance", post(advance_clock))
         .route("/sandbox/faults", get(get_faults).put(put_faults))
+        .route("/sandbox/ws/disconnect", post(ws_disconnect))
+        .route("/sandbox/ws/stall", post(ws_stall))
+        .route(WS_PATH, get(crate::sandbox::ws::upgrade))
         .fallback(not_found)
         .with_state(state)
 }

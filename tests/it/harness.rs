@@ -8,6 +8,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ordersync::app::AppParts;
 use ordersync::config::{Config, FileConfig, Overrides};
 use ordersync::db::Store;
 use ordersync::exchange::auth::CdpKey;
@@ -222,6 +223,11 @@ pub const PG_BOT_SCHEMA: &str = "CREATE TABLE trades (
 );
 CREATE INDEX trades_pending ON trades (status, created_at);";
 
+/// One series' value in a scrape.
+pub fn value(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// The configuration of a test: defaults, the test's database, a fast grace period.
 pub fn config(db: &TestDb) -> Config {
     config_with(db, "")
@@ -344,6 +350,11 @@ impl TestApp {
         self.get("/metrics").await.text().await.unwrap()
     }
 
+    /// One series' value in a fresh scrape, e.g. `metric("ordersync_stuck_orders")`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        value(&self.scrape().await, series)
+    }
+
     /// Wait (bounded) until `check` holds.
     pub async fn eventually<F, Fut>(&self, what: &str, mut check: F)
     where
@@ -378,9 +389,11 @@ pub async fn spawn_app_on(db: TestDb, sandbox: Sandbox, file: &str) -> TestApp {
     let mut config = config_with(&db, file);
     config.coinbase.api_url = url.clone();
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after).unwrap();
-    let exchange: Arc<dyn Exchange> = Arc::new(client(&url, key, &metrics));
+    config.coinbase.ws_url = format!("ws{}{}", url.trim_start_matches("http"), server::WS_PATH);
+    let exchange: Arc<dyn Exchange> = Arc::new(client(&url, key.clone(), &metrics));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = ordersync::app::App::build(&config, Some(exchange), Some(listener), Some(metrics)).await.unwrap();
+    let parts = AppParts { exchange: Some(exchange), listener: Some(listener), metrics: Some(metrics), key: Some(key) };
+    let app = ordersync::app::App::build(&config, parts).await.unwrap();
     let addr = app.addr();
     let run_token = token.clone();
     let handle = tokio::spawn(async move {

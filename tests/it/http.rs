@@ -6,11 +6,7 @@ use chrono::Utc;
 use ordersync::sandbox::Sandbox;
 
 use crate::both;
-use crate::harness::{incident_filled_at, open_order, spawn_app, spawn_app_on, Backend, TestApp, TestDb};
-
-fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
+use crate::harness::{incident_filled_at, open_order, spawn_app, spawn_app_on, value, Backend, TestApp, TestDb};
 
 /// Run the real `promtool check metrics` over a scrape.
 fn promtool_check(scrape: &str) {
@@ -135,7 +131,8 @@ async fn the_api_reports_sync_status_and_reconciles_one_order(backend: Backend) 
     let sandbox = Sandbox::new(1);
     let open = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(20)).await;
     let young = open_order(&db, &sandbox, "beta", chrono::Duration::seconds(30)).await;
-    let app = spawn_app_on(db, sandbox, "poll_interval = \"1h\"").await;
+    // Without the WebSocket, which would settle the fill before the manual reconcile is asked to.
+    let app = spawn_app_on(db, sandbox, "poll_interval = \"1h\"\n[coinbase]\nwebsocket = false").await;
     app.eventually("first pass", || async {
         let status = app.get_json("/api/v1/trades/sync-status").await;
         status["orders"].as_array().is_some_and(|o| o.iter().all(|o| o["verdict"] == "in_sync"))

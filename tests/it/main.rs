@@ -6,3 +6,4 @@ mod cli;
 mod coinbase;
 mod http;
 mod reconcile;
+mod websocket;

@@ -1,0 +1,258 @@
+//! The real-time listener: Coinbase's user channel over WebSocket. Every order update goes through
+//! `Reconciler::check` with `source = websocket`, the same decision and apply path as the poller. A gap in
+//! sequence numbers, a reconnect or a silent socket asks the reconciler for an immediate full pass, so
+//! nothing is lost while the socket was deaf. Polling stays on as the safety net.
+//!
+//! Deliberately not here: the status logic (`decide.rs`), SQL (`db/`), the JSON shapes (`exchange/ws.rs`).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Source;
+use crate::decide::{Answer, DbStatus};
+use crate::exchange::auth::CdpKey;
+use crate::exchange::ws::{message_time, Envelope, Subscribe, UserEvent};
+use crate::exchange::ExchangeOrder;
+use crate::metrics::Metrics;
+use crate::reconcile::{Mode, Reconciler};
+
+/// Re-subscribe with a fresh JWT this often: tokens live 120 s.
+const JWT_REFRESH: Duration = Duration::from_secs(90);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub url: String,
+    /// Reconnect when nothing (not even a heartbeat) arrived for this long.
+    pub stall_after: Duration,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("connecting failed: {0}")]
+    Connect(String),
+    #[error("no message for {0:?}: the connection is silent")]
+    Stalled(Duration),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("the connection failed: {0}")]
+    Failed(String),
+    #[error("the server refused the subscription: {0}")]
+    Refused(String),
+}
+
+/// Listens to the user channel until cancelled, reconnecting with backoff.
+pub struct Listener {
+    settings: ListenerSettings,
+    key: CdpKey,
+    reconciler: Reconciler,
+    metrics: Metrics,
+}
+
+impl Listener {
+    pub fn new(settings: ListenerSettings, key: CdpKey, reconciler: Reconciler, metrics: Metrics) -> Listener {
+        Listener { settings, key, reconciler, metrics }
+    }
+
+    /// Run until `token` is cancelled.
+    pub async fn run(self, token: CancellationToken) {
+        let mut failures: u32 = 0;
+        let mut connected_before = false;
+        loop {
+            let result = self.session(&token, connected_before, &mut failures).await;
+            self.metrics.websocket_connected.set(0);
+            match result {
+                SessionEnd::Cancelled => return,
+                end => {
+                    connected_before = true;
+                    self.metrics.websocket_reconnects.inc();
+                    let ceiling = Duration::from_millis(200)
+                        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+                        .min(MAX_BACKOFF);
+                    let pause = ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+                    tracing::warn!(reason = %end, retry_in_ms = pause.as_millis() as u64, "user-channel WebSocket lost; reconnecting");
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self, channel: &str) -> Message {
+        let message = Subscribe {
+            kind: "subscribe".into(),
+            channel: channel.into(),
+            product_ids: Vec::new(),
+            jwt: self.key.jwt(None, Utc::now().timestamp()),
+        };
+        Message::Text(serde_json::to_string(&message).unwrap_or_default().into())
+    }
+
+    async fn session(&self, token: &CancellationToken, reconnect: bool, failures: &mut u32) -> SessionEnd {
+        let connecting =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(self.settings.url.as_str()));
+        let socket = tokio::select! {
+            () = token.cancelled() => return SessionEnd::Cancelled,
+            result = connecting => match result {
+                Ok(Ok((socket, _))) => socket,
+                Ok(Err(error)) => return SessionEnd::Connect(error.to_string()),
+                Err(_) => return SessionEnd::Connect(format!("no answer within {CONNECT_TIMEOUT:?}")),
+            },
+        };
+        let (mut sink, mut stream) = socket.split();
+        for channel in ["user", "heartbeats"] {
+            if let Err(error) = sink.send(self.subscribe(channel)).await {
+                return SessionEnd::Failed(error.to_string());
+            }
+        }
+        if reconnect {
+            // Whatever happened while the socket was down is fetched by a full pass now.
+            self.reconciler.wake();
+        }
+        let mut last_sequence: Option<u64> = None;
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + JWT_REFRESH, JWT_REFRESH);
+        loop {
+            let next = tokio::time::timeout(self.settings.stall_after, stream.next());
+            tokio::select! {
+                () = token.cancelled() => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    return SessionEnd::Cancelled;
+                }
+                _ = refresh.tick() => {
+                    if let Err(error) = sink.send(self.subscribe("user")).await {
+                        return SessionEnd::Failed(error.to_string());
+                    }
+                }
+                received = next => match received {
+                    Err(_) => {
+                        self.reconciler.wake();
+                        return SessionEnd::Stalled(self.settings.stall_after);
+                    }
+                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return SessionEnd::Closed,
+                    Ok(Some(Err(error))) => return SessionEnd::Failed(error.to_string()),
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        if let Err(refused) = self.handle(&text, &mut last_sequence).await {
+                            return SessionEnd::Refused(refused);
+                        }
+                        if self.metrics.websocket_connected.get() == 0 {
+                            self.metrics.websocket_connected.set(1);
+                            *failures = 0;
+                            tracing::info!(url = %self.settings.url, "subscribed to the user channel");
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                }
+            }
+        }
+    }
+
+    /// Handle one message. `Err` only when the server refused us (an `error` message).
+    async fn handle(&self, text: &str, last_sequence: &mut Option<u64>) -> Result<(), String> {
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(error) => {
+                self.malformed(&error.to_string());
+                return Ok(());
+            }
+        };
+        if value.get("type").and_then(|t| t.as_str()) == Some("error") {
+            self.metrics.websocket_messages.with_label_values(&["error"]).inc();
+            let message = value.get("message").and_then(|m| m.as_str()).unwrap_or("no message").to_string();
+            tracing::error!(%message, "the user channel answered with an error");
+            return Err(message);
+        }
+        let envelope: Envelope = match serde_json::from_value(value) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.malformed(&error.to_string());
+                return Ok(());
+            }
+        };
+        match *last_sequence {
+            Some(last) if envelope.sequence_num > last + 1 => {
+                self.metrics.websocket_sequence_gaps.inc();
+                tracing::warn!(
+                    expected = last + 1,
+                    got = envelope.sequence_num,
+                    "WebSocket messages were lost; resyncing"
+                );
+                self.reconciler.wake();
+            }
+            _ => {}
+        }
+        *last_sequence = Some(last_sequence.map_or(envelope.sequence_num, |last| last.max(envelope.sequence_num)));
+        match envelope.channel.as_str() {
+            "user" => self.user_events(&envelope).await,
+            "heartbeats" => self.metrics.websocket_messages.with_label_values(&["heartbeat"]).inc(),
+            "subscriptions" => self.metrics.websocket_messages.with_label_values(&["subscriptions"]).inc(),
+            _ => self.metrics.websocket_messages.with_label_values(&["other"]).inc(),
+        }
+        Ok(())
+    }
+
+    fn malformed(&self, why: &str) {
+        self.metrics.websocket_messages.with_label_values(&["malformed"]).inc();
+        tracing::warn!(%why, "unreadable WebSocket message ignored");
+    }
+
+    async fn user_events(&self, envelope: &Envelope) {
+        let at = match message_time(envelope) {
+            Ok(at) => at,
+            Err(why) => return self.malformed(&why),
+        };
+        for event in &envelope.events {
+            let event: UserEvent = match serde_json::from_value(event.clone()) {
+                Ok(event) => event,
+                Err(error) => {
+                    self.malformed(&error.to_string());
+                    continue;
+                }
+            };
+            let kind = match event.kind.as_str() {
+                "snapshot" => "snapshot",
+                "update" => "update",
+                _ => "other",
+            };
+            self.metrics.websocket_messages.with_label_values(&[kind]).inc();
+            for order in &event.orders {
+                match order.parse(at) {
+                    Ok(order) => self.apply(order).await,
+                    Err(why) => self.malformed(&format!("order {}: {why}", order.order_id)),
+                }
+            }
+        }
+    }
+
+    /// Hand an update for one of the bot's pending orders to the one apply path. Updates for orders the bot
+    /// does not hold as pending (not its order, already settled, a repeat or a stale update) change nothing.
+    async fn apply(&self, order: ExchangeOrder) {
+        let store = self.reconciler.store();
+        let row = match store.trade(&order.order_id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(order_id = %order.order_id, %error, "cannot read the order for a WebSocket update; the poller will see it");
+                return;
+            }
+        };
+        if DbStatus::classify(&row.status, store.words()) != DbStatus::Pending {
+            return;
+        }
+        let states = store.check_states(std::slice::from_ref(&row.order_id)).await.unwrap_or_default();
+        self.reconciler
+            .check(&row, &Answer::Order(order), states.get(&row.order_id), Mode::Apply, Source::Websocket)
+            .await;
+    }
+}
