@@ -176,6 +176,12 @@ fn settle(status: &ExchangeStatus) -> Result<Option<Terminal>, Unresolved> {
     }
 }
 
+/// Whether this status ends an order, so that it could correct a pending row. Live statuses and statuses
+/// without a certain meaning never do.
+pub fn ends_order(status: &ExchangeStatus) -> bool {
+    matches!(settle(status), Ok(Some(_)))
+}
+
 fn fill_of(order: &ExchangeOrder) -> Fill {
     let filled = !order.filled_size.is_zero();
     Fill {
@@ -372,6 +378,15 @@ mod tests {
         assert_eq!(pending_filled.outcome(), Outcome::Mismatch);
         assert_eq!(conflict.outcome(), Outcome::Mismatch);
         assert_eq!(conflict, Action::Keep(Verdict::TerminalConflict));
+    }
+
+    #[test]
+    fn only_terminal_statuses_end_an_order() {
+        let mut statuses = ExchangeStatus::DOCUMENTED.to_vec();
+        statuses.push(ExchangeStatus::Unrecognized("SETTLING".into()));
+        for status in statuses {
+            assert_eq!(ends_order(&status), ended(&status).is_some(), "{status}");
+        }
     }
 
     #[test]

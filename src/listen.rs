@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Source;
-use crate::decide::{Answer, DbStatus};
+use crate::decide::{ends_order, Answer, DbStatus};
 use crate::exchange::auth::CdpKey;
 use crate::exchange::ws::{message_time, Envelope, Subscribe, UserEvent};
 use crate::exchange::ExchangeOrder;
@@ -235,9 +235,13 @@ impl Listener {
         }
     }
 
-    /// Hand an update for one of the bot's pending orders to the one apply path. Updates for orders the bot
-    /// does not hold as pending (not its order, already settled, a repeat or a stale update) change nothing.
+    /// Hand an update that ends one of the bot's pending orders to the one apply path. Anything else changes
+    /// nothing and costs no query: live or uncertain statuses (the poller counts and flags those), orders
+    /// that are not the bot's, and rows already settled (a repeat or a stale update).
     async fn apply(&self, order: ExchangeOrder) {
+        if !ends_order(&order.status) {
+            return;
+        }
         let store = self.reconciler.store();
         let row = match store.trade(&order.order_id).await {
             Ok(Some(row)) => row,
