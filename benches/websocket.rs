@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ordersync::app::{App, AppParts};
