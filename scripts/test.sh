@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of ordersync on a fresh machine: installs and starts what the tests need when it is
-# missing (PostgreSQL running on 127.0.0.1:5432, promtool from Debian's `prometheus`), then runs
+# missing (PostgreSQL running on 127.0.0.1:5432, promtool from Debian's `prometheus`, amtool from
+# `prometheus-alertmanager`, an SMTP server for tests from `python3-aiosmtpd`), then runs
 # formatting, lints and the whole test suite against real SQLite and PostgreSQL.
 #
 #   scripts/test.sh            # everything
@@ -30,6 +31,8 @@ apt_install() {
 
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
 if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
@@ -45,6 +48,9 @@ fi
 # sqlx's name for the server the tests create their databases on; ordersync's own is ORDERSYNC_DATABASE_URL.
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export ORDERSYNC_PROMTOOL="${ORDERSYNC_PROMTOOL:-$(command -v promtool)}"
+export ORDERSYNC_AMTOOL="${ORDERSYNC_AMTOOL:-$(command -v amtool)}"
+export ORDERSYNC_PROMETHEUS="${ORDERSYNC_PROMETHEUS:-$(command -v prometheus)}"
+export ORDERSYNC_SMTP_PYTHON="${ORDERSYNC_SMTP_PYTHON:-/usr/bin/python3}"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

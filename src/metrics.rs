@@ -96,7 +96,7 @@ pub struct Metrics {
     pub oldest_pending_timestamp: GaugeVec,
     oldest_pending: Arc<Mutex<BTreeMap<String, f64>>>,
     pub pending_over_age: IntGaugeVec,
-    pub stuck_orders: IntGauge,
+    pub stuck_orders: IntGaugeVec,
     pub blocked_bots: IntGauge,
     pub mismatches: IntCounterVec,
     pub corrections: IntCounterVec,
@@ -156,10 +156,14 @@ impl Metrics {
                 ),
                 &["threshold"],
             )?,
-            stuck_orders: IntGauge::with_opts(opts(
-                "ordersync_stuck_orders",
-                "Orders pending longer than the configured stuck-after threshold: each one may be blocking a bot.",
-            ))?,
+            stuck_orders: IntGaugeVec::new(
+                opts(
+                    "ordersync_stuck_orders",
+                    "Orders pending longer than the configured stuck-after threshold (ORDERSYNC_STUCK_AFTER), by bot: \
+                     each one may be blocking its bot.",
+                ),
+                &["bot"],
+            )?,
             blocked_bots: IntGauge::with_opts(opts(
                 "ordersync_blocked_bots",
                 "Bots with at least one stuck order: these bots are likely not trading.",
@@ -415,8 +419,7 @@ impl Metrics {
         let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut oldest: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
         let mut over = [0i64; AGE_THRESHOLDS.len()];
-        let mut stuck = 0;
-        let mut blocked: HashSet<String> = HashSet::new();
+        let mut stuck: BTreeMap<String, i64> = BTreeMap::new();
         let stuck_after = chrono::Duration::from_std(self.stuck_after).unwrap_or(chrono::Duration::MAX);
         for row in rows {
             let bot = self.bot_label(row.bot_id.as_deref());
@@ -433,8 +436,7 @@ impl Metrics {
                 }
             }
             if age > stuck_after {
-                stuck += 1;
-                blocked.insert(bot);
+                *stuck.entry(bot).or_default() += 1;
             }
         }
         self.pending_orders.reset();
@@ -452,8 +454,11 @@ impl Metrics {
         for (count, threshold) in over.iter().zip(AGE_THRESHOLDS) {
             self.pending_over_age.with_label_values(&[threshold.to_string().as_str()]).set(*count);
         }
-        self.stuck_orders.set(stuck);
-        self.blocked_bots.set(blocked.len() as i64);
+        self.stuck_orders.reset();
+        for (bot, count) in &stuck {
+            self.stuck_orders.with_label_values(&[bot.as_str()]).set(*count);
+        }
+        self.blocked_bots.set(stuck.len() as i64);
     }
 
     /// The text exposition of everything registered.
@@ -502,12 +507,14 @@ mod tests {
         assert_eq!(metrics.pending_over_age.with_label_values(&["60"]).get(), 3);
         assert_eq!(metrics.pending_over_age.with_label_values(&["300"]).get(), 2);
         assert_eq!(metrics.pending_over_age.with_label_values(&["3600"]).get(), 1);
-        assert_eq!(metrics.stuck_orders.get(), 2);
+        assert_eq!(metrics.stuck_orders.with_label_values(&["alpha"]).get(), 1);
+        assert_eq!(metrics.stuck_orders.with_label_values(&["beta"]).get(), 1);
         assert_eq!(metrics.blocked_bots.get(), 2);
         let text = metrics.encode();
         assert!(text.contains("ordersync_oldest_pending_order_age_seconds{bot=\"beta\"} 7200"), "{text}");
         metrics.set_pending(&[], now);
-        assert_eq!(metrics.stuck_orders.get(), 0);
+        assert_eq!(metrics.blocked_bots.get(), 0);
+        assert!(!metrics.encode().contains("ordersync_stuck_orders{"), "no stuck series left");
         assert!(!metrics.encode().contains("ordersync_pending_orders{"), "gone rows leave no stale series");
     }
 }

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod alerting;
 mod cli;
 mod coinbase;
 mod http;
