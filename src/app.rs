@@ -128,6 +128,7 @@ pub struct App {
     reconciler: Reconciler,
     metrics_refresh: Duration,
     websocket: Option<Listener>,
+    email: Option<(crate::config::EmailConfig, Duration)>,
 }
 
 impl App {
@@ -185,7 +186,8 @@ impl App {
             api_token: config.api_token.clone().map(Arc::new),
             exchange_stale_after: (config.poll_interval * 3).max(Duration::from_secs(120)),
         };
-        Ok(App { listener, state, reconciler, metrics_refresh: config.metrics_refresh, websocket })
+        let email = config.email.clone().map(|email| (email, config.stuck_after));
+        Ok(App { listener, state, reconciler, metrics_refresh: config.metrics_refresh, websocket, email })
     }
 
     /// The address the HTTP server listens on.
@@ -213,6 +215,17 @@ impl App {
         tracker.spawn(async move { reconciler.run(child).await });
         if let Some(websocket) = self.websocket {
             tracker.spawn(websocket.run(token.child_token()));
+        }
+        if let Some((email, stuck_after)) = self.email {
+            let (store, metrics) = (self.state.store.clone(), self.state.metrics.clone());
+            tracker.spawn(crate::alert::run(
+                email,
+                store,
+                metrics,
+                stuck_after,
+                self.metrics_refresh,
+                token.child_token(),
+            ));
         }
         let metrics = self.state.metrics.clone();
         let store = self.state.store.clone();

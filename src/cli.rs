@@ -102,6 +102,36 @@ pub struct Global {
     /// Bearer token required on /api/ (required when listening beyond loopback)
     #[arg(long, global = true, env = config::ENV_API_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// SMTP server for e-mail alerts about stuck orders (e-mail is off unless set)
+    #[arg(long, global = true, env = config::ENV_SMTP_HOST, value_name = "HOST", help_heading = "E-mail alerts")]
+    pub smtp_host: Option<String>,
+    /// SMTP port [default: 587 for starttls, 465 for tls, 25 for none]
+    #[arg(long, global = true, env = config::ENV_SMTP_PORT, value_name = "PORT", help_heading = "E-mail alerts")]
+    pub smtp_port: Option<String>,
+    /// none, starttls or tls [default: starttls]
+    #[arg(long, global = true, env = config::ENV_SMTP_TLS, value_name = "MODE", help_heading = "E-mail alerts")]
+    pub smtp_tls: Option<String>,
+    /// SMTP user name
+    #[arg(long, global = true, env = config::ENV_SMTP_USERNAME, value_name = "USER", help_heading = "E-mail alerts")]
+    pub smtp_username: Option<String>,
+    /// SMTP password (prefer the environment or --smtp-password-file)
+    #[arg(long, global = true, env = config::ENV_SMTP_PASSWORD, value_name = "PASSWORD", hide_env_values = true, help_heading = "E-mail alerts")]
+    pub smtp_password: Option<String>,
+    /// File holding the SMTP password
+    #[arg(long, global = true, env = config::ENV_SMTP_PASSWORD_FILE, value_name = "FILE", help_heading = "E-mail alerts")]
+    pub smtp_password_file: Option<String>,
+    /// Sender address [default: ordersync@<smtp host>]
+    #[arg(long, global = true, env = config::ENV_EMAIL_FROM, value_name = "ADDRESS", help_heading = "E-mail alerts")]
+    pub email_from: Option<String>,
+    /// Recipients, separated by commas
+    #[arg(long, global = true, env = config::ENV_EMAIL_TO, value_name = "ADDRESSES", help_heading = "E-mail alerts")]
+    pub email_to: Option<String>,
+    /// Remind this often while orders stay stuck [default: 1h]
+    #[arg(long, global = true, env = config::ENV_EMAIL_REMIND_EVERY, value_name = "DURATION", help_heading = "E-mail alerts")]
+    pub email_remind_every: Option<String>,
+    /// Never send more e-mails than this in an hour [default: 10]
+    #[arg(long, global = true, env = config::ENV_EMAIL_MAX_PER_HOUR, value_name = "N", help_heading = "E-mail alerts")]
+    pub email_max_per_hour: Option<String>,
     /// Log format
     #[arg(long, global = true, env = config::ENV_LOG_FORMAT, value_enum, default_value = "text")]
     pub log_format: LogFormatArg,
@@ -219,6 +249,16 @@ impl Global {
             listen: self.listen.clone(),
             metrics_refresh: self.metrics_refresh.clone(),
             api_token: self.api_token.clone(),
+            smtp_host: self.smtp_host.clone(),
+            smtp_port: self.smtp_port.clone(),
+            smtp_tls: self.smtp_tls.clone(),
+            smtp_username: self.smtp_username.clone(),
+            smtp_password: self.smtp_password.clone(),
+            smtp_password_file: self.smtp_password_file.clone(),
+            email_from: self.email_from.clone(),
+            email_to: self.email_to.clone(),
+            email_remind_every: self.email_remind_every.clone(),
+            email_max_per_hour: self.email_max_per_hour.clone(),
         }
     }
 }

@@ -31,6 +31,16 @@ pub const ENV_BATCH_SIZE: &str = "ORDERSYNC_BATCH_SIZE";
 pub const ENV_LISTEN: &str = "ORDERSYNC_LISTEN";
 pub const ENV_METRICS_REFRESH: &str = "ORDERSYNC_METRICS_REFRESH";
 pub const ENV_API_TOKEN: &str = "ORDERSYNC_API_TOKEN";
+pub const ENV_SMTP_HOST: &str = "ORDERSYNC_SMTP_HOST";
+pub const ENV_SMTP_PORT: &str = "ORDERSYNC_SMTP_PORT";
+pub const ENV_SMTP_TLS: &str = "ORDERSYNC_SMTP_TLS";
+pub const ENV_SMTP_USERNAME: &str = "ORDERSYNC_SMTP_USERNAME";
+pub const ENV_SMTP_PASSWORD: &str = "ORDERSYNC_SMTP_PASSWORD";
+pub const ENV_SMTP_PASSWORD_FILE: &str = "ORDERSYNC_SMTP_PASSWORD_FILE";
+pub const ENV_EMAIL_FROM: &str = "ORDERSYNC_EMAIL_FROM";
+pub const ENV_EMAIL_TO: &str = "ORDERSYNC_EMAIL_TO";
+pub const ENV_EMAIL_REMIND_EVERY: &str = "ORDERSYNC_EMAIL_REMIND_EVERY";
+pub const ENV_EMAIL_MAX_PER_HOUR: &str = "ORDERSYNC_EMAIL_MAX_PER_HOUR";
 pub const ENV_LOG: &str = "ORDERSYNC_LOG";
 pub const ENV_LOG_FORMAT: &str = "ORDERSYNC_LOG_FORMAT";
 
@@ -244,6 +254,28 @@ pub struct CoinbaseConfig {
     pub websocket_stall_after: Duration,
 }
 
+/// How to reach the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+/// E-mail alerts, on when a host and at least one recipient are set.
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub remind_every: Duration,
+    pub max_per_hour: u32,
+}
+
 /// The typed configuration every command runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -260,6 +292,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub metrics_refresh: Duration,
     pub api_token: Option<SecretString>,
+    pub email: Option<EmailConfig>,
     pub trades: TradesSchema,
 }
 
@@ -283,6 +316,16 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub metrics_refresh: Option<String>,
     pub api_token: Option<String>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<String>,
+    pub smtp_tls: Option<String>,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+    pub smtp_password_file: Option<String>,
+    pub email_from: Option<String>,
+    pub email_to: Option<String>,
+    pub email_remind_every: Option<String>,
+    pub email_max_per_hour: Option<String>,
 }
 
 /// The TOML file. Every field is optional; unknown keys are an error so a typo never goes unnoticed.
@@ -302,6 +345,24 @@ pub struct FileConfig {
     pub coinbase: FileCoinbase,
     #[serde(default)]
     pub trades: FileTrades,
+    #[serde(default)]
+    pub email: FileEmail,
+}
+
+/// `[email]`: the password comes from the environment or a file, never from this file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEmail {
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<u16>,
+    /// `none`, `starttls` or `tls`.
+    pub smtp_tls: Option<String>,
+    pub smtp_username: Option<String>,
+    pub smtp_password_file: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<Vec<String>>,
+    pub remind_every: Option<String>,
+    pub max_per_hour: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -501,6 +562,7 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
     );
     let api_token = resolve_secret(&mut r, ("--api-token", ENV_API_TOKEN, over.api_token.as_ref()), file);
     let trades = resolve_trades(&mut r, &file.trades);
+    let email = resolve_email(&mut r, over, &file.email);
 
     if !r.bad.is_empty() {
         return Err(ConfigError::Invalid(r.bad));
@@ -526,7 +588,112 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         listen: listen.unwrap_or(default_listen),
         metrics_refresh: metrics_refresh.unwrap_or(DEFAULT_METRICS_REFRESH),
         api_token,
+        email,
         trades,
+    })
+}
+
+fn parse_tls(text: &str) -> Result<SmtpTls, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "none" => Ok(SmtpTls::None),
+        "starttls" => Ok(SmtpTls::StartTls),
+        "tls" => Ok(SmtpTls::Tls),
+        _ => Err("none, starttls or tls".into()),
+    }
+}
+
+fn parse_address(text: &str) -> Result<String, String> {
+    match text.trim().parse::<lettre::message::Mailbox>() {
+        Ok(_) => Ok(text.trim().to_string()),
+        Err(_) => Err("an e-mail address, e.g. ordersync@example.com or \"ordersync <ordersync@example.com>\"".into()),
+    }
+}
+
+fn resolve_email(r: &mut Resolver<'_>, over: &Overrides, file: &FileEmail) -> Option<EmailConfig> {
+    let host = r.pick(
+        ("--smtp-host", ENV_SMTP_HOST, over.smtp_host.as_ref()),
+        ("email.smtp_host", file.smtp_host.clone()),
+        |t| match t.trim() {
+            "" => Err("a host name, e.g. smtp.example.com".to_string()),
+            host => Ok(host.to_string()),
+        },
+    );
+    let tls = r
+        .pick(
+            ("--smtp-tls", ENV_SMTP_TLS, over.smtp_tls.as_ref()),
+            ("email.smtp_tls", file.smtp_tls.clone()),
+            parse_tls,
+        )
+        .unwrap_or(SmtpTls::StartTls);
+    let port = r.pick(
+        ("--smtp-port", ENV_SMTP_PORT, over.smtp_port.as_ref()),
+        ("email.smtp_port", file.smtp_port.map(|p| p.to_string())),
+        parse_positive::<u16>,
+    );
+    let username = r.pick(
+        ("--smtp-username", ENV_SMTP_USERNAME, over.smtp_username.as_ref()),
+        ("email.smtp_username", file.smtp_username.clone()),
+        |t| Ok::<_, String>(t.to_string()),
+    );
+    let password_file = r.pick(
+        ("--smtp-password-file", ENV_SMTP_PASSWORD_FILE, over.smtp_password_file.as_ref()),
+        ("email.smtp_password_file", file.smtp_password_file.clone()),
+        |path| {
+            std::fs::read_to_string(path)
+                .map(|text| SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
+                .map_err(|e| format!("a readable file ({e})"))
+        },
+    );
+    let password = over.smtp_password.clone().map(SecretString::from).or(password_file);
+    let from = r.pick(
+        ("--email-from", ENV_EMAIL_FROM, over.email_from.as_ref()),
+        ("email.from", file.from.clone()),
+        parse_address,
+    );
+    let to = r.pick(
+        ("--email-to", ENV_EMAIL_TO, over.email_to.as_ref()),
+        ("email.to", file.to.as_ref().map(|list| list.join(","))),
+        |text| {
+            let list: Vec<&str> = text.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+            if list.is_empty() {
+                return Err("one or more e-mail addresses, separated by commas".to_string());
+            }
+            list.into_iter().map(parse_address).collect::<Result<Vec<_>, _>>()
+        },
+    );
+    let remind_every = r.pick(
+        ("--email-remind-every", ENV_EMAIL_REMIND_EVERY, over.email_remind_every.as_ref()),
+        ("email.remind_every", file.remind_every.clone()),
+        parse_positive_duration,
+    );
+    let max_per_hour = r.pick(
+        ("--email-max-per-hour", ENV_EMAIL_MAX_PER_HOUR, over.email_max_per_hour.as_ref()),
+        ("email.max_per_hour", file.max_per_hour.map(|v| v.to_string())),
+        parse_positive::<u32>,
+    );
+    let host = host?;
+    let Some(to) = to else {
+        r.bad.push(BadValue {
+            key: format!("--email-to / {ENV_EMAIL_TO}"),
+            value: String::new(),
+            expected: format!("at least one recipient when {ENV_SMTP_HOST} is set"),
+        });
+        return None;
+    };
+    Some(EmailConfig {
+        port: port.unwrap_or(match tls {
+            SmtpTls::None => 25,
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+        }),
+        tls,
+        username,
+        password,
+        from: from.unwrap_or_else(|| format!("ordersync@{host}")),
+        to,
+        remind_every: remind_every.unwrap_or(Duration::from_secs(3600)),
+        max_per_hour: max_per_hour.unwrap_or(10),
+        host,
     })
 }
 
@@ -746,6 +913,20 @@ mod tests {
     fn two_statuses_cannot_share_a_word() {
         let keys = bad_keys(resolve_with(Overrides::default(), "[trades.status_words]\ncompleted = \"pending\""));
         assert_eq!(keys, vec!["trades.status_words in test.toml".to_string()]);
+    }
+
+    #[test]
+    fn email_is_off_without_a_host_and_needs_a_recipient_with_one() {
+        assert!(resolve_with(Overrides::default(), "").unwrap().email.is_none());
+        let file = "[email]\nsmtp_host = \"smtp.example.com\"\nto = [\"ops@example.com\", \"oncall@example.com\"]";
+        let email = resolve_with(Overrides::default(), file).unwrap().email.unwrap();
+        assert_eq!((email.port, email.tls, email.to.len()), (587, SmtpTls::StartTls, 2));
+        assert_eq!(email.from, "ordersync@smtp.example.com");
+        let keys = bad_keys(resolve_with(Overrides::default(), "[email]\nsmtp_host = \"smtp.example.com\""));
+        assert_eq!(keys, vec!["--email-to / ORDERSYNC_EMAIL_TO".to_string()]);
+        let over =
+            Overrides { smtp_tls: Some("ssl".into()), email_to: Some("not an address".into()), ..Overrides::default() };
+        assert_eq!(bad_keys(resolve_with(over, "[email]\nsmtp_host = \"h\"")).len(), 2);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! Reading order: `config` (what to run with) -> `order` (the bot's row) -> `exchange` (what Coinbase
 //! says) -> `decide` (the one decision) -> `db` (the one apply path over SQLite and PostgreSQL) ->
-//! `reconcile` (the loop that joins them) -> `listen` (the real-time WebSocket feed into the same path) -> `metrics`, `http` (how it is seen) -> `app` (the wiring) ->
+//! `reconcile` (the loop that joins them) -> `listen` (the real-time WebSocket feed into the same path) -> `metrics`, `http`, `alert` (how it is seen) -> `app` (the wiring) ->
 //! `cli` (the commands). `sandbox` is the Coinbase simulator that the demo and the tests run against.
 
+pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -115,6 +115,7 @@ pub struct Metrics {
     pub collector_duration: GaugeVec,
     pub last_successful_collection: GaugeVec,
     pub store_errors: IntCounter,
+    pub alert_emails: IntCounterVec,
     pub websocket_connected: IntGauge,
     pub websocket_messages: IntCounterVec,
     pub websocket_reconnects: IntCounter,
@@ -251,6 +252,13 @@ impl Metrics {
                 "ordersync_store_errors_total",
                 "Database errors while checking or correcting an order; the order was left as it was.",
             ))?,
+            alert_emails: IntCounterVec::new(
+                opts(
+                    "ordersync_alert_emails_total",
+                    "Alert e-mails about stuck orders by result: sent, failure (SMTP error; retried), suppressed (hourly cap).",
+                ),
+                &["result"],
+            )?,
             websocket_connected: IntGauge::with_opts(opts(
                 "ordersync_websocket_connected",
                 "1 while subscribed to Coinbase's user channel (real-time order updates), 0 otherwise.",
@@ -303,6 +311,7 @@ impl Metrics {
         r.register(Box::new(metrics.collector_duration.clone()))?;
         r.register(Box::new(metrics.last_successful_collection.clone()))?;
         r.register(Box::new(metrics.store_errors.clone()))?;
+        r.register(Box::new(metrics.alert_emails.clone()))?;
         r.register(Box::new(metrics.websocket_connected.clone()))?;
         r.register(Box::new(metrics.websocket_messages.clone()))?;
         r.register(Box::new(metrics.websocket_reconnects.clone()))?;
@@ -329,6 +338,9 @@ impl Metrics {
             metrics.sync_latency.with_label_values(&[source.as_str()]);
         }
         metrics.collector_success.with_label_values(&[COLLECTOR_PENDING]);
+        for result in ["sent", "failure", "suppressed"] {
+            metrics.alert_emails.with_label_values(&[result]);
+        }
         Ok(metrics)
     }
 

@@ -5,6 +5,7 @@ mod harness;
 mod alerting;
 mod cli;
 mod coinbase;
+mod email;
 mod http;
 mod reconcile;
 mod websocket;

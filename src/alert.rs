@@ -1,0 +1,400 @@
+//! E-mail from ordersync itself, for teams without Alertmanager: one mail when orders start being stuck
+//! (pending longer than `stuck_after`) listing them, a reminder every `remind_every` while it lasts, a
+//! resolved mail when it clears; never more than `max_per_hour`. An SMTP failure is logged, counted and
+//! retried at the next tick; it never touches the reconciler.
+//!
+//! Deliberately not here: deciding what is stuck (the pending rows and `stuck_after` say so) and anything
+//! about orders beyond listing them. `Notifier` is pure; `run` does the I/O.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{format_duration, EmailConfig, SmtpTls};
+use crate::db::Store;
+use crate::metrics::Metrics;
+
+/// One stuck order as the mail lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckOrder {
+    pub order_id: String,
+    pub bot: String,
+    pub product: String,
+    pub age_seconds: i64,
+    pub last_exchange_status: String,
+    /// What ordersync did about it, in words.
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailKind {
+    Opened,
+    Reminder,
+    Resolved,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Nothing,
+    Send(MailKind),
+    /// A mail was due but the hourly cap was reached.
+    Suppressed(MailKind),
+}
+
+#[derive(Debug, Clone)]
+struct Incident {
+    started: DateTime<Utc>,
+    last_sent: Option<DateTime<Utc>>,
+}
+
+/// The incident state machine. Pure: it is told the time and what is stuck, and what was sent.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    remind_every: Duration,
+    max_per_hour: u32,
+    incident: Option<Incident>,
+    sent: VecDeque<DateTime<Utc>>,
+}
+
+impl Notifier {
+    pub fn new(remind_every: Duration, max_per_hour: u32) -> Notifier {
+        Notifier { remind_every, max_per_hour, incident: None, sent: VecDeque::new() }
+    }
+
+    /// What to send now. Call `sent` when a mail went out; a failed mail is simply asked for again.
+    pub fn decide(&mut self, stuck: &[StuckOrder], now: DateTime<Utc>) -> Decision {
+        let hour_ago = now - chrono::Duration::hours(1);
+        while self.sent.front().is_some_and(|at| *at <= hour_ago) {
+            self.sent.pop_front();
+        }
+        let remind_every = chrono::Duration::from_std(self.remind_every).unwrap_or(chrono::Duration::MAX);
+        let due = match (&self.incident, stuck.is_empty()) {
+            (None, true) => None,
+            (None, false) => {
+                self.incident = Some(Incident { started: now, last_sent: None });
+                Some(MailKind::Opened)
+            }
+            (Some(incident), false) => match incident.last_sent {
+                None => Some(MailKind::Opened),
+                Some(last) if now - last >= remind_every => Some(MailKind::Reminder),
+                Some(_) => None,
+            },
+            (Some(incident), true) => {
+                if incident.last_sent.is_some() {
+                    Some(MailKind::Resolved)
+                } else {
+                    // Nobody was told it started; nobody needs telling it ended.
+                    self.incident = None;
+                    None
+                }
+            }
+        };
+        match due {
+            None => Decision::Nothing,
+            Some(kind) if self.sent.len() >= self.max_per_hour as usize => Decision::Suppressed(kind),
+            Some(kind) => Decision::Send(kind),
+        }
+    }
+
+    /// A mail of `kind` went out at `now`.
+    pub fn sent(&mut self, kind: MailKind, now: DateTime<Utc>) {
+        self.sent.push_back(now);
+        match kind {
+            MailKind::Resolved => self.incident = None,
+            MailKind::Opened | MailKind::Reminder => {
+                if let Some(incident) = &mut self.incident {
+                    incident.last_sent = Some(now);
+                }
+            }
+        }
+    }
+
+    /// When the current incident started.
+    pub fn started(&self) -> Option<DateTime<Utc>> {
+        self.incident.as_ref().map(|i| i.started)
+    }
+}
+
+fn age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Subject and body of a mail.
+pub fn compose(
+    kind: MailKind,
+    stuck: &[StuckOrder],
+    stuck_after: Duration,
+    started: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (String, String) {
+    let threshold = format_duration(stuck_after);
+    if kind == MailKind::Resolved {
+        let lasted = started.map(|s| age((now - s).num_seconds())).unwrap_or_else(|| "?".into());
+        let body = format!(
+            "No order has been pending longer than {threshold} any more.\nThe incident started at {} and lasted {lasted}.\n",
+            started.map(|s| s.to_rfc3339()).unwrap_or_default()
+        );
+        return ("[ordersync] RESOLVED: no orders stuck pending".into(), body);
+    }
+    let mut bots: Vec<&str> = stuck.iter().map(|o| o.bot.as_str()).collect();
+    bots.sort_unstable();
+    bots.dedup();
+    let prefix = if kind == MailKind::Reminder { "[ordersync] STILL: " } else { "[ordersync] " };
+    let subject =
+        format!("{prefix}{} orders stuck pending longer than {threshold} (bots: {})", stuck.len(), bots.join(", "));
+    let mut body = format!(
+        "These orders have been pending in the bot's database for longer than {threshold}.\n\
+         A bot waiting on them may be blocked from trading.\n\n{:<38}  {:<12}  {:<12}  {:>8}  {:<22}  {}\n",
+        "ORDER_ID", "BOT", "PRODUCT", "AGE", "LAST EXCHANGE STATUS", "WHAT ORDERSYNC DID"
+    );
+    for order in stuck {
+        body.push_str(&format!(
+            "{:<38}  {:<12}  {:<12}  {:>8}  {:<22}  {}\n",
+            order.order_id,
+            order.bot,
+            order.product,
+            age(order.age_seconds),
+            order.last_exchange_status,
+            order.action
+        ));
+    }
+    body.push_str("\nSee docs/runbooks.md#ordersyncordersstuck, and /api/v1/trades/sync-status on ordersync.\n");
+    (subject, body)
+}
+
+fn action_words(verdict: Option<&str>, error: Option<&str>) -> String {
+    match (verdict, error) {
+        (None, _) => "not checked yet".into(),
+        (Some("in_sync"), _) => "checked: still live on the exchange; left pending".into(),
+        (Some("flagged"), Some(error)) => format!("flagged for a human: {error}"),
+        (Some("unresolved"), Some(error)) => format!("no certain answer yet ({error}); left pending"),
+        (Some(verdict), _) => format!("{verdict}; left pending"),
+    }
+}
+
+/// The orders pending longer than `stuck_after`, with what ordersync knows of them.
+async fn stuck_orders(store: &Store, stuck_after: Duration) -> Result<Vec<StuckOrder>, crate::db::StoreError> {
+    let now = Utc::now();
+    let cutoff = now - chrono::Duration::from_std(stuck_after).unwrap_or_default();
+    let rows: Vec<_> = store.pending_orders().await?.into_iter().filter(|r| r.created_at < cutoff).collect();
+    let ids: Vec<_> = rows.iter().map(|r| r.order_id.clone()).collect();
+    let states = store.check_states(&ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let state = states.get(&row.order_id);
+            StuckOrder {
+                order_id: row.order_id.to_string(),
+                bot: row.bot_id.unwrap_or_else(|| "-".into()),
+                product: row.product_id.unwrap_or_else(|| "-".into()),
+                age_seconds: (now - row.created_at).num_seconds(),
+                last_exchange_status: state.and_then(|s| s.last_exchange_status.clone()).unwrap_or_else(|| "-".into()),
+                action: action_words(
+                    state.map(|s| s.last_verdict.as_str()),
+                    state.and_then(|s| s.last_error.as_deref()),
+                ),
+            }
+        })
+        .collect())
+}
+
+/// The SMTP transport the config describes.
+///
+/// # Errors
+/// A message naming the bad setting.
+pub fn transport(config: &EmailConfig) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let tls = match config.tls {
+        SmtpTls::None => Tls::None,
+        SmtpTls::StartTls | SmtpTls::Tls => {
+            let parameters =
+                TlsParameters::new(config.host.clone()).map_err(|e| format!("email TLS for {}: {e}", config.host))?;
+            if config.tls == SmtpTls::Tls {
+                Tls::Wrapper(parameters)
+            } else {
+                Tls::Required(parameters)
+            }
+        }
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.clone())
+        .port(config.port)
+        .tls(tls)
+        .timeout(Some(Duration::from_secs(30)));
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose_secret().to_string()));
+    }
+    Ok(builder.build())
+}
+
+async fn send(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    config: &EmailConfig,
+    subject: &str,
+    body: &str,
+) -> Result<(), String> {
+    let from: Mailbox = config.from.parse().map_err(|e| format!("email from {:?}: {e}", config.from))?;
+    let mut message = Message::builder().from(from).subject(subject).header(ContentType::TEXT_PLAIN);
+    for to in &config.to {
+        message = message.to(to.parse().map_err(|e| format!("email to {to:?}: {e}"))?);
+    }
+    let message = message.body(body.to_string()).map_err(|e| format!("building the mail: {e}"))?;
+    transport.send(message).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Check every `every` until cancelled; send what `Notifier` asks for.
+pub async fn run(
+    config: EmailConfig,
+    store: Store,
+    metrics: Metrics,
+    stuck_after: Duration,
+    every: Duration,
+    token: CancellationToken,
+) {
+    let transport = match transport(&config) {
+        Ok(transport) => transport,
+        Err(error) => {
+            tracing::error!(%error, "e-mail alerts are off: the SMTP settings do not work");
+            return;
+        }
+    };
+    let mut notifier = Notifier::new(config.remind_every, config.max_per_hour);
+    let passes = || {
+        ["success", "failure"]
+            .iter()
+            .map(|result| metrics.reconcile_runs.with_label_values(&[result]).get())
+            .sum::<u64>()
+    };
+    loop {
+        // Say nothing before the first pass: it may fix what looks stuck, and it says what the exchange knows.
+        let ready = passes() > 0;
+        match stuck_orders(&store, stuck_after).await {
+            Ok(_) if !ready => {}
+            Ok(stuck) => {
+                let now = Utc::now();
+                match notifier.decide(&stuck, now) {
+                    Decision::Nothing => {}
+                    Decision::Suppressed(kind) => {
+                        metrics.alert_emails.with_label_values(&["suppressed"]).inc();
+                        tracing::warn!(
+                            ?kind,
+                            max_per_hour = config.max_per_hour,
+                            "alert e-mail not sent: hourly cap reached"
+                        );
+                    }
+                    Decision::Send(kind) => {
+                        let (subject, body) = compose(kind, &stuck, stuck_after, notifier.started(), now);
+                        match send(&transport, &config, &subject, &body).await {
+                            Ok(()) => {
+                                notifier.sent(kind, now);
+                                metrics.alert_emails.with_label_values(&["sent"]).inc();
+                                tracing::info!(?kind, stuck = stuck.len(), %subject, "alert e-mail sent");
+                            }
+                            Err(error) => {
+                                metrics.alert_emails.with_label_values(&["failure"]).inc();
+                                tracing::warn!(?kind, %error, host = %config.host, "sending the alert e-mail failed; trying again at the next check");
+                            }
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read stuck orders for e-mail alerts"),
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuck(n: usize) -> Vec<StuckOrder> {
+        (0..n)
+            .map(|i| StuckOrder {
+                order_id: format!("order-{i}"),
+                bot: if i % 2 == 0 { "alpha".into() } else { "beta".into() },
+                product: "AVNT-USD".into(),
+                age_seconds: 900,
+                last_exchange_status: "OPEN".into(),
+                action: "checked".into(),
+            })
+            .collect()
+    }
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+            + chrono::Duration::minutes(minutes)
+    }
+
+    #[test]
+    fn one_mail_per_incident_then_reminders_then_resolved() {
+        let mut notifier = Notifier::new(Duration::from_secs(30 * 60), 10);
+        assert_eq!(notifier.decide(&[], at(0)), Decision::Nothing);
+        assert_eq!(notifier.decide(&stuck(2), at(1)), Decision::Send(MailKind::Opened));
+        notifier.sent(MailKind::Opened, at(1));
+        assert_eq!(notifier.decide(&stuck(3), at(2)), Decision::Nothing, "more orders stuck is the same incident");
+        assert_eq!(notifier.decide(&stuck(3), at(30)), Decision::Nothing);
+        assert_eq!(notifier.decide(&stuck(3), at(31)), Decision::Send(MailKind::Reminder));
+        notifier.sent(MailKind::Reminder, at(31));
+        assert_eq!(notifier.decide(&[], at(35)), Decision::Send(MailKind::Resolved));
+        notifier.sent(MailKind::Resolved, at(35));
+        assert_eq!(notifier.decide(&[], at(36)), Decision::Nothing);
+        assert_eq!(notifier.decide(&stuck(1), at(40)), Decision::Send(MailKind::Opened), "a new incident");
+    }
+
+    #[test]
+    fn a_failed_mail_is_asked_for_again() {
+        let mut notifier = Notifier::new(Duration::from_secs(3600), 10);
+        assert_eq!(notifier.decide(&stuck(1), at(0)), Decision::Send(MailKind::Opened));
+        assert_eq!(notifier.decide(&stuck(1), at(1)), Decision::Send(MailKind::Opened));
+        notifier.sent(MailKind::Opened, at(1));
+        assert_eq!(notifier.decide(&[], at(2)), Decision::Send(MailKind::Resolved));
+        assert_eq!(notifier.decide(&[], at(3)), Decision::Send(MailKind::Resolved), "until it goes out");
+    }
+
+    #[test]
+    fn an_incident_nobody_was_told_of_ends_silently() {
+        let mut notifier = Notifier::new(Duration::from_secs(3600), 0);
+        assert_eq!(notifier.decide(&stuck(1), at(0)), Decision::Suppressed(MailKind::Opened));
+        assert_eq!(notifier.decide(&[], at(1)), Decision::Nothing);
+    }
+
+    #[test]
+    fn never_more_than_the_hourly_cap() {
+        let mut notifier = Notifier::new(Duration::from_secs(60), 3);
+        let mut sent = 0;
+        for minute in 0..60 {
+            if let Decision::Send(kind) = notifier.decide(&stuck(1), at(minute)) {
+                notifier.sent(kind, at(minute));
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 3);
+        assert_eq!(notifier.decide(&stuck(1), at(61)), Decision::Send(MailKind::Reminder), "the window moved on");
+    }
+
+    #[test]
+    fn the_mail_lists_every_stuck_order_and_names_the_bots() {
+        let (subject, body) = compose(MailKind::Opened, &stuck(3), Duration::from_secs(300), Some(at(0)), at(5));
+        assert_eq!(subject, "[ordersync] 3 orders stuck pending longer than 5m (bots: alpha, beta)");
+        for i in 0..3 {
+            assert!(body.contains(&format!("order-{i}")), "{body}");
+        }
+        assert!(body.contains("LAST EXCHANGE STATUS") && body.contains("OPEN") && body.contains("15m"));
+        let (subject, body) = compose(MailKind::Resolved, &[], Duration::from_secs(300), Some(at(0)), at(12));
+        assert_eq!(subject, "[ordersync] RESOLVED: no orders stuck pending");
+        assert!(body.contains("lasted 12m"), "{body}");
+    }
+}

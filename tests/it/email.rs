@@ -1,0 +1,122 @@
+//! E-mail alerts against a real SMTP server on loopback (aiosmtpd, delivering into a Maildir).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ordersync::sandbox::Sandbox;
+use tokio::process::{Child, Command};
+
+use crate::harness::{open_order, spawn_app_on, Backend, TestApp, TestDb};
+
+/// A real SMTP server that delivers every mail into a Maildir.
+struct SmtpServer {
+    port: u16,
+    maildir: tempfile::TempDir,
+    _child: Child,
+}
+
+impl SmtpServer {
+    async fn start() -> SmtpServer {
+        let python = std::env::var("ORDERSYNC_SMTP_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let maildir = tempfile::tempdir().unwrap();
+        let child = Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir.path().join("mail"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{python} -m aiosmtpd is needed (Debian python3-aiosmtpd; scripts/test.sh installs it): {e}")
+            });
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return SmtpServer { port, maildir, _child: child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("aiosmtpd did not start on port {port}");
+    }
+
+    /// Every delivered mail as `(subject, body)`, oldest first; headers unfolded, quoted-printable undone.
+    fn mails(&self) -> Vec<(String, String)> {
+        let dir: PathBuf = self.maildir.path().join("mail").join("new");
+        let mut files: Vec<_> =
+            std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        files.sort_by_key(|path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok());
+        files.iter().map(|path| parse(path)).collect()
+    }
+}
+
+fn parse(path: &Path) -> (String, String) {
+    let raw = std::fs::read_to_string(path).unwrap().replace("\r\n", "\n");
+    let (headers, body) = raw.split_once("\n\n").unwrap();
+    let headers = headers.replace("\n ", " ").replace("\n\t", " ");
+    let subject = headers.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_string();
+    let body = if headers.to_ascii_lowercase().contains("quoted-printable") {
+        body.replace("=\n", "").replace("=3D", "=")
+    } else {
+        body.to_string()
+    };
+    (subject, body)
+}
+
+async fn sent(app: &TestApp) -> f64 {
+    app.metric("ordersync_alert_emails_total{result=\"sent\"}").await.unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mail_per_incident_listing_the_stuck_orders_then_a_resolved_mail() {
+    let smtp = SmtpServer::start().await;
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    let stuck = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(20)).await;
+    let fresh = open_order(&db, &sandbox, "beta", chrono::Duration::seconds(5)).await;
+    let config = format!(
+        "poll_interval = \"1h\"\nmetrics_refresh = \"200ms\"\nstuck_after = \"1m\"\n\
+         [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_tls = \"none\"\nfrom = \"ordersync@example.com\"\n\
+         to = [\"trading-ops@example.com\"]\nremind_every = \"1h\"",
+        smtp.port
+    );
+    let app = spawn_app_on(db, sandbox, &config).await;
+
+    app.eventually("the incident mail", || async { smtp.mails().len() == 1 }).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "one mail per incident, not one per check");
+    let (subject, body) = &mails[0];
+    assert_eq!(subject, "[ordersync] 1 orders stuck pending longer than 1m (bots: alpha)");
+    assert!(body.contains(&stuck) && body.contains("alpha") && body.contains("AVNT-USD"), "{body}");
+    assert!(body.contains("OPEN") && body.contains("still live on the exchange"), "{body}");
+    assert!(!body.contains(&fresh), "an order younger than stuck_after is not listed");
+
+    app.sandbox.fill(&stuck, None, None, None).unwrap();
+    app.eventually("the resolved mail", || async { smtp.mails().len() == 2 }).await;
+    let (subject, body) = &smtp.mails()[1];
+    assert_eq!(subject, "[ordersync] RESOLVED: no orders stuck pending");
+    assert!(body.contains("No order has been pending longer than 1m"), "{body}");
+    app.eventually("counted", || async { sent(&app).await == 2.0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smtp_failure_is_counted_and_the_reconciler_goes_on() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    let id = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(20)).await;
+    let config = format!(
+        "poll_interval = \"1h\"\nmetrics_refresh = \"200ms\"\nstuck_after = \"1m\"\n\
+         [coinbase]\nwebsocket = false\n\
+         [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {closed}\nsmtp_tls = \"none\"\nto = [\"ops@example.com\"]"
+    );
+    let app = spawn_app_on(db, sandbox, &config).await;
+
+    app.eventually("failures counted and retried", || async {
+        app.metric("ordersync_alert_emails_total{result=\"failure\"}").await >= Some(2.0)
+    })
+    .await;
+    app.sandbox.fill(&id, None, None, None).unwrap();
+    let response = app.http.post(app.url(&format!("/api/v1/orders/{id}/reconcile"))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.db.trade(&id).await.status, "completed", "the reconciler is unaffected");
+    assert_eq!(sent(&app).await, 0.0);
+}
