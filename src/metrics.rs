@@ -121,6 +121,7 @@ pub struct Metrics {
     pub websocket_reconnects: IntCounter,
     pub websocket_sequence_gaps: IntCounter,
     last_exchange_contact: Arc<Mutex<Option<Instant>>>,
+    names: Arc<Vec<String>>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -276,54 +277,62 @@ impl Metrics {
                 "Jumps in the WebSocket's sequence numbers: messages were lost; each triggers a full resync.",
             ))?,
             last_exchange_contact: Arc::new(Mutex::new(None)),
+            names: Arc::new(Vec::new()),
             registry,
         };
-        let r = &metrics.registry;
-        r.register(Box::new(metrics.pending_orders.clone()))?;
-        r.register(Box::new(metrics.oldest_pending_timestamp.clone()))?;
-        r.register(Box::new(OldestAge {
-            desc: Desc::new(
-                "ordersync_oldest_pending_order_age_seconds".into(),
-                "Age in seconds of the oldest order still pending in the bot's database, by bot, computed at scrape time."
-                    .into(),
-                vec!["bot".into()],
-                Default::default(),
-            )?,
-            oldest: oldest_pending,
-        }))?;
-        r.register(Box::new(metrics.pending_over_age.clone()))?;
-        r.register(Box::new(metrics.stuck_orders.clone()))?;
-        r.register(Box::new(metrics.blocked_bots.clone()))?;
-        r.register(Box::new(metrics.mismatches.clone()))?;
-        r.register(Box::new(metrics.corrections.clone()))?;
-        r.register(Box::new(metrics.order_checks.clone()))?;
-        r.register(Box::new(metrics.unresolved_mismatches.clone()))?;
-        r.register(Box::new(metrics.flagged_orders.clone()))?;
-        r.register(Box::new(metrics.sync_latency.clone()))?;
-        r.register(Box::new(metrics.reconcile_duration.clone()))?;
-        r.register(Box::new(metrics.reconcile_runs.clone()))?;
-        r.register(Box::new(metrics.last_successful_reconcile.clone()))?;
-        r.register(Box::new(metrics.exchange_requests.clone()))?;
-        r.register(Box::new(metrics.exchange_request_duration.clone()))?;
-        r.register(Box::new(metrics.exchange_up.clone()))?;
-        r.register(Box::new(metrics.database_up.clone()))?;
-        r.register(Box::new(metrics.collector_success.clone()))?;
-        r.register(Box::new(metrics.collector_duration.clone()))?;
-        r.register(Box::new(metrics.last_successful_collection.clone()))?;
-        r.register(Box::new(metrics.store_errors.clone()))?;
-        r.register(Box::new(metrics.alert_emails.clone()))?;
-        r.register(Box::new(metrics.websocket_connected.clone()))?;
-        r.register(Box::new(metrics.websocket_messages.clone()))?;
-        r.register(Box::new(metrics.websocket_reconnects.clone()))?;
-        r.register(Box::new(metrics.websocket_sequence_gaps.clone()))?;
+        let mut collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(metrics.pending_orders.clone()),
+            Box::new(metrics.oldest_pending_timestamp.clone()),
+            Box::new(OldestAge {
+                desc: Desc::new(
+                    "ordersync_oldest_pending_order_age_seconds".into(),
+                    "Age in seconds of the oldest order still pending in the bot's database, by bot, computed at scrape time."
+                        .into(),
+                    vec!["bot".into()],
+                    Default::default(),
+                )?,
+                oldest: oldest_pending,
+            }),
+            Box::new(metrics.pending_over_age.clone()),
+            Box::new(metrics.stuck_orders.clone()),
+            Box::new(metrics.blocked_bots.clone()),
+            Box::new(metrics.mismatches.clone()),
+            Box::new(metrics.corrections.clone()),
+            Box::new(metrics.order_checks.clone()),
+            Box::new(metrics.unresolved_mismatches.clone()),
+            Box::new(metrics.flagged_orders.clone()),
+            Box::new(metrics.sync_latency.clone()),
+            Box::new(metrics.reconcile_duration.clone()),
+            Box::new(metrics.reconcile_runs.clone()),
+            Box::new(metrics.last_successful_reconcile.clone()),
+            Box::new(metrics.exchange_requests.clone()),
+            Box::new(metrics.exchange_request_duration.clone()),
+            Box::new(metrics.exchange_up.clone()),
+            Box::new(metrics.database_up.clone()),
+            Box::new(metrics.collector_success.clone()),
+            Box::new(metrics.collector_duration.clone()),
+            Box::new(metrics.last_successful_collection.clone()),
+            Box::new(metrics.store_errors.clone()),
+            Box::new(metrics.alert_emails.clone()),
+            Box::new(metrics.websocket_connected.clone()),
+            Box::new(metrics.websocket_messages.clone()),
+            Box::new(metrics.websocket_reconnects.clone()),
+            Box::new(metrics.websocket_sequence_gaps.clone()),
+        ];
         let build_info = IntGaugeVec::new(
             opts("ordersync_build_info", "Always 1; labels say which ordersync version and git revision is running."),
             &["version", "revision"],
         )?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION]).set(1);
-        r.register(Box::new(build_info))?;
+        collectors.push(Box::new(build_info));
+        let mut names = Vec::new();
+        for collector in collectors {
+            names.extend(collector.desc().iter().map(|desc| desc.fq_name.clone()));
+            metrics.registry.register(collector)?;
+        }
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        metrics.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let metrics = Metrics { names: Arc::new(names), ..metrics };
         // Series that must exist from the start at 0, so rates and ratios are defined before anything happens.
         for outcome in Outcome::ALL {
             metrics.order_checks.with_label_values(&[outcome.as_str()]);
@@ -347,6 +356,12 @@ impl Metrics {
     /// A standalone set on a fresh registry (one-shot commands, tests).
     pub fn standalone(stuck_after: Duration) -> Metrics {
         Metrics::new(Registry::new(), stuck_after).expect("a fresh registry has no metric registered twice")
+    }
+
+    /// The name of every `ordersync_*` metric, whether or not it has a series yet (the text format leaves
+    /// out labelled metrics with none).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     pub fn bot_label(&self, bot: Option<&str>) -> String {

@@ -226,22 +226,7 @@ async fn serve_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn the_demo_runs_without_credentials_and_fixes_the_incident() {
     let dir = tempfile::tempdir().unwrap();
-    let database = dir.path().join("demo.db");
-    let mut child = ordersync()
-        .args(["demo", "--listen", "127.0.0.1:0", "--database", database.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut metrics_url = None;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
-        if let Some(url) = line.trim().strip_prefix("metrics:") {
-            metrics_url = Some(url.trim().to_string());
-            break;
-        }
-    }
-    let metrics_url = metrics_url.expect("the demo prints its metrics URL");
+    let (mut child, metrics_url) = start_demo(dir.path()).await;
     let mut fixed = 0.0;
     for _ in 0..100 {
         let scrape = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
@@ -259,4 +244,22 @@ async fn the_demo_runs_without_credentials_and_fixes_the_incident() {
     signal(child.id().unwrap(), "INT").await;
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Start `ordersync demo` with its database in `dir`; returns the child and the metrics URL it printed.
+pub async fn start_demo(dir: &std::path::Path) -> (tokio::process::Child, String) {
+    let database = dir.join("demo.db");
+    let mut child = ordersync()
+        .args(["demo", "--listen", "127.0.0.1:0", "--database", database.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+        if let Some(url) = line.trim().strip_prefix("metrics:") {
+            return (child, url.trim().to_string());
+        }
+    }
+    panic!("the demo did not print its metrics URL");
 }

@@ -3,9 +3,10 @@
 mod harness;
 
 mod alerting;
-mod cli;
+pub mod cli;
 mod coinbase;
 mod email;
+mod grafana;
 mod http;
 mod reconcile;
 mod websocket;
