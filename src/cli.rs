@@ -152,6 +152,13 @@ impl From<LogFormatArg> for LogFormat {
     }
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+    Html,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service: reconcile every poll interval, serve /metrics and the API, until SIGINT/SIGTERM
@@ -189,7 +196,22 @@ pub enum Command {
     /// Create or update ordersync's own tables (ordersync_*) in the bot's database; the bot's tables are untouched
     #[command(after_help = "Example:\n  ORDERSYNC_DATABASE_URL=sqlite://bot.db ordersync migrate")]
     Migrate,
-    /// Run the Coinbase Advanced Trade simulator (REST) for tests and trials
+    /// SLA report from the event log: accuracy against 99.9%, sync latency, corrections, per bot and day
+    #[command(
+        after_help = "Examples:\n  ordersync report --since 30d\n  ordersync report --since 7d --format html --output sla.html"
+    )]
+    Report {
+        /// How far back: 30d, 7d, 12h
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// text, json or html (one self-contained file with charts)
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+        /// Write to this file instead of standard output
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Run the Coinbase Advanced Trade simulator (REST and WebSocket) for tests and trials
     #[command(
         after_help = "Example:\n  ordersync sandbox --listen 127.0.0.1:8787 --key organizations/o/apiKeys/k=key.pem\n  \
                             then: POST /sandbox/orders {\"product_id\":\"AVNT-USD\",\"base_size\":\"10\",\"limit_price\":\"0.84\"}"
@@ -298,6 +320,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Reconcile { once, dry_run, json } => reconcile(&config, once, dry_run, json).await,
         Command::Audit { json, fail_on_mismatch } => audit(&config, json, fail_on_mismatch).await,
         Command::Migrate => migrate(&config).await.map(|()| 0),
+        Command::Report { since, format, output } => {
+            report(&config, &since, format, output.as_deref()).await.map(|()| 0)
+        }
         Command::Sandbox { listen, keys, rate_limit, seed, faults } => {
             sandbox(&listen, &keys, rate_limit, seed, faults.as_deref()).await.map(|()| 0)
         }
@@ -456,6 +481,32 @@ fn human_age(seconds: i64) -> String {
         s if s < 172_800 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         s => format!("{}d", s / 86_400),
     }
+}
+
+async fn report(
+    config: &Config,
+    since: &str,
+    format: ReportFormat,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let window = config::parse_duration(since).map_err(|e| UsageError(format!("--since {since:?}: expected {e}")))?;
+    let store = app::connect_store(config).await.map_err(app_error)?;
+    store.migrate().await.context("applying ordersync's migrations")?;
+    let until = chrono::Utc::now();
+    let since = until - chrono::Duration::from_std(window).context("--since is too long")?;
+    let counts = store.check_counts(&since.format("%Y-%m-%d").to_string()).await.context("reading check counts")?;
+    let events = store.applied_events_since(since).await.context("reading the event log")?;
+    let report = crate::report::build(&counts, &events, since, until);
+    let rendered = match format {
+        ReportFormat::Text => crate::report::text(&report),
+        ReportFormat::Json => crate::report::json(&report),
+        ReportFormat::Html => crate::report::html(&report),
+    };
+    match output {
+        Some(path) => std::fs::write(path, rendered).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{rendered}"),
+    }
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

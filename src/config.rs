@@ -672,7 +672,12 @@ fn resolve_email(r: &mut Resolver<'_>, over: &Overrides, file: &FileEmail) -> Op
         parse_positive::<u32>,
     );
     let host = host?;
+    let given = over.email_to.is_some() || file.to.is_some();
     let Some(to) = to else {
+        if given {
+            // Already reported as invalid.
+            return None;
+        }
         r.bad.push(BadValue {
             key: format!("--email-to / {ENV_EMAIL_TO}"),
             value: String::new(),

@@ -122,19 +122,29 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
 }
 
 fn print_banner(addr: SocketAddr, sim_addr: SocketAddr, options: &DemoOptions) {
-    println!("ordersync demo is running (Ctrl-C to stop)");
-    println!("  metrics:        http://{addr}/metrics");
-    println!("  sync status:    http://{addr}/api/v1/trades/sync-status");
-    println!("  readiness:      http://{addr}/readyz");
-    println!("  bot database:   sqlite://{}", options.database.display());
-    println!("  simulator:      http://{sim_addr} (Coinbase Advanced Trade API, control API under /sandbox/)");
-    println!("  user channel:   ws://{sim_addr}{} (real-time updates; polling is the safety net)", server::WS_PATH);
-    println!(
+    use std::io::Write;
+    // A closed standard output (a pipe whose reader left) must not stop the demo: write errors are ignored.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ordersync demo is running (Ctrl-C to stop)");
+    let _ = writeln!(out, "  metrics:        http://{addr}/metrics");
+    let _ = writeln!(out, "  sync status:    http://{addr}/api/v1/trades/sync-status");
+    let _ = writeln!(out, "  readiness:      http://{addr}/readyz");
+    let _ = writeln!(out, "  bot database:   sqlite://{}", options.database.display());
+    let _ =
+        writeln!(out, "  simulator:      http://{sim_addr} (Coinbase Advanced Trade API, control API under /sandbox/)");
+    let _ = writeln!(
+        out,
+        "  user channel:   ws://{sim_addr}{} (real-time updates; polling is the safety net)",
+        server::WS_PATH
+    );
+    let _ = writeln!(
+        out,
         "  {} simulated bots place an order every {:?}; each misses {:.0}% of its completions, which ordersync fixes.",
         options.bots,
         options.order_every,
         options.miss_rate * 100.0
     );
+    let _ = out.flush();
 }
 
 /// Put the incident's three orders in place: FILLED on the exchange hours ago, pending in the database.

@@ -2,7 +2,7 @@
 //!
 //! Reading order: `config` (what to run with) -> `order` (the bot's row) -> `exchange` (what Coinbase
 //! says) -> `decide` (the one decision) -> `db` (the one apply path over SQLite and PostgreSQL) ->
-//! `reconcile` (the loop that joins them) -> `listen` (the real-time WebSocket feed into the same path) -> `metrics`, `http`, `alert` (how it is seen) -> `app` (the wiring) ->
+//! `reconcile` (the loop that joins them) -> `listen` (the real-time WebSocket feed into the same path) -> `metrics`, `http`, `alert`, `report` (how it is seen) -> `app` (the wiring) ->
 //! `cli` (the commands). `sandbox` is the Coinbase simulator that the demo and the tests run against.
 
 pub mod alert;
@@ -18,5 +18,6 @@ pub mod listen;
 pub mod metrics;
 pub mod order;
 pub mod reconcile;
+pub mod report;
 pub mod sandbox;
 pub mod telemetry;

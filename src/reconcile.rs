@@ -287,6 +287,7 @@ impl Reconciler {
             }
             (Action::Correct { to, fill }, Mode::Apply) => {
                 self.metrics.mismatch(row, label);
+                let bot = self.metrics.bot_label(row.bot_id.as_deref());
                 let correction = Correction {
                     row,
                     to: *to,
@@ -294,6 +295,7 @@ impl Reconciler {
                     exchange_status: exchange_status.as_deref().unwrap_or(label),
                     source,
                     detected_at: now,
+                    bot: &bot,
                 };
                 match self.store.apply(&correction).await {
                     Ok(Applied::Written { latency, .. }) => {
@@ -331,6 +333,7 @@ impl Reconciler {
                         Verdict::Unresolved { why, flagged } => (Some(why.describe()), *flagged),
                         _ => (None, false),
                     };
+                    let bot = self.metrics.bot_label(row.bot_id.as_deref());
                     let record = CheckRecord {
                         order_id: &row.order_id,
                         exchange_status: exchange_status.as_deref(),
@@ -338,6 +341,8 @@ impl Reconciler {
                         error,
                         flagged,
                         at: now,
+                        bot: &bot,
+                        outcome: action.outcome(),
                     };
                     if let Err(error) = self.store.record_check(&record).await {
                         self.store_failed(&mut checked, &row.order_id, &error);

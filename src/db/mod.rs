@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::config::{StatusWords, TradesSchema};
-use crate::decide::{Fill, Terminal};
+use crate::decide::{Fill, Outcome, Terminal};
 use crate::order::{parse_timestamp, OrderId, TradeRow};
 
 pub use sql::BoundSchema;
@@ -93,6 +93,8 @@ pub struct Correction<'a> {
     pub exchange_status: &'a str,
     pub source: Source,
     pub detected_at: DateTime<Utc>,
+    /// The bot label the check is counted under.
+    pub bot: &'a str,
 }
 
 /// What `apply` did.
@@ -122,6 +124,19 @@ pub struct CheckRecord<'a> {
     pub error: Option<String>,
     pub flagged: bool,
     pub at: DateTime<Utc>,
+    /// Counted per day and bot for the accuracy history.
+    pub bot: &'a str,
+    pub outcome: Outcome,
+}
+
+/// One row of the per-day check counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckCount {
+    /// `YYYY-MM-DD`, UTC.
+    pub day: String,
+    pub bot: String,
+    pub outcome: String,
+    pub checks: i64,
 }
 
 /// Where an order's checks stand.
@@ -375,6 +390,7 @@ impl Store {
         let pending = schema.words().pending.clone();
         let (update_sql, values) = schema.update(correction.fill);
         let row = correction.row;
+        let backend = self.backend();
         let outcome = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut query = sqlx::query(&update_sql).bind(&to_word);
@@ -452,16 +468,24 @@ impl Store {
                 .bind(false)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query(sql::count_check(backend))
+                .bind(correction.detected_at.format("%Y-%m-%d").to_string())
+                .bind(correction.bot)
+                .bind(Outcome::Mismatch.as_str())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             outcome
         });
         Ok(outcome)
     }
 
-    /// Record a check that wrote nothing to the bot's row.
+    /// Record a check that wrote nothing to the bot's row: its state and its count, in one transaction.
     pub async fn record_check(&self, check: &CheckRecord<'_>) -> Result<(), StoreError> {
         let unresolved = check.error.is_some();
+        let backend = self.backend();
         on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query(sql::UPSERT_CHECK)
                 .bind(check.order_id.as_str())
                 .bind(check.at)
@@ -470,11 +494,46 @@ impl Store {
                 .bind(check.error.as_deref())
                 .bind(unresolved)
                 .bind(check.flagged)
-                .execute(pool)
-                .await
-                .map(|_| ())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::count_check(backend))
+                .bind(check.at.format("%Y-%m-%d").to_string())
+                .bind(check.bot)
+                .bind(check.outcome.as_str())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
         })?;
         Ok(())
+    }
+
+    /// Check counts from `since_day` (`YYYY-MM-DD`) on.
+    pub async fn check_counts(&self, since_day: &str) -> Result<Vec<CheckCount>, StoreError> {
+        let sql = sql::select_check_counts(self.backend());
+        let rows = on_pool!(self, pool => {
+            sqlx::query(sql)
+                .bind(since_day)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok(CheckCount { day: row.try_get(0)?, bot: row.try_get(1)?, outcome: row.try_get(2)?, checks: row.try_get(3)? }))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
+    /// Corrections written since `since`, oldest first.
+    pub async fn applied_events_since(&self, since: DateTime<Utc>) -> Result<Vec<EventRow>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query(sql::SELECT_APPLIED_EVENTS_SINCE)
+                .bind(since)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(read_event)
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
     }
 
     /// The event log, oldest first; only one order's events when `order_id` is given.

@@ -15,12 +15,51 @@ pub(super) struct Migration {
     pub postgres: &'static str,
 }
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events_and_checks",
-    sqlite: include_str!("../../migrations/sqlite/0001_events_and_checks.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_events_and_checks.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events_and_checks",
+        sqlite: include_str!("../../migrations/sqlite/0001_events_and_checks.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_events_and_checks.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "check_counts",
+        sqlite: include_str!("../../migrations/sqlite/0002_check_counts.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_check_counts.sql"),
+    },
+];
+
+/// One more check for (day, bot, outcome). `$1` is the day as `YYYY-MM-DD` text.
+pub(super) fn count_check(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "INSERT INTO ordersync_check_counts (day, bot, outcome, checks) VALUES ($1, $2, $3, 1) \
+             ON CONFLICT (day, bot, outcome) DO UPDATE SET checks = ordersync_check_counts.checks + 1"
+        }
+        Backend::Postgres => {
+            "INSERT INTO ordersync_check_counts (day, bot, outcome, checks) VALUES (CAST($1 AS DATE), $2, $3, 1) \
+             ON CONFLICT (day, bot, outcome) DO UPDATE SET checks = ordersync_check_counts.checks + 1"
+        }
+    }
+}
+
+/// Check counts from a day on: `(day as text, bot, outcome, checks)`.
+pub(super) fn select_check_counts(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => {
+            "SELECT day, bot, outcome, checks FROM ordersync_check_counts WHERE day >= $1 ORDER BY day, bot, outcome"
+        }
+        Backend::Postgres => {
+            "SELECT CAST(day AS TEXT), bot, outcome, checks FROM ordersync_check_counts \
+             WHERE day >= CAST($1 AS DATE) ORDER BY day, bot, outcome"
+        }
+    }
+}
+
+pub(super) const SELECT_APPLIED_EVENTS_SINCE: &str = "SELECT order_id, bot_id, product_id, from_status, to_status, \
+     exchange_status, exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, \
+     latency_seconds, note FROM ordersync_events WHERE outcome = 'applied' AND detected_at >= $1 ORDER BY id";
 
 pub(super) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ordersync_migrations \
      (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";

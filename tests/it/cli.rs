@@ -90,7 +90,7 @@ async fn help_teaches_every_command_with_an_example_and_names_the_environment() 
     for env in ["ORDERSYNC_DATABASE_URL", "ORDERSYNC_POLL_INTERVAL", "ORDERSYNC_STUCK_AFTER", "ORDERSYNC_LISTEN"] {
         assert!(top.stdout.contains(env), "{env} in --help");
     }
-    for command in ["serve", "reconcile", "audit", "migrate", "sandbox", "demo"] {
+    for command in ["serve", "reconcile", "audit", "migrate", "report", "sandbox", "demo"] {
         let help = run(ordersync().args([command, "--help"])).await;
         assert_eq!(help.code, 0, "{command}");
         assert!(help.stdout.contains("Example"), "{command} --help has an example:\n{}", help.stdout);
@@ -181,7 +181,7 @@ async fn migrate_creates_ordersyncs_tables_once() {
         .rows("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'ordersync%' ORDER BY name")
         .await;
     let names: Vec<_> = tables.iter().map(|r| r[0].clone().unwrap()).collect();
-    assert_eq!(names, ["ordersync_events", "ordersync_migrations", "ordersync_order_checks"]);
+    assert_eq!(names, ["ordersync_check_counts", "ordersync_events", "ordersync_migrations", "ordersync_order_checks"]);
 }
 
 #[tokio::test]
@@ -258,6 +258,8 @@ pub async fn start_demo(dir: &std::path::Path) -> (tokio::process::Child, String
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
         if let Some(url) = line.trim().strip_prefix("metrics:") {
+            // Keep reading what the demo prints, as a terminal would.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
             return (child, url.trim().to_string());
         }
     }

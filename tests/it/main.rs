@@ -9,4 +9,5 @@ mod email;
 mod grafana;
 mod http;
 mod reconcile;
+mod report;
 mod websocket;
