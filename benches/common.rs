@@ -29,6 +29,27 @@ pub async fn fill_trades(path: &Path, rows: usize, pending: usize) -> sqlx::Sqli
     pool
 }
 
+/// Place `count` orders `<prefix><n>` of 10 AVNT at 1 on the simulator, filled at once when `filled`.
+pub fn place_orders(sandbox: &ordersync::sandbox::Sandbox, prefix: &str, count: usize, filled: bool) -> Vec<String> {
+    (0..count)
+        .map(|n| {
+            let id = format!("{prefix}{n}");
+            let new = ordersync::sandbox::NewOrder {
+                order_id: Some(id.clone()),
+                product_id: "AVNT-USD".into(),
+                base_size: rust_decimal::Decimal::TEN,
+                limit_price: rust_decimal::Decimal::ONE,
+                ..ordersync::sandbox::NewOrder::default()
+            };
+            sandbox.create_order(new).expect("a fresh simulator takes every order");
+            if filled {
+                sandbox.fill(&id, None, None, None).expect("an open order can be filled");
+            }
+            id
+        })
+        .collect()
+}
+
 /// The `q` quantile (0..=1) of sorted samples.
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {

@@ -18,8 +18,7 @@ use ordersync::exchange::coinbase::CoinbaseClient;
 use ordersync::metrics::Metrics;
 use ordersync::reconcile::{Mode, Reconciler};
 use ordersync::sandbox::server::{self, ServerState};
-use ordersync::sandbox::{NewOrder, Sandbox};
-use rust_decimal::Decimal;
+use ordersync::sandbox::Sandbox;
 use tokio_util::sync::CancellationToken;
 
 const ORDERS: usize = 10_000;
@@ -32,18 +31,7 @@ async fn main() {
     pool.close().await;
 
     let sandbox = Sandbox::new(1);
-    for n in 0..ORDERS {
-        let id = format!("bench-{n}");
-        let new = NewOrder {
-            order_id: Some(id.clone()),
-            product_id: "AVNT-USD".into(),
-            base_size: Decimal::TEN,
-            limit_price: Decimal::ONE,
-            ..NewOrder::default()
-        };
-        sandbox.create_order(new).unwrap();
-        sandbox.fill(&id, None, None, None).unwrap();
-    }
+    common::place_orders(&sandbox, "bench-", ORDERS, true);
     let key = CdpKey::generate("organizations/bench/apiKeys/bench");
     let keys = HashMap::from([(key.name().to_string(), key.public_key())]);
     let token = CancellationToken::new();

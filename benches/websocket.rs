@@ -18,8 +18,7 @@ use ordersync::config::{FileConfig, Overrides};
 use ordersync::exchange::auth::CdpKey;
 use ordersync::metrics::Metrics;
 use ordersync::sandbox::server::{self, ServerState, WS_PATH};
-use ordersync::sandbox::{NewOrder, Sandbox};
-use rust_decimal::Decimal;
+use ordersync::sandbox::Sandbox;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
@@ -68,21 +67,9 @@ async fn run(backend: &str, url: &str, seconds: u64) {
         pool.close().await;
     }
     let sandbox = Sandbox::new(1);
-    let mut ids = Vec::with_capacity(fills);
-    let mut insert = String::from("INSERT INTO trades (order_id, bot_id, product_id, size, status) VALUES ");
-    for n in 0..fills {
-        let id = format!("ws-bench-{n}");
-        let new = NewOrder {
-            order_id: Some(id.clone()),
-            product_id: "AVNT-USD".into(),
-            base_size: Decimal::TEN,
-            limit_price: Decimal::ONE,
-            ..NewOrder::default()
-        };
-        sandbox.create_order(new).unwrap();
-        insert.push_str(&format!("{}('{id}', 'bench', 'AVNT-USD', '10', 'pending')", if n == 0 { "" } else { ", " }));
-        ids.push(id);
-    }
+    let ids = common::place_orders(&sandbox, "ws-bench-", fills, false);
+    let rows: Vec<String> = ids.iter().map(|id| format!("('{id}', 'bench', 'AVNT-USD', '10', 'pending')")).collect();
+    let insert = format!("INSERT INTO trades (order_id, bot_id, product_id, size, status) VALUES {}", rows.join(", "));
     if backend == "sqlite" {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
         sqlx::raw_sql(&insert).execute(&pool).await.unwrap();

@@ -155,17 +155,7 @@ impl BoundSchema {
         let filled_price =
             optional(&config.filled_price, "filled_price", "the average fill price (or set it to \"\")")?;
         let filled_size = optional(&config.filled_size, "filled_size", "the filled size (or set it to \"\")")?;
-        Ok(Self::build(config.clone(), backend, bot_id, product_id, filled_price, filled_size))
-    }
-
-    fn build(
-        config: TradesSchema,
-        backend: Backend,
-        bot_id: Option<SqlIdent>,
-        product_id: Option<SqlIdent>,
-        filled_price: Option<SqlIdent>,
-        filled_size: Option<SqlIdent>,
-    ) -> BoundSchema {
+        let config = config.clone();
         let text = |column: &Option<SqlIdent>| match column {
             Some(name) => format!("CAST({} AS TEXT)", name.quoted()),
             None => "CAST(NULL AS TEXT)".to_string(),
@@ -186,7 +176,7 @@ impl BoundSchema {
             config.status.quoted(),
             config.order_id.quoted()
         );
-        BoundSchema {
+        Ok(BoundSchema {
             config,
             backend,
             bot_id,
@@ -196,7 +186,7 @@ impl BoundSchema {
             select_by_status,
             select_by_id,
             select_status_by_id,
-        }
+        })
     }
 
     pub fn table(&self) -> &str {

@@ -45,23 +45,15 @@ impl ExchangeStatus {
     ];
 
     pub fn parse(word: &str) -> Self {
-        match word {
-            "PENDING" => ExchangeStatus::Pending,
-            "QUEUED" => ExchangeStatus::Queued,
-            "OPEN" => ExchangeStatus::Open,
-            "CANCEL_QUEUED" => ExchangeStatus::CancelQueued,
-            "EDIT_QUEUED" => ExchangeStatus::EditQueued,
-            "FILLED" => ExchangeStatus::Filled,
-            "CANCELLED" => ExchangeStatus::Cancelled,
-            "EXPIRED" => ExchangeStatus::Expired,
-            "FAILED" => ExchangeStatus::Failed,
-            "UNKNOWN_ORDER_STATUS" => ExchangeStatus::UnknownOrderStatus,
-            other => ExchangeStatus::Unrecognized(other.to_string()),
-        }
+        Self::DOCUMENTED
+            .into_iter()
+            .find(|status| status.documented_word() == Some(word))
+            .unwrap_or_else(|| ExchangeStatus::Unrecognized(word.to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
-        match self {
+    /// Coinbase's spelling of a documented status; `None` for a word it never documented.
+    fn documented_word(&self) -> Option<&'static str> {
+        Some(match self {
             ExchangeStatus::Pending => "PENDING",
             ExchangeStatus::Queued => "QUEUED",
             ExchangeStatus::Open => "OPEN",
@@ -72,25 +64,21 @@ impl ExchangeStatus {
             ExchangeStatus::Expired => "EXPIRED",
             ExchangeStatus::Failed => "FAILED",
             ExchangeStatus::UnknownOrderStatus => "UNKNOWN_ORDER_STATUS",
+            ExchangeStatus::Unrecognized(_) => return None,
+        })
+    }
+
+    /// The word as the exchange sent it.
+    pub fn as_str(&self) -> &str {
+        match self {
             ExchangeStatus::Unrecognized(word) => word,
+            documented => documented.documented_word().unwrap_or_default(),
         }
     }
 
     /// A label value with a bounded set: unrecognized words all become `UNRECOGNIZED`.
     pub fn label(&self) -> &'static str {
-        match self {
-            ExchangeStatus::Unrecognized(_) => "UNRECOGNIZED",
-            ExchangeStatus::Pending => "PENDING",
-            ExchangeStatus::Queued => "QUEUED",
-            ExchangeStatus::Open => "OPEN",
-            ExchangeStatus::CancelQueued => "CANCEL_QUEUED",
-            ExchangeStatus::EditQueued => "EDIT_QUEUED",
-            ExchangeStatus::Filled => "FILLED",
-            ExchangeStatus::Cancelled => "CANCELLED",
-            ExchangeStatus::Expired => "EXPIRED",
-            ExchangeStatus::Failed => "FAILED",
-            ExchangeStatus::UnknownOrderStatus => "UNKNOWN_ORDER_STATUS",
-        }
+        self.documented_word().unwrap_or("UNRECOGNIZED")
     }
 }
 
