@@ -435,15 +435,22 @@ fn print_summary(report: &PassReport, dry_run: bool) {
 async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::Result<i32> {
     let reconciler = reconciler(config).await?;
     let token = signal_token();
-    let progress = indicatif::ProgressBar::new_spinner();
+    // A progress bar on a terminal (drawn on stderr, so --json output stays clean); nothing otherwise.
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     if std::io::stderr().is_terminal() {
-        progress.set_message("asking Coinbase about pending orders…");
-        progress.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} pending orders checked ({eta} left)")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
     } else {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let report = reconciler.pass(Mode::DryRun, &token).await.context("audit failed");
-    progress.finish_and_clear();
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let report = reconciler.pass_with_progress(Mode::DryRun, &token, &progress).await.context("audit failed");
+    bar.finish_and_clear();
     let report = report?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report.checked).context("encoding the audit")?);

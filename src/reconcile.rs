@@ -154,6 +154,19 @@ impl Reconciler {
     /// Only when the pending orders cannot be read at all; a single order's failure is logged, counted,
     /// and the order left as it was.
     pub async fn pass(&self, mode: Mode, token: &CancellationToken) -> Result<PassReport, ReconcileError> {
+        self.pass_with_progress(mode, token, &|_, _| {}).await
+    }
+
+    /// As `pass`, telling `progress(done, total)` after each order (for a progress bar).
+    ///
+    /// # Errors
+    /// As `pass`.
+    pub async fn pass_with_progress(
+        &self,
+        mode: Mode,
+        token: &CancellationToken,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<PassReport, ReconcileError> {
         let rows = match self.store.pending_orders().await {
             Ok(rows) => {
                 self.metrics.database_up.set(1);
@@ -197,6 +210,7 @@ impl Reconciler {
                     unresolved_mismatches += 1;
                 }
                 report.checked.push(checked);
+                progress(report.checked.len(), eligible.len());
             }
             if report.interrupted {
                 if let Some(lookup) = next.take() {

@@ -10,4 +10,5 @@ mod grafana;
 mod http;
 mod reconcile;
 mod report;
+mod tidy;
 mod websocket;
