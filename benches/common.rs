@@ -58,14 +58,3 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     let index = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[index]
 }
-
-/// Resident set size of this process in MiB (Linux), from /proc/self/status.
-pub fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Applied, CheckRecord, CheckState, Correction, Source, Store, StoreError};
+use crate::db::{Applied, CheckRecord, CheckState, Correction, Source, Store, StoreError, Write, Written};
 use crate::decide::{decide, Action, Answer, DbStatus, Verdict};
 use crate::exchange::{Exchange, ExchangeError};
 use crate::metrics::Metrics;
@@ -49,9 +49,53 @@ pub struct Checked {
     pub exchange_status: Option<String>,
     /// `in_sync`, `mismatch`, `unresolved`, `flagged`, `terminal_conflict`, `not_managed`.
     pub verdict: &'static str,
-    /// `corrected`, `would_correct`, `row_changed`, `unchanged`, or `error`.
+    /// `corrected`, `would_correct`, `row_changed`, `already_settled`, `unchanged`, or `error`.
     pub result: &'static str,
     pub detail: Option<String>,
+}
+
+/// One order decided on, before its write.
+struct Plan<'a> {
+    row: &'a TradeRow,
+    action: Action,
+    exchange_status: Option<String>,
+    /// A bounded word for the exchange's answer.
+    label: &'static str,
+    bot: String,
+    checked: Checked,
+}
+
+impl Plan<'_> {
+    /// What to write for this order.
+    fn write(&self, source: Source, now: DateTime<Utc>) -> Write<'_> {
+        match &self.action {
+            Action::Correct { to, fill } => Write::Correction(Correction {
+                row: self.row,
+                to: *to,
+                fill,
+                exchange_status: self.exchange_status.as_deref().unwrap_or(self.label),
+                source,
+                detected_at: now,
+                bot: &self.bot,
+            }),
+            Action::Keep(verdict) => {
+                let (error, flagged) = match verdict {
+                    Verdict::Unresolved { why, flagged } => (Some(why.describe()), *flagged),
+                    _ => (None, false),
+                };
+                Write::Check(CheckRecord {
+                    order_id: &self.row.order_id,
+                    exchange_status: self.exchange_status.as_deref(),
+                    verdict: self.action.verdict_word(),
+                    error,
+                    flagged,
+                    at: now,
+                    bot: &self.bot,
+                    outcome: self.action.outcome(),
+                })
+            }
+        }
+    }
 }
 
 /// The result of one pass.
@@ -196,6 +240,7 @@ impl Reconciler {
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
             let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
             let states = self.check_states(&ids).await;
+            let mut items = Vec::with_capacity(chunk.len());
             for row in chunk.iter() {
                 if token.is_cancelled() {
                     report.interrupted = true;
@@ -204,9 +249,12 @@ impl Reconciler {
                 let answer = answers
                     .remove(&row.order_id)
                     .unwrap_or_else(|| Answer::Ambiguous("the exchange lookup gave no answer".into()));
-                let state = states.get(&row.order_id);
-                let checked = self.check(row, &answer, state, mode, Source::Poll).await;
-                if checked.verdict == "mismatch" && checked.result != "corrected" {
+                items.push((row, answer));
+            }
+            let batch: Vec<(&TradeRow, &Answer, Option<&CheckState>)> =
+                items.iter().map(|(row, answer)| (*row, answer, states.get(&row.order_id))).collect();
+            for checked in self.check_many(&batch, mode, Source::Poll).await {
+                if checked.verdict == "mismatch" && !matches!(checked.result, "corrected" | "already_settled") {
                     unresolved_mismatches += 1;
                 }
                 report.checked.push(checked);
@@ -257,7 +305,7 @@ impl Reconciler {
         Ok(self.check(&row, &answer, states.get(order_id), mode, Source::Manual).await)
     }
 
-    /// THE apply path: decide on one row and answer, write the outcome (unless dry-run), count and log.
+    /// Decide on one row and answer, write the outcome (unless dry-run), count and log: `check_many` for one.
     pub async fn check(
         &self,
         row: &TradeRow,
@@ -266,14 +314,71 @@ impl Reconciler {
         mode: Mode,
         source: Source,
     ) -> Checked {
+        let mut checked = self.check_many(&[(row, answer, state)], mode, source).await;
+        checked.pop().expect("check_many returns one result per order")
+    }
+
+    /// THE apply path: decide on each (row, answer, check state), write every outcome in one batch (unless
+    /// dry-run), then count, log and report each. Poll, manual and WebSocket checks all come through here.
+    pub async fn check_many(
+        &self,
+        items: &[(&TradeRow, &Answer, Option<&CheckState>)],
+        mode: Mode,
+        source: Source,
+    ) -> Vec<Checked> {
         let now = Utc::now();
+        let words = self.store.words();
+        let plans: Vec<Plan> = items.iter().map(|(row, answer, state)| self.plan(row, answer, *state, now)).collect();
+        let writes: Vec<Write<'_>> = match mode {
+            Mode::DryRun => Vec::new(),
+            Mode::Apply => plans.iter().map(|plan| plan.write(source, now)).collect(),
+        };
+        let mut written = self.store.write_batch(&writes).await.into_iter();
+        let mut results = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let outcome = if mode == Mode::Apply { written.next() } else { None };
+            let mut checked = plan.checked;
+            match (&plan.action, outcome) {
+                (Action::Correct { to, .. }, None) => {
+                    checked.result = "would_correct";
+                    checked.detail = Some(format!("would set {} -> {}", plan.row.status, to.word(words)));
+                }
+                (Action::Correct { to, .. }, Some(Ok(Written::Correction(Applied::Written { latency, .. })))) => {
+                    self.metrics.correction(plan.row, *to, to.word(words), source, latency);
+                    checked.result = "corrected";
+                    checked.detail = Some(format!("{} -> {}", plan.row.status, to.word(words)));
+                }
+                (Action::Correct { to, .. }, Some(Ok(Written::Correction(Applied::AlreadyApplied)))) => {
+                    checked.result = "already_settled";
+                    checked.detail = Some(format!("already {}", to.word(words)));
+                }
+                (Action::Correct { .. }, Some(Ok(Written::Correction(Applied::RowChanged { now })))) => {
+                    tracing::info!(
+                        order_id = %plan.row.order_id,
+                        now = now.as_deref().unwrap_or("<deleted>"),
+                        "the bot changed the order itself meanwhile; not overwritten"
+                    );
+                    checked.result = "row_changed";
+                    checked.detail = Some(format!("the bot set it to {:?} meanwhile", now.unwrap_or_default()));
+                }
+                (_, Some(Err(error))) => self.store_failed(&mut checked, &plan.row.order_id, &error),
+                (_, _) => {}
+            }
+            results.push(checked);
+        }
+        results
+    }
+
+    /// Decide on one order and count the check; nothing is written yet.
+    fn plan<'a>(&self, row: &'a TradeRow, answer: &Answer, state: Option<&CheckState>, now: DateTime<Utc>) -> Plan<'a> {
         let words = self.store.words();
         let db = DbStatus::classify(&row.status, words);
         let unresolved_before = state.map_or(0, |s| u32::try_from(s.unresolved_in_a_row).unwrap_or(u32::MAX));
         let action = decide(db, answer, unresolved_before, self.settings.flag_after);
-        let exchange_status = match answer {
-            Answer::Order(order) => Some(order.status.as_str().to_string()),
-            Answer::NotFound | Answer::Ambiguous(_) => None,
+        let (exchange_status, label) = match answer {
+            Answer::Order(order) => (Some(order.status.as_str().to_string()), order.status.label()),
+            Answer::NotFound => (None, "NOT_FOUND"),
+            Answer::Ambiguous(_) => (None, "AMBIGUOUS"),
         };
         self.metrics.check(action.outcome());
         let mut checked = Checked {
@@ -288,83 +393,19 @@ impl Reconciler {
             result: "unchanged",
             detail: None,
         };
-        let label = match answer {
-            Answer::Order(order) => order.status.label(),
-            Answer::NotFound => "NOT_FOUND",
-            Answer::Ambiguous(_) => "AMBIGUOUS",
-        };
-        match (&action, mode) {
-            (Action::Correct { to, .. }, Mode::DryRun) => {
-                self.metrics.mismatch(row, label);
-                checked.result = "would_correct";
-                checked.detail = Some(format!("would set {} -> {}", row.status, to.word(words)));
-            }
-            (Action::Correct { to, fill }, Mode::Apply) => {
-                self.metrics.mismatch(row, label);
-                let bot = self.metrics.bot_label(row.bot_id.as_deref());
-                let correction = Correction {
-                    row,
-                    to: *to,
-                    fill,
-                    exchange_status: exchange_status.as_deref().unwrap_or(label),
-                    source,
-                    detected_at: now,
-                    bot: &bot,
-                };
-                match self.store.apply(&correction).await {
-                    Ok(Applied::Written { latency, .. }) => {
-                        self.metrics.correction(row, *to, to.word(words), source, latency);
-                        checked.result = "corrected";
-                        checked.detail = Some(format!("{} -> {}", row.status, to.word(words)));
-                    }
-                    Ok(Applied::AlreadyApplied) => {
-                        checked.result = "unchanged";
-                        checked.detail = Some(format!("already {}", to.word(words)));
-                    }
-                    Ok(Applied::RowChanged { now }) => {
-                        tracing::info!(
-                            order_id = %row.order_id,
-                            now = now.as_deref().unwrap_or("<deleted>"),
-                            "the bot changed the order itself meanwhile; not overwritten"
-                        );
-                        checked.result = "row_changed";
-                        checked.detail = Some(format!("the bot set it to {:?} meanwhile", now.unwrap_or_default()));
-                    }
-                    Err(error) => self.store_failed(&mut checked, &row.order_id, &error),
+        match &action {
+            Action::Correct { .. } => self.metrics.mismatch(row, label),
+            Action::Keep(Verdict::Unresolved { why, flagged }) => {
+                checked.detail = Some(why.describe());
+                if *flagged {
+                    tracing::warn!(order_id = %row.order_id, why = %why.describe(), "order flagged: no certain answer after repeated checks");
+                } else {
+                    tracing::debug!(order_id = %row.order_id, why = %why.describe(), "order unresolved this time");
                 }
             }
-            (Action::Keep(verdict), mode) => {
-                if let Verdict::Unresolved { why, flagged } = verdict {
-                    checked.detail = Some(why.describe());
-                    if *flagged {
-                        tracing::warn!(order_id = %row.order_id, why = %why.describe(), "order flagged: no certain answer after repeated checks");
-                    } else {
-                        tracing::debug!(order_id = %row.order_id, why = %why.describe(), "order unresolved this time");
-                    }
-                }
-                if mode == Mode::Apply {
-                    let (error, flagged) = match verdict {
-                        Verdict::Unresolved { why, flagged } => (Some(why.describe()), *flagged),
-                        _ => (None, false),
-                    };
-                    let bot = self.metrics.bot_label(row.bot_id.as_deref());
-                    let record = CheckRecord {
-                        order_id: &row.order_id,
-                        exchange_status: exchange_status.as_deref(),
-                        verdict: action.verdict_word(),
-                        error,
-                        flagged,
-                        at: now,
-                        bot: &bot,
-                        outcome: action.outcome(),
-                    };
-                    if let Err(error) = self.store.record_check(&record).await {
-                        self.store_failed(&mut checked, &row.order_id, &error);
-                    }
-                }
-            }
+            Action::Keep(_) => {}
         }
-        checked
+        Plan { row, action, exchange_status, label, bot: self.metrics.bot_label(row.bot_id.as_deref()), checked }
     }
 
     fn store_failed(&self, checked: &mut Checked, order_id: &OrderId, error: &StoreError) {

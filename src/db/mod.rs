@@ -62,6 +62,8 @@ pub enum StoreError {
     },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("database write failed, nothing of it kept: {0}")]
+    Write(String),
 }
 
 /// Where an answer came from, as recorded in the event log.
@@ -95,6 +97,20 @@ pub struct Correction<'a> {
     pub detected_at: DateTime<Utc>,
     /// The bot label the check is counted under.
     pub bot: &'a str,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub enum Write<'a> {
+    Correction(Correction<'a>),
+    Check(CheckRecord<'a>),
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Correction(Applied),
+    Check,
 }
 
 /// What `apply` did.
@@ -385,126 +401,184 @@ impl Store {
     /// # Errors
     /// Any database error; the transaction is then rolled back and the row is as it was.
     pub async fn apply(&self, correction: &Correction<'_>) -> Result<Applied, StoreError> {
-        let schema = &self.schema;
-        let to_word = correction.to.word(schema.words()).to_string();
-        let pending = schema.words().pending.clone();
-        let (update_sql, values) = schema.update(correction.fill);
-        let row = correction.row;
-        let backend = self.backend();
-        let outcome = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let mut query = sqlx::query(&update_sql).bind(&to_word);
-            for value in &values {
-                query = query.bind(value);
-            }
-            let updated = query.bind(row.order_id.as_str()).bind(&pending).execute(&mut *tx).await?.rows_affected();
-            let applied_at = Utc::now();
-            let outcome = if updated > 0 {
-                let latency = correction.fill.time.and_then(|at| (applied_at - at).to_std().ok());
-                Applied::Written { applied_at, latency }
-            } else {
-                let now = sqlx::query(schema.select_status_by_id())
-                    .bind(row.order_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|r| r.try_get::<Option<String>, _>(0))
-                    .transpose()?
-                    .flatten();
-                Applied::RowChanged { now }
-            };
-            let event = match &outcome {
-                Applied::Written { applied_at, latency } => {
-                    Some((Some(to_word.clone()), Some(*applied_at), "applied", latency.map(|l| l.as_secs_f64()), None))
-                }
-                Applied::RowChanged { now } if now.as_deref() == Some(to_word.as_str()) => None,
-                Applied::RowChanged { now } => Some((
-                    None,
-                    None,
-                    "row_changed",
-                    None,
-                    Some(match now {
-                        Some(word) => format!("the bot set the row to {word:?} after ordersync read it; left as is"),
-                        None => "the row was deleted after ordersync read it".to_string(),
-                    }),
-                )),
-                Applied::AlreadyApplied => None,
-            };
-            let outcome = match (outcome, &event) {
-                (Applied::RowChanged { .. }, None) => Applied::AlreadyApplied,
-                (outcome, _) => outcome,
-            };
-            if let Some((to_status, applied, outcome_word, latency, note)) = event {
-                sqlx::query(sql::INSERT_EVENT)
-                    .bind(row.order_id.as_str())
-                    .bind(row.bot_id.as_deref())
-                    .bind(row.product_id.as_deref())
-                    .bind(&row.status)
-                    .bind(to_status)
-                    .bind(correction.exchange_status)
-                    .bind(correction.fill.time)
-                    .bind(correction.fill.price.map(|p| p.to_string()))
-                    .bind(correction.fill.size.map(|s| s.to_string()))
-                    .bind(correction.detected_at)
-                    .bind(applied)
-                    .bind(correction.source.as_str())
-                    .bind(outcome_word)
-                    .bind(latency)
-                    .bind(note)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let verdict = match outcome {
-                Applied::Written { .. } => "corrected",
-                Applied::RowChanged { .. } => "row_changed",
-                Applied::AlreadyApplied => "in_sync",
-            };
-            sqlx::query(sql::UPSERT_CHECK)
-                .bind(row.order_id.as_str())
-                .bind(correction.detected_at)
-                .bind(Some(correction.exchange_status))
-                .bind(verdict)
-                .bind(None::<String>)
-                .bind(false)
-                .bind(false)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::count_check(backend))
-                .bind(correction.detected_at.format("%Y-%m-%d").to_string())
-                .bind(correction.bot)
-                .bind(Outcome::Mismatch.as_str())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            outcome
-        });
-        Ok(outcome)
+        match self.write_batch(&[Write::Correction(correction.clone())]).await.pop() {
+            Some(Ok(Written::Correction(applied))) => Ok(applied),
+            Some(Err(error)) => Err(error),
+            _ => Err(StoreError::Write("no result for the correction".into())),
+        }
     }
 
-    /// Record a check that wrote nothing to the bot's row: its state and its count, in one transaction.
+    /// Record a check that wrote nothing to the bot's row: its state and its count.
     pub async fn record_check(&self, check: &CheckRecord<'_>) -> Result<(), StoreError> {
-        let unresolved = check.error.is_some();
+        match self.write_batch(&[Write::Check(check.clone())]).await.pop() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(error)) => Err(error),
+            None => Err(StoreError::Write("no result for the check".into())),
+        }
+    }
+
+    /// Write many checks in one transaction, each in a savepoint of its own: a correction's update, event and
+    /// check state stand or fall together, one write's failure rolls back only that write, and the whole
+    /// batch costs one commit (on SQLite, one sync to disk instead of one per order).
+    ///
+    /// Returns one result per write, in order. If the transaction itself fails, every write reports it.
+    pub async fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<Written, StoreError>> {
+        if writes.is_empty() {
+            return Vec::new();
+        }
+        let schema = &self.schema;
         let backend = self.backend();
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            sqlx::query(sql::UPSERT_CHECK)
-                .bind(check.order_id.as_str())
-                .bind(check.at)
-                .bind(check.exchange_status)
-                .bind(check.verdict)
-                .bind(check.error.as_deref())
-                .bind(unresolved)
-                .bind(check.flagged)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(sql::count_check(backend))
-                .bind(check.at.format("%Y-%m-%d").to_string())
-                .bind(check.bot)
-                .bind(check.outcome.as_str())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        })?;
-        Ok(())
+        let pending = schema.words().pending.clone();
+        let batch: Result<Vec<Result<Written, StoreError>>, sqlx::Error> = on_pool!(self, pool => {
+            async {
+                let mut tx = pool.begin().await?;
+                let mut results = Vec::with_capacity(writes.len());
+                for write in writes {
+                    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                    let one: Result<Written, sqlx::Error> = async {
+                        match write {
+                            Write::Correction(correction) => {
+                                let row = correction.row;
+                                let to_word = correction.to.word(schema.words()).to_string();
+                                let (update_sql, values) = schema.update(correction.fill);
+                                let mut query = sqlx::query(&update_sql).bind(&to_word);
+                                for value in &values {
+                                    query = query.bind(value);
+                                }
+                                let updated = query
+                                    .bind(row.order_id.as_str())
+                                    .bind(&pending)
+                                    .execute(&mut *savepoint)
+                                    .await?
+                                    .rows_affected();
+                                let applied_at = Utc::now();
+                                let outcome = if updated > 0 {
+                                    let latency = correction.fill.time.and_then(|at| (applied_at - at).to_std().ok());
+                                    Applied::Written { applied_at, latency }
+                                } else {
+                                    let now = sqlx::query(schema.select_status_by_id())
+                                        .bind(row.order_id.as_str())
+                                        .fetch_optional(&mut *savepoint)
+                                        .await?
+                                        .map(|r| r.try_get::<Option<String>, _>(0))
+                                        .transpose()?
+                                        .flatten();
+                                    if now.as_deref() == Some(to_word.as_str()) {
+                                        Applied::AlreadyApplied
+                                    } else {
+                                        Applied::RowChanged { now }
+                                    }
+                                };
+                                let event = match &outcome {
+                                    Applied::Written { applied_at, latency } => Some((
+                                        Some(to_word.clone()),
+                                        Some(*applied_at),
+                                        "applied",
+                                        latency.map(|l| l.as_secs_f64()),
+                                        None,
+                                    )),
+                                    Applied::RowChanged { now } => Some((
+                                        None,
+                                        None,
+                                        "row_changed",
+                                        None,
+                                        Some(match now {
+                                            Some(word) => format!(
+                                                "the bot set the row to {word:?} after ordersync read it; left as is"
+                                            ),
+                                            None => "the row was deleted after ordersync read it".to_string(),
+                                        }),
+                                    )),
+                                    Applied::AlreadyApplied => None,
+                                };
+                                if let Some((to_status, applied, outcome_word, latency, note)) = event {
+                                    sqlx::query(sql::INSERT_EVENT)
+                                        .bind(row.order_id.as_str())
+                                        .bind(row.bot_id.as_deref())
+                                        .bind(row.product_id.as_deref())
+                                        .bind(&row.status)
+                                        .bind(to_status)
+                                        .bind(correction.exchange_status)
+                                        .bind(correction.fill.time)
+                                        .bind(correction.fill.price.map(|p| p.to_string()))
+                                        .bind(correction.fill.size.map(|s| s.to_string()))
+                                        .bind(correction.detected_at)
+                                        .bind(applied)
+                                        .bind(correction.source.as_str())
+                                        .bind(outcome_word)
+                                        .bind(latency)
+                                        .bind(note)
+                                        .execute(&mut *savepoint)
+                                        .await?;
+                                }
+                                let verdict = match outcome {
+                                    Applied::Written { .. } => "corrected",
+                                    Applied::RowChanged { .. } => "row_changed",
+                                    Applied::AlreadyApplied => "in_sync",
+                                };
+                                sqlx::query(sql::UPSERT_CHECK)
+                                    .bind(row.order_id.as_str())
+                                    .bind(correction.detected_at)
+                                    .bind(Some(correction.exchange_status))
+                                    .bind(verdict)
+                                    .bind(None::<String>)
+                                    .bind(false)
+                                    .bind(false)
+                                    .execute(&mut *savepoint)
+                                    .await?;
+                                sqlx::query(sql::count_check(backend))
+                                    .bind(correction.detected_at.format("%Y-%m-%d").to_string())
+                                    .bind(correction.bot)
+                                    .bind(Outcome::Mismatch.as_str())
+                                    .execute(&mut *savepoint)
+                                    .await?;
+                                Ok(Written::Correction(outcome))
+                            }
+                            Write::Check(check) => {
+                                sqlx::query(sql::UPSERT_CHECK)
+                                    .bind(check.order_id.as_str())
+                                    .bind(check.at)
+                                    .bind(check.exchange_status)
+                                    .bind(check.verdict)
+                                    .bind(check.error.as_deref())
+                                    .bind(check.error.is_some())
+                                    .bind(check.flagged)
+                                    .execute(&mut *savepoint)
+                                    .await?;
+                                sqlx::query(sql::count_check(backend))
+                                    .bind(check.at.format("%Y-%m-%d").to_string())
+                                    .bind(check.bot)
+                                    .bind(check.outcome.as_str())
+                                    .execute(&mut *savepoint)
+                                    .await?;
+                                Ok(Written::Check)
+                            }
+                        }
+                    }
+                    .await;
+                    match one {
+                        Ok(written) => {
+                            savepoint.commit().await?;
+                            results.push(Ok(written));
+                        }
+                        Err(error) => {
+                            savepoint.rollback().await?;
+                            results.push(Err(StoreError::Query(error)));
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+            .await
+        });
+        match batch {
+            Ok(results) => results,
+            Err(error) => {
+                let message = error.to_string();
+                writes.iter().map(|_| Err(StoreError::Write(message.clone()))).collect()
+            }
+        }
     }
 
     /// Check counts from `since_day` (`YYYY-MM-DD`) on.

@@ -317,3 +317,38 @@ async fn a_manual_reconcile_is_recorded_as_manual(backend: Backend) {
     assert_eq!(metrics.corrections.with_label_values(&["avnt-bot", "completed", "manual"]).get(), 1);
 }
 both!(a_manual_reconcile_is_recorded_as_manual);
+
+async fn one_refused_write_fails_alone_and_the_rest_of_the_batch_commits(backend: Backend) {
+    let db = TestDb::empty(backend).await;
+    let (timestamp, number) = match backend {
+        Backend::Sqlite => ("TEXT", "REAL"),
+        Backend::Postgres => ("TIMESTAMPTZ", "NUMERIC"),
+    };
+    // The bot's own rule: no price above 100. Coinbase filled one order at 150.
+    db.exec(&format!(
+        "CREATE TABLE trades (order_id TEXT PRIMARY KEY, bot_id TEXT, product_id TEXT, size TEXT, status TEXT NOT NULL, \
+         created_at {timestamp} NOT NULL, filled_at {timestamp}, filled_price {number} CHECK (filled_price < 100), filled_size {number})"
+    ))
+    .await;
+    let sandbox = Sandbox::new(1);
+    let mut ids = Vec::new();
+    for price in ["0.84", "150", "0.22"] {
+        let id = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(10)).await;
+        sandbox.fill(&id, None, Some(dec(price)), None).unwrap();
+        ids.push(id);
+    }
+    let (reconciler, metrics) = reconciler(&db, &sandbox, &config(&db)).await;
+
+    let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+
+    let result_of = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().result;
+    assert_eq!((result_of(&ids[0]), result_of(&ids[1]), result_of(&ids[2])), ("corrected", "error", "corrected"));
+    assert_eq!(db.trade(&ids[1]).await.status, "pending", "the refused order is left as it was");
+    assert_eq!(db.trade(&ids[0]).await.status, "completed");
+    assert_eq!(db.trade(&ids[2]).await.status, "completed");
+    let events = db.count(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_events WHERE order_id = '{}'", ids[1])).await;
+    assert_eq!(events, 0, "no event for a write that did not happen");
+    assert_eq!(metrics.store_errors.get(), 1);
+    assert_eq!(metrics.unresolved_mismatches.get(), 1);
+}
+both!(one_refused_write_fails_alone_and_the_rest_of_the_batch_commits);
