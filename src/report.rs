@@ -179,8 +179,15 @@ fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "—".to_string(), |v| format!("{:.3}%", v * 100.0))
 }
 
+/// A latency in the unit that reads best: `12 ms`, `4.2 s`, `3.5 min`, `3.0 h`.
 fn seconds(value: Option<f64>) -> String {
-    value.map_or_else(|| "—".to_string(), |v| format!("{v:.2} s"))
+    match value {
+        None => "—".to_string(),
+        Some(v) if v < 1.0 => format!("{:.0} ms", v * 1000.0),
+        Some(v) if v < 120.0 => format!("{v:.1} s"),
+        Some(v) if v < 7200.0 => format!("{:.1} min", v / 60.0),
+        Some(v) => format!("{:.1} h", v / 3600.0),
+    }
 }
 
 fn verdict(met: Option<bool>) -> &'static str {
@@ -366,6 +373,15 @@ mod tests {
         assert_eq!(nearest_rank(&[7.0], 0.99), Some(7.0));
         assert_eq!(nearest_rank(&[], 0.5), None);
         assert_eq!(nearest_rank(&[1.0, 2.0, 3.0], 0.5), Some(2.0));
+    }
+
+    #[test]
+    fn latencies_read_in_a_sensible_unit() {
+        assert_eq!(seconds(Some(0.0123)), "12 ms");
+        assert_eq!(seconds(Some(4.25)), "4.2 s");
+        assert_eq!(seconds(Some(210.0)), "3.5 min");
+        assert_eq!(seconds(Some(10_796.0)), "3.0 h");
+        assert_eq!(seconds(None), "—");
     }
 
     #[test]

@@ -346,7 +346,8 @@ async fn one_refused_write_fails_alone_and_the_rest_of_the_batch_commits(backend
     assert_eq!(db.trade(&ids[1]).await.status, "pending", "the refused order is left as it was");
     assert_eq!(db.trade(&ids[0]).await.status, "completed");
     assert_eq!(db.trade(&ids[2]).await.status, "completed");
-    let events = db.count(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_events WHERE order_id = '{}'", ids[1])).await;
+    let events =
+        db.count(&format!("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_events WHERE order_id = '{}'", ids[1])).await;
     assert_eq!(events, 0, "no event for a write that did not happen");
     assert_eq!(metrics.store_errors.get(), 1);
     assert_eq!(metrics.unresolved_mismatches.get(), 1);
