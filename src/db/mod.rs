@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, Row, SqlitePool};
@@ -242,7 +243,10 @@ impl Store {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(connect_error)?
                 .busy_timeout(Duration::from_secs(5))
-                .foreign_keys(false);
+                .foreign_keys(false)
+                // 1 MiB of page cache per connection (SQLite's default is 2 MiB): ordersync reads pending rows
+                // through an index, and this keeps its memory small. Per connection: the bot is unaffected.
+                .pragma("cache_size", "-1024");
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(5))
@@ -354,10 +358,14 @@ impl Store {
     pub async fn pending_orders(&self) -> Result<Vec<TradeRow>, StoreError> {
         let sql = self.schema.select_by_status();
         let pending = self.words().pending.clone();
-        let raw: Vec<RawTrade> = on_pool!(self, pool => {
-            sqlx::query(sql).bind(&pending).fetch_all(pool).await?.iter().map(RawTrade::read).collect::<Result<_, _>>()?
+        // Streamed: each row is parsed as it arrives, so only the parsed rows are ever held at once.
+        let mut rows: Vec<TradeRow> = Vec::new();
+        on_pool!(self, pool => {
+            let mut stream = sqlx::query(sql).bind(&pending).fetch(pool);
+            while let Some(row) = stream.try_next().await? {
+                rows.extend(RawTrade::read(&row)?.parse_or_warn());
+            }
         });
-        let mut rows: Vec<TradeRow> = raw.into_iter().filter_map(RawTrade::parse_or_warn).collect();
         rows.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.order_id.cmp(&b.order_id)));
         Ok(rows)
     }
