@@ -1,8 +1,8 @@
-//! The reconciler: pending rows -> exchange -> `decide` -> `Store::apply`. `check` is the one apply path:
-//! the poll loop, a manual reconcile of one order, and the WebSocket listener all end there.
+//! The reconciler: pending rows -> exchange -> `decide` -> `Store::write_batch`. `check_many` is the one
+//! apply path: the poll loop, a manual reconcile of one order, and the WebSocket listener all end there.
 //!
 //! Deliberately not here: the decision itself (`decide.rs`), SQL (`db/`), HTTP and JSON. Cancellation is
-//! honoured only between orders, never inside `apply`.
+//! honoured only between orders, never inside a batch write.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -114,7 +114,7 @@ pub enum Written {
     Check,
 }
 
-/// What `apply` did.
+/// What a correction's write did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     /// The row was pending and now holds the exchange's outcome.
@@ -401,28 +401,6 @@ impl Store {
             }
         }
         Ok(states)
-    }
-
-    /// Write a correction: the conditional update of the bot's row, the event and the check state, in one
-    /// transaction. The row is only written while it still holds the pending word.
-    ///
-    /// # Errors
-    /// Any database error; the transaction is then rolled back and the row is as it was.
-    pub async fn apply(&self, correction: &Correction<'_>) -> Result<Applied, StoreError> {
-        match self.write_batch(&[Write::Correction(correction.clone())]).await.pop() {
-            Some(Ok(Written::Correction(applied))) => Ok(applied),
-            Some(Err(error)) => Err(error),
-            _ => Err(StoreError::Write("no result for the correction".into())),
-        }
-    }
-
-    /// Record a check that wrote nothing to the bot's row: its state and its count.
-    pub async fn record_check(&self, check: &CheckRecord<'_>) -> Result<(), StoreError> {
-        match self.write_batch(&[Write::Check(check.clone())]).await.pop() {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(error)) => Err(error),
-            None => Err(StoreError::Write("no result for the check".into())),
-        }
     }
 
     /// Write many checks in one transaction, each in a savepoint of its own: a correction's update, event and
