@@ -19,11 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{format_duration, EmailConfig, SmtpTls};
 use crate::db::Store;
+use crate::decide::PendingKind;
 use crate::metrics::Metrics;
 
-/// One stuck order as the mail lists it.
+/// One stuck order (or terminal conflict) as the mail lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StuckOrder {
+    /// A terminal row the exchange ended otherwise, not a pending one.
+    pub conflict: bool,
     pub order_id: String,
     pub bot: String,
     pub product: String,
@@ -142,23 +145,51 @@ pub fn compose(
     if kind == MailKind::Resolved {
         let lasted = started.map(|s| age((now - s).num_seconds())).unwrap_or_else(|| "?".into());
         let body = format!(
-            "No order has been pending longer than {threshold} any more.\nThe incident started at {} and lasted {lasted}.\n",
+            "No order has been stuck pending longer than {threshold} any more, and no terminal conflict stands.\nThe incident started at {} and lasted {lasted}.\n",
             started.map(|s| s.to_rfc3339()).unwrap_or_default()
         );
-        return ("[ordersync] RESOLVED: no orders stuck pending".into(), body);
+        return ("[ordersync] RESOLVED: no orders stuck pending, no terminal conflicts".into(), body);
     }
     let mut bots: Vec<&str> = stuck.iter().map(|o| o.bot.as_str()).collect();
     bots.sort_unstable();
     bots.dedup();
     let prefix = if kind == MailKind::Reminder { "[ordersync] STILL: " } else { "[ordersync] " };
-    let subject =
-        format!("{prefix}{} orders stuck pending longer than {threshold} (bots: {})", stuck.len(), bots.join(", "));
-    let mut body = format!(
-        "These orders have been pending in the bot's database for longer than {threshold}.\n\
-         A bot waiting on them may be blocked from trading.\n\n{:<38}  {:<12}  {:<12}  {:>8}  {:<22}  {}\n",
+    let (conflicts, pending): (Vec<&StuckOrder>, Vec<&StuckOrder>) = stuck.iter().partition(|o| o.conflict);
+    let mut what = Vec::new();
+    if !pending.is_empty() {
+        what.push(format!("{} orders stuck pending longer than {threshold}", pending.len()));
+    }
+    if !conflicts.is_empty() {
+        what.push(format!("{} terminal conflicts", conflicts.len()));
+    }
+    let subject = format!("{prefix}{} (bots: {})", what.join(", "), bots.join(", "));
+    let mut body = String::new();
+    if !conflicts.is_empty() {
+        body.push_str(
+            "TERMINAL CONFLICTS: the bot's row says the order ended one way, Coinbase says another (e.g. cancelled\n\
+             in the table, FILLED on the exchange): a position the bot does not know about. ordersync never writes\n\
+             these rows; fix them by hand (docs/runbooks.md#ordersyncterminalconflict).\n\n",
+        );
+        body.push_str(&format!("{:<38}  {:<12}  {:<12}  {}\n", "ORDER_ID", "BOT", "PRODUCT", "ROW / EXCHANGE"));
+        for order in &conflicts {
+            body.push_str(&format!(
+                "{:<38}  {:<12}  {:<12}  {}\n",
+                order.order_id, order.bot, order.product, order.action
+            ));
+        }
+        body.push('\n');
+    }
+    if pending.is_empty() {
+        body.push_str("\nSee /api/v1/trades/sync-status on ordersync.\n");
+        return (subject, body);
+    }
+    body.push_str(&format!(
+        "These orders have been pending in the bot's database for longer than {threshold}, and the exchange says\n\
+         they ended, gave no certain answer, or was not asked yet (resting orders, live on the exchange, are not\n\
+         listed). A bot waiting on them may be blocked from trading.\n\n{:<38}  {:<12}  {:<12}  {:>8}  {:<22}  {}\n",
         "ORDER_ID", "BOT", "PRODUCT", "AGE", "LAST EXCHANGE STATUS", "WHAT ORDERSYNC DID"
-    );
-    for order in stuck {
+    ));
+    for order in pending {
         body.push_str(&format!(
             "{:<38}  {:<12}  {:<12}  {:>8}  {:<22}  {}\n",
             order.order_id,
@@ -183,18 +214,25 @@ fn action_words(verdict: Option<&str>, error: Option<&str>) -> String {
     }
 }
 
-/// The orders pending longer than `stuck_after`, with what ordersync knows of them.
+/// The orders stuck pending longer than `stuck_after` (resting ones, live on the exchange, are not stuck),
+/// with what ordersync knows of them, then the terminal conflicts.
 async fn stuck_orders(store: &Store, stuck_after: Duration) -> Result<Vec<StuckOrder>, crate::db::StoreError> {
     let now = Utc::now();
     let cutoff = now - chrono::Duration::from_std(stuck_after).unwrap_or_default();
     let rows: Vec<_> = store.pending_orders().await?.into_iter().filter(|r| r.created_at < cutoff).collect();
     let ids: Vec<_> = rows.iter().map(|r| r.order_id.clone()).collect();
     let states = store.check_states(&ids).await?;
-    Ok(rows
+    let conflicts = store.conflicts().await?;
+    let stuck = rows
         .into_iter()
+        .filter(|row| {
+            let last = states.get(&row.order_id).and_then(|s| s.last_exchange_status.as_deref());
+            PendingKind::of(last) == PendingKind::Blocking
+        })
         .map(|row| {
             let state = states.get(&row.order_id);
             StuckOrder {
+                conflict: false,
                 order_id: row.order_id.to_string(),
                 bot: row.bot_id.unwrap_or_else(|| "-".into()),
                 product: row.product_id.unwrap_or_else(|| "-".into()),
@@ -205,8 +243,17 @@ async fn stuck_orders(store: &Store, stuck_after: Duration) -> Result<Vec<StuckO
                     state.and_then(|s| s.last_error.as_deref()),
                 ),
             }
-        })
-        .collect())
+        });
+    let conflicts = conflicts.into_iter().map(|c| StuckOrder {
+        conflict: true,
+        order_id: c.order_id,
+        bot: c.bot_id.unwrap_or_else(|| "-".into()),
+        product: c.product_id.unwrap_or_else(|| "-".into()),
+        age_seconds: (now - c.found_at).num_seconds(),
+        last_exchange_status: c.exchange_status.clone(),
+        action: format!("row {} / Coinbase {}", c.row_status, c.exchange_status),
+    });
+    Ok(stuck.chain(conflicts).collect())
 }
 
 /// The SMTP transport the config describes.
@@ -323,6 +370,7 @@ mod tests {
     fn stuck(n: usize) -> Vec<StuckOrder> {
         (0..n)
             .map(|i| StuckOrder {
+                conflict: false,
                 order_id: format!("order-{i}"),
                 bot: if i % 2 == 0 { "alpha".into() } else { "beta".into() },
                 product: "AVNT-USD".into(),
@@ -386,6 +434,28 @@ mod tests {
     }
 
     #[test]
+    fn terminal_conflicts_are_mailed_before_stuck_orders() {
+        let mut orders = stuck(1);
+        orders.push(StuckOrder {
+            conflict: true,
+            order_id: "order-c".into(),
+            bot: "gamma".into(),
+            product: "BTC-USD".into(),
+            age_seconds: 0,
+            last_exchange_status: "FILLED".into(),
+            action: "row cancelled / Coinbase FILLED".into(),
+        });
+        let (subject, body) = compose(MailKind::Opened, &orders, Duration::from_secs(300), Some(at(0)), at(5));
+        assert_eq!(
+            subject,
+            "[ordersync] 1 orders stuck pending longer than 5m, 1 terminal conflicts (bots: alpha, gamma)"
+        );
+        let conflict = body.find("order-c").unwrap();
+        assert!(body.contains("TERMINAL CONFLICTS") && body.contains("row cancelled / Coinbase FILLED"), "{body}");
+        assert!(conflict < body.find("order-0").unwrap(), "conflicts first: {body}");
+    }
+
+    #[test]
     fn the_mail_lists_every_stuck_order_and_names_the_bots() {
         let (subject, body) = compose(MailKind::Opened, &stuck(3), Duration::from_secs(300), Some(at(0)), at(5));
         assert_eq!(subject, "[ordersync] 3 orders stuck pending longer than 5m (bots: alpha, beta)");
@@ -394,7 +464,7 @@ mod tests {
         }
         assert!(body.contains("LAST EXCHANGE STATUS") && body.contains("OPEN") && body.contains("15m"));
         let (subject, body) = compose(MailKind::Resolved, &[], Duration::from_secs(300), Some(at(0)), at(12));
-        assert_eq!(subject, "[ordersync] RESOLVED: no orders stuck pending");
+        assert_eq!(subject, "[ordersync] RESOLVED: no orders stuck pending, no terminal conflicts");
         assert!(body.contains("lasted 12m"), "{body}");
     }
 }

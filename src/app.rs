@@ -107,6 +107,7 @@ pub fn settings(config: &Config) -> Settings {
         grace: config.grace,
         flag_after: config.flag_after,
         batch_size: config.batch_size,
+        verify_window: config.verify_window,
     }
 }
 
@@ -210,9 +211,26 @@ impl App {
     /// When the HTTP server fails.
     pub async fn run(self, token: CancellationToken) -> Result<(), AppError> {
         let tracker = TaskTracker::new();
+        // Every known bot's counters exist at 0 before anything can increment them: the bots ordersync has
+        // settled orders of, and (through the first refresh) the bots with pending orders.
+        match self.state.store.known_bots().await {
+            Ok(bots) => {
+                for bot in bots {
+                    self.state.metrics.bot_label(bot.as_deref());
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the bots ordersync knows"),
+        }
+        self.state.metrics.refresh_pending(&self.state.store).await;
         let reconciler = self.reconciler.clone();
         let child = token.child_token();
         tracker.spawn(async move { reconciler.run(child).await });
+        let reconciler = self.reconciler.clone();
+        let child = token.child_token();
+        tracker.spawn(async move { reconciler.run_due(child).await });
+        let reconciler = self.reconciler.clone();
+        let (metrics, child) = (self.state.metrics.clone(), token.child_token());
+        tracker.spawn(async move { keep_exchange_proven(reconciler, metrics, child).await });
         if let Some(websocket) = self.websocket {
             tracker.spawn(websocket.run(token.child_token()));
         }
@@ -254,6 +272,26 @@ impl App {
         }
         self.state.store.close().await;
         served.map_err(AppError::Serve)
+    }
+}
+
+/// When nothing else has talked to Coinbase for this long, one cheap authenticated call proves the key works.
+pub const EXCHANGE_PROBE_AFTER: Duration = Duration::from_secs(60);
+
+/// Keep readiness true while idle: whenever no authenticated answer came for `EXCHANGE_PROBE_AFTER` (or
+/// ever), ask Get API Key Permissions. Its answer (or refusal) is recorded like any other request.
+async fn keep_exchange_proven(reconciler: Reconciler, metrics: Metrics, token: CancellationToken) {
+    loop {
+        let quiet = metrics.since_exchange_contact().is_none_or(|since| since >= EXCHANGE_PROBE_AFTER);
+        if quiet {
+            if let Err(error) = reconciler.exchange().key_permissions().await {
+                tracing::warn!(%error, "the exchange did not confirm the API key");
+            }
+        }
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(EXCHANGE_PROBE_AFTER / 4) => {}
+        }
     }
 }
 

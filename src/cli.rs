@@ -84,9 +84,14 @@ pub struct Global {
     /// An order pending longer than this is stuck (alerts, metrics) [default: 5m]
     #[arg(long, global = true, env = config::ENV_STUCK_AFTER, value_name = "DURATION")]
     pub stuck_after: Option<String>,
-    /// Leave orders younger than this alone: the bot may still be hearing of them [default: 10s]
+    /// After the exchange ends an order, give the bot this long to write it itself before ordersync
+    /// corrects the row; 0 for bots that leave completion to ordersync [default: 10s]
     #[arg(long, global = true, env = config::ENV_GRACE, value_name = "DURATION")]
     pub grace: Option<String>,
+    /// Check terminal rows created this recently once against the exchange (settled by the bot, or a
+    /// terminal conflict) [default: 24h]
+    #[arg(long, global = true, env = config::ENV_VERIFY_WINDOW, value_name = "DURATION")]
+    pub verify_window: Option<String>,
     /// Flag an order after this many checks in a row without a certain answer [default: 3]
     #[arg(long, global = true, env = config::ENV_FLAG_AFTER, value_name = "N")]
     pub flag_after: Option<String>,
@@ -266,6 +271,7 @@ impl Global {
             poll_interval: self.poll_interval.clone(),
             stuck_after: self.stuck_after.clone(),
             grace: self.grace.clone(),
+            verify_window: self.verify_window.clone(),
             flag_after: self.flag_after.clone(),
             batch_size: self.batch_size.clone(),
             listen: self.listen.clone(),
@@ -452,8 +458,26 @@ async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::R
     let report = reconciler.pass_with_progress(Mode::DryRun, &token, &progress).await.context("audit failed");
     bar.finish_and_clear();
     let report = report?;
+    // Conflicts found now (read-only: nothing recorded) and those ordersync recorded before.
+    let mut conflicts: Vec<crate::db::ConflictRow> =
+        reconciler.store().conflicts().await.context("reading terminal conflicts")?;
+    let now = chrono::Utc::now();
+    for found in report.conflicts() {
+        if !conflicts.iter().any(|c| c.order_id == found.order_id) {
+            conflicts.push(crate::db::ConflictRow {
+                order_id: found.order_id.clone(),
+                bot_id: found.bot_id.clone(),
+                product_id: found.product_id.clone(),
+                row_status: found.db_status.clone(),
+                exchange_status: found.exchange_status.clone().unwrap_or_default(),
+                filled_size: None,
+                found_at: now,
+            });
+        }
+    }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report.checked).context("encoding the audit")?);
+        let audit = serde_json::json!({"orders": report.checked, "terminal_conflicts": conflicts});
+        println!("{}", serde_json::to_string_pretty(&audit).context("encoding the audit")?);
     } else {
         let mut out = std::io::stdout().lock();
         let _ =
@@ -477,8 +501,29 @@ async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::R
             report.mismatches(),
             report.too_young
         );
+        if !conflicts.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nTERMINAL CONFLICTS: the bot's row says one outcome, Coinbase another (ordersync never writes these; \
+                 see docs/runbooks.md#ordersyncterminalconflict)\n{:<38} {:<10} {:<14} {:<12} EXCHANGE",
+                "ORDER_ID", "BOT", "PRODUCT", "ROW"
+            );
+            for c in &conflicts {
+                let _ = writeln!(
+                    out,
+                    "{:<38} {:<10} {:<14} {:<12} {}",
+                    c.order_id,
+                    c.bot_id.as_deref().unwrap_or("-"),
+                    c.product_id.as_deref().unwrap_or("-"),
+                    c.row_status,
+                    c.exchange_status
+                );
+            }
+        }
+        let _ = writeln!(out, "{} terminal conflicts", conflicts.len());
     }
-    Ok(if fail_on_mismatch && report.mismatches() > 0 { EXIT_MISMATCH } else { 0 })
+    let found = report.mismatches() > 0 || !conflicts.is_empty();
+    Ok(if fail_on_mismatch && found { EXIT_MISMATCH } else { 0 })
 }
 
 fn human_age(seconds: i64) -> String {
@@ -501,9 +546,8 @@ async fn report(
     store.migrate().await.context("applying ordersync's migrations")?;
     let until = chrono::Utc::now();
     let since = until - chrono::Duration::from_std(window).context("--since is too long")?;
-    let counts = store.check_counts(&since.format("%Y-%m-%d").to_string()).await.context("reading check counts")?;
-    let events = store.applied_events_since(since).await.context("reading the event log")?;
-    let report = crate::report::build(&counts, &events, since, until);
+    let settlements = store.settlements_since(since).await.context("reading settled orders")?;
+    let report = crate::report::build(&settlements, since, until);
     let rendered = match format {
         ReportFormat::Text => crate::report::text(&report),
         ReportFormat::Json => crate::report::json(&report),

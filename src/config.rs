@@ -26,6 +26,7 @@ pub const ENV_WEBSOCKET_STALL_AFTER: &str = "ORDERSYNC_WEBSOCKET_STALL_AFTER";
 pub const ENV_POLL_INTERVAL: &str = "ORDERSYNC_POLL_INTERVAL";
 pub const ENV_STUCK_AFTER: &str = "ORDERSYNC_STUCK_AFTER";
 pub const ENV_GRACE: &str = "ORDERSYNC_GRACE";
+pub const ENV_VERIFY_WINDOW: &str = "ORDERSYNC_VERIFY_WINDOW";
 pub const ENV_FLAG_AFTER: &str = "ORDERSYNC_FLAG_AFTER";
 pub const ENV_BATCH_SIZE: &str = "ORDERSYNC_BATCH_SIZE";
 pub const ENV_LISTEN: &str = "ORDERSYNC_LISTEN";
@@ -51,6 +52,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9787";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Terminal rows created this recently are checked once against the exchange.
+pub const DEFAULT_VERIFY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_FLAG_AFTER: u32 = 3;
 pub const DEFAULT_BATCH_SIZE: usize = 100;
 /// Coinbase allows about 30 private requests per second per user; stay well below it.
@@ -283,8 +286,12 @@ pub struct Config {
     pub coinbase: CoinbaseConfig,
     pub poll_interval: Duration,
     pub stuck_after: Duration,
-    /// Pending orders younger than this are left alone: the bot may still be hearing about them.
+    /// How long after the exchange ended an order the bot is given to write it itself, before ordersync
+    /// corrects the row (both paths: WebSocket and poll). Pending orders younger than this are not checked.
     pub grace: Duration,
+    /// Terminal rows created within this window are checked once against the exchange (again only when
+    /// the bot changes them): settled by the bot, or a terminal conflict.
+    pub verify_window: Duration,
     /// Consecutive unresolved checks (not found, unknown status, ambiguous answers) before an order is flagged.
     pub flag_after: u32,
     /// Order ids per List Orders request.
@@ -311,6 +318,7 @@ pub struct Overrides {
     pub poll_interval: Option<String>,
     pub stuck_after: Option<String>,
     pub grace: Option<String>,
+    pub verify_window: Option<String>,
     pub flag_after: Option<String>,
     pub batch_size: Option<String>,
     pub listen: Option<String>,
@@ -336,6 +344,7 @@ pub struct FileConfig {
     pub poll_interval: Option<String>,
     pub stuck_after: Option<String>,
     pub grace: Option<String>,
+    pub verify_window: Option<String>,
     pub flag_after: Option<u32>,
     pub batch_size: Option<usize>,
     pub listen: Option<String>,
@@ -541,6 +550,11 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         parse_positive_duration,
     );
     let grace = r.pick(("--grace", ENV_GRACE, over.grace.as_ref()), ("grace", file.grace.clone()), parse_duration);
+    let verify_window = r.pick(
+        ("--verify-window", ENV_VERIFY_WINDOW, over.verify_window.as_ref()),
+        ("verify_window", file.verify_window.clone()),
+        parse_duration,
+    );
     let flag_after = r.pick(
         ("--flag-after", ENV_FLAG_AFTER, over.flag_after.as_ref()),
         ("flag_after", file.flag_after.map(|v| v.to_string())),
@@ -583,6 +597,7 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         poll_interval: poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
         stuck_after: stuck_after.unwrap_or(DEFAULT_STUCK_AFTER),
         grace: grace.unwrap_or(DEFAULT_GRACE),
+        verify_window: verify_window.unwrap_or(DEFAULT_VERIFY_WINDOW),
         flag_after: flag_after.unwrap_or(DEFAULT_FLAG_AFTER),
         batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
         listen: listen.unwrap_or(default_listen),

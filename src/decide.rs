@@ -1,14 +1,16 @@
-//! THE status decision: (the row's status, the exchange's answer, how often this order was unresolved
-//! before) -> `Action`. Exchange truth wins, but only certain truth.
+//! THE status decision: (the row's status, the exchange's answer, the order's history and the time as
+//! values) -> `Action`. Exchange truth wins, but only certain truth, and the bot goes first: a pending row
+//! is corrected only `grace` after the order ended on the exchange. Also here: when an order ended
+//! (`ended_at`), completing a FILLED answer from its fills, and resting versus blocking pending orders.
 //!
-//! Deliberately not here: I/O, clocks, SQL, JSON. Latency and timestamps of detection are the caller's.
-//! Every other module that needs to know "what do we do with this order" calls `decide`.
+//! Deliberately not here: I/O, reading the clock, SQL, JSON. Every other module that needs to know "what
+//! do we do with this order" calls `decide`.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::config::StatusWords;
-use crate::exchange::{ExchangeOrder, ExchangeStatus};
+use crate::exchange::{ExchangeFill, ExchangeOrder, ExchangeStatus};
 
 /// The terminal statuses a bot's row can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,6 +66,75 @@ pub enum Answer {
     Ambiguous(String),
 }
 
+/// The latency goal: an order's row is right within 2 minutes of the order ending on the exchange. An order
+/// ordersync settles later than this is *late*, and counts against the effective accuracy.
+pub const LATENCY_GOAL_MAX_SECONDS: f64 = 120.0;
+
+/// Whether a correction this long after the order ended missed the latency goal.
+pub fn late(latency_seconds: f64) -> bool {
+    latency_seconds > LATENCY_GOAL_MAX_SECONDS
+}
+
+/// Who settled an ended order: each is settled exactly once, by one of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SettledBy {
+    /// The bot's row already held the right terminal status when ordersync checked it, or the bot wrote it
+    /// within `grace` of the exchange's terminal event.
+    Bot,
+    /// ordersync had to write it: a correction, the mismatch the SLI is about.
+    Ordersync,
+}
+
+impl SettledBy {
+    pub const ALL: [SettledBy; 2] = [SettledBy::Bot, SettledBy::Ordersync];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SettledBy::Bot => "bot",
+            SettledBy::Ordersync => "ordersync",
+        }
+    }
+}
+
+/// Where the time an order ended on the exchange came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndSource {
+    /// The order's `last_fill_time` (FILLED orders).
+    LastFillTime,
+    /// The last `trade_time` of List Fills, when the order gave no `last_fill_time`.
+    ListFills,
+    /// The first time ordersync saw it ended, on the user channel (the message's timestamp).
+    SeenWebsocket,
+    /// The first poll that saw it ended.
+    SeenPoll,
+    /// The first manual check that saw it ended.
+    SeenManual,
+}
+
+impl EndSource {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndSource::LastFillTime => "last_fill_time",
+            EndSource::ListFills => "list_fills",
+            EndSource::SeenWebsocket => "seen_websocket",
+            EndSource::SeenPoll => "seen_poll",
+            EndSource::SeenManual => "seen_manual",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<EndSource> {
+        [
+            EndSource::LastFillTime,
+            EndSource::ListFills,
+            EndSource::SeenWebsocket,
+            EndSource::SeenPoll,
+            EndSource::SeenManual,
+        ]
+        .into_iter()
+        .find(|source| source.as_str() == word)
+    }
+}
+
 /// What the exchange says happened, to be written to the bot's row as the exchange gave it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fill {
@@ -71,6 +142,11 @@ pub struct Fill {
     pub time: Option<DateTime<Utc>>,
     pub price: Option<Decimal>,
     pub size: Option<Decimal>,
+    /// When the order ended on the exchange: sync latency is measured from here.
+    pub ended_at: DateTime<Utc>,
+    pub end_source: EndSource,
+    /// Figures a FILLED order's answer (and List Fills) did not give: written as NULL, warned about, counted.
+    pub missing: Vec<&'static str>,
 }
 
 /// Why an order could not be settled this time.
@@ -80,6 +156,8 @@ pub enum Unresolved {
     UnknownOrderStatus,
     UnrecognizedStatus(String),
     Ambiguous(String),
+    /// The row is terminal but the exchange still shows the order live (a cancel in flight, say).
+    StillLive(String),
 }
 
 impl Unresolved {
@@ -89,6 +167,7 @@ impl Unresolved {
             Unresolved::UnknownOrderStatus => "the exchange answered UNKNOWN_ORDER_STATUS".into(),
             Unresolved::UnrecognizedStatus(word) => format!("the exchange answered an unknown status {word:?}"),
             Unresolved::Ambiguous(why) => format!("no certain answer: {why}"),
+            Unresolved::StillLive(word) => format!("the row is terminal but the exchange still shows {word}"),
         }
     }
 }
@@ -96,11 +175,15 @@ impl Unresolved {
 /// Nothing is written to the bot's row; this says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// The row and the exchange agree (pending and live, or the same terminal status).
+    /// The row is pending and the order is live on the exchange.
     InSync,
+    /// The row already holds the terminal status the exchange ended the order with: settled by the bot.
+    SettledByBot,
+    /// The exchange ended the order less than `grace` ago: the bot is given until `until` to write it.
+    Waiting { until: DateTime<Utc> },
     /// No certain answer. `flagged` once it has happened `flag_after` times in a row.
     Unresolved { why: Unresolved, flagged: bool },
-    /// The row is terminal and the exchange disagrees: a terminal row is never moved back.
+    /// The row is terminal and the exchange ended the order otherwise: a terminal row is never moved.
     TerminalConflict,
     /// The row holds a word ordersync does not manage.
     NotManaged,
@@ -108,7 +191,8 @@ pub enum Verdict {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// The row says pending and the exchange is certain the order ended: write `to` and the fill.
+    /// The row says pending, the exchange is certain the order ended, and the grace period is over: write
+    /// `to` and the fill.
     Correct {
         to: Terminal,
         fill: Fill,
@@ -116,7 +200,7 @@ pub enum Action {
     Keep(Verdict),
 }
 
-/// How a check counts towards the accuracy SLI.
+/// How a check counts in `ordersync_order_checks_total` (an operational figure; the SLI is per order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Match,
@@ -140,8 +224,10 @@ impl Action {
     pub fn outcome(&self) -> Outcome {
         match self {
             Action::Correct { .. } | Action::Keep(Verdict::TerminalConflict) => Outcome::Mismatch,
-            Action::Keep(Verdict::InSync) => Outcome::Match,
-            Action::Keep(Verdict::Unresolved { .. } | Verdict::NotManaged) => Outcome::Unknown,
+            Action::Keep(Verdict::InSync | Verdict::SettledByBot) => Outcome::Match,
+            Action::Keep(Verdict::Waiting { .. } | Verdict::Unresolved { .. } | Verdict::NotManaged) => {
+                Outcome::Unknown
+            }
         }
     }
 
@@ -150,6 +236,8 @@ impl Action {
         match self {
             Action::Correct { .. } => "mismatch",
             Action::Keep(Verdict::InSync) => "in_sync",
+            Action::Keep(Verdict::SettledByBot) => "settled_by_bot",
+            Action::Keep(Verdict::Waiting { .. }) => "waiting",
             Action::Keep(Verdict::Unresolved { flagged: true, .. }) => "flagged",
             Action::Keep(Verdict::Unresolved { flagged: false, .. }) => "unresolved",
             Action::Keep(Verdict::TerminalConflict) => "terminal_conflict",
@@ -182,22 +270,136 @@ pub fn ends_order(status: &ExchangeStatus) -> bool {
     matches!(settle(status), Ok(Some(_)))
 }
 
-fn fill_of(order: &ExchangeOrder) -> Fill {
-    let filled = !order.filled_size.is_zero();
+/// A pending order by what the exchange last said of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingKind {
+    /// The exchange says the order is live (OPEN, PENDING, QUEUED, CANCEL_QUEUED, EDIT_QUEUED): the bot is
+    /// waiting on purpose. Never stuck, pages no one.
+    Resting,
+    /// The exchange said it ended, gave no certain answer, or was never asked: this may block the bot.
+    Blocking,
+}
+
+impl PendingKind {
+    /// Classify by the last status word the exchange gave (`None`: never checked, or no answer).
+    pub fn of(last_exchange_status: Option<&str>) -> PendingKind {
+        match last_exchange_status.map(|word| settle(&ExchangeStatus::parse(word))) {
+            Some(Ok(None)) => PendingKind::Resting,
+            _ => PendingKind::Blocking,
+        }
+    }
+}
+
+/// What `decide` needs besides the row and the answer: the clock and the order's history, as values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub now: DateTime<Utc>,
+    /// How long after the exchange ended an order the bot is given to write it itself.
+    pub grace: chrono::Duration,
+    /// What this check counts as when it is the first to see the order ended.
+    pub seen_by: EndSource,
+    /// The earliest time ordersync saw this order ended before this check (an earlier poll, or the
+    /// WebSocket message that announced it), and by what.
+    pub seen_before: Option<(DateTime<Utc>, EndSource)>,
+    /// Checks in a row that were unresolved before this one.
+    pub unresolved_before: u32,
+    /// An order is flagged when this check makes `flag_after` unresolved checks in a row.
+    pub flag_after: u32,
+}
+
+impl Context {
+    /// A context at `now` with no history, no grace and the default flag threshold of 3.
+    pub fn at(now: DateTime<Utc>, seen_by: EndSource) -> Context {
+        Context {
+            now,
+            grace: chrono::Duration::zero(),
+            seen_by,
+            seen_before: None,
+            unresolved_before: 0,
+            flag_after: 3,
+        }
+    }
+
+    /// The earliest sighting of the order as ended: an earlier one, or this check.
+    pub fn first_seen(&self) -> (DateTime<Utc>, EndSource) {
+        match self.seen_before {
+            Some((at, by)) if at <= self.now => (at, by),
+            _ => (self.now, self.seen_by),
+        }
+    }
+}
+
+/// When the order ended on the exchange: the last fill time for FILLED; for CANCELLED, EXPIRED and FAILED
+/// (and a FILLED order without a fill time) the earliest moment ordersync saw it ended, never the last
+/// fill time (a partly filled order that expires hours later ended when it expired).
+pub fn ended_at(order: &ExchangeOrder, context: &Context) -> (DateTime<Utc>, EndSource) {
+    match (&order.status, order.last_fill_time) {
+        (ExchangeStatus::Filled, Some(at)) if order.fill_time_from_fills => (at, EndSource::ListFills),
+        (ExchangeStatus::Filled, Some(at)) => (at, EndSource::LastFillTime),
+        _ => context.first_seen(),
+    }
+}
+
+/// Whether a FILLED order's answer lacks figures that List Fills can give (fill time, average price, size).
+pub fn needs_fills(order: &ExchangeOrder) -> bool {
+    order.status == ExchangeStatus::Filled
+        && (order.last_fill_time.is_none()
+            || order.average_filled_price.is_none()
+            || order.filled_size.is_none_or(|size| size.is_zero()))
+}
+
+/// Fill in what a FILLED order's answer lacks from its fills: the size is their sum, the average price is
+/// weighted by size, the fill time is the last trade's. Figures the order gave are kept as given.
+pub fn complete_with_fills(order: &ExchangeOrder, fills: &[ExchangeFill]) -> ExchangeOrder {
+    let mut completed = order.clone();
+    let fills: Vec<&ExchangeFill> = fills.iter().filter(|fill| fill.order_id == order.order_id).collect();
+    let size: Decimal = fills.iter().map(|fill| fill.size).sum();
+    if fills.is_empty() || size.is_zero() {
+        return completed;
+    }
+    if completed.filled_size.is_none_or(|s| s.is_zero()) {
+        completed.filled_size = Some(size);
+    }
+    if completed.average_filled_price.is_none() {
+        let value: Decimal = fills.iter().map(|fill| fill.price * fill.size).sum();
+        completed.average_filled_price = Some((value / size).normalize());
+    }
+    if completed.last_fill_time.is_none() {
+        completed.last_fill_time = fills.iter().map(|fill| fill.trade_time).max();
+        completed.fill_time_from_fills = true;
+    }
+    completed
+}
+
+fn fill_of(order: &ExchangeOrder, context: &Context) -> Fill {
+    let filled = !order.filled().is_zero();
+    let (ended_at, end_source) = ended_at(order, context);
+    let mut missing = Vec::new();
+    if order.status == ExchangeStatus::Filled {
+        if order.last_fill_time.is_none() {
+            missing.push("last_fill_time");
+        }
+        if order.average_filled_price.is_none() {
+            missing.push("average_filled_price");
+        }
+        if !filled {
+            missing.push("filled_size");
+        }
+    }
     Fill {
         time: order.last_fill_time,
         price: if filled { order.average_filled_price } else { None },
-        size: filled.then_some(order.filled_size),
+        size: filled.then(|| order.filled()),
+        ended_at,
+        end_source,
+        missing,
     }
 }
 
 /// Decide what to do with one order.
-///
-/// `unresolved_before` is how many checks in a row were unresolved before this one; an order is flagged
-/// when this check makes it `flag_after`.
-pub fn decide(db: DbStatus, answer: &Answer, unresolved_before: u32, flag_after: u32) -> Action {
+pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
     let unresolved = |why: Unresolved| {
-        let flagged = db == DbStatus::Pending && unresolved_before.saturating_add(1) >= flag_after;
+        let flagged = db == DbStatus::Pending && context.unresolved_before.saturating_add(1) >= context.flag_after;
         Action::Keep(Verdict::Unresolved { why, flagged })
     };
     let order = match answer {
@@ -212,9 +414,20 @@ pub fn decide(db: DbStatus, answer: &Answer, unresolved_before: u32, flag_after:
     match (db, ended) {
         (DbStatus::Other, _) => Action::Keep(Verdict::NotManaged),
         (DbStatus::Pending, None) => Action::Keep(Verdict::InSync),
-        (DbStatus::Pending, Some(to)) => Action::Correct { to, fill: fill_of(order) },
-        (DbStatus::Terminal(row), Some(exchange)) if row == exchange => Action::Keep(Verdict::InSync),
-        (DbStatus::Terminal(_), _) => Action::Keep(Verdict::TerminalConflict),
+        (DbStatus::Pending, Some(to)) => {
+            let fill = fill_of(order, context);
+            let until = fill.ended_at + context.grace;
+            if context.now < until {
+                Action::Keep(Verdict::Waiting { until })
+            } else {
+                Action::Correct { to, fill }
+            }
+        }
+        (DbStatus::Terminal(row), Some(exchange)) if row == exchange => Action::Keep(Verdict::SettledByBot),
+        (DbStatus::Terminal(_), Some(_)) => Action::Keep(Verdict::TerminalConflict),
+        (DbStatus::Terminal(_), None) => {
+            Action::Keep(Verdict::Unresolved { why: Unresolved::StillLive(order.status.to_string()), flagged: false })
+        }
     }
 }
 
@@ -225,10 +438,17 @@ mod tests {
     use chrono::TimeZone;
     use std::str::FromStr;
 
-    const FLAG_AFTER: u32 = 3;
-
     fn fill_time() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap()
+    }
+
+    /// Ten minutes after the fill: past any grace period.
+    fn later() -> DateTime<Utc> {
+        fill_time() + chrono::Duration::minutes(10)
+    }
+
+    fn dec(text: &str) -> Decimal {
+        Decimal::from_str(text).unwrap()
     }
 
     fn order(status: ExchangeStatus, filled_size: &str, price: Option<&str>) -> ExchangeOrder {
@@ -239,13 +459,14 @@ mod tests {
             status,
             created_time: None,
             last_fill_time: filled.then(fill_time),
-            filled_size: Decimal::from_str(filled_size).unwrap(),
-            average_filled_price: price.map(|p| Decimal::from_str(p).unwrap()),
+            filled_size: Some(dec(filled_size)),
+            average_filled_price: price.map(dec),
+            fill_time_from_fills: false,
         }
     }
 
-    fn check(db: DbStatus, answer: Answer, expected: &Action) {
-        assert_eq!(&decide(db, &answer, 0, FLAG_AFTER), expected, "db {db:?}, answer {answer:?}");
+    fn context() -> Context {
+        Context::at(later(), EndSource::SeenPoll)
     }
 
     fn db_states() -> Vec<DbStatus> {
@@ -287,55 +508,153 @@ mod tests {
                     }
                     (DbStatus::Other, _, _) => Action::Keep(Verdict::NotManaged),
                     (DbStatus::Pending, None, true) => Action::Keep(Verdict::InSync),
-                    (DbStatus::Pending, Some(to), _) => Action::Correct {
-                        to,
-                        fill: Fill {
-                            time: Some(fill_time()),
-                            price: Some(Decimal::from_str("0.8373").unwrap()),
-                            size: Some(Decimal::from(100)),
-                        },
-                    },
-                    (DbStatus::Terminal(row), Some(exchange), _) if row == exchange => Action::Keep(Verdict::InSync),
-                    (DbStatus::Terminal(_), _, _) => Action::Keep(Verdict::TerminalConflict),
+                    (DbStatus::Pending, Some(to), _) => {
+                        // A FILLED order ended at its last fill; the others when first seen ended (now).
+                        let (ended_at, end_source) = if to == Terminal::Completed {
+                            (fill_time(), EndSource::LastFillTime)
+                        } else {
+                            (later(), EndSource::SeenPoll)
+                        };
+                        Action::Correct {
+                            to,
+                            fill: Fill {
+                                time: Some(fill_time()),
+                                price: Some(dec("0.8373")),
+                                size: Some(Decimal::from(100)),
+                                ended_at,
+                                end_source,
+                                missing: Vec::new(),
+                            },
+                        }
+                    }
+                    (DbStatus::Terminal(row), Some(exchange), _) if row == exchange => {
+                        Action::Keep(Verdict::SettledByBot)
+                    }
+                    (DbStatus::Terminal(_), Some(_), _) => Action::Keep(Verdict::TerminalConflict),
+                    (DbStatus::Terminal(_), None, true) => Action::Keep(Verdict::Unresolved {
+                        why: Unresolved::StillLive(status.as_str().into()),
+                        flagged: false,
+                    }),
                 };
-                check(db, answer, &expected);
+                assert_eq!(decide(db, &answer, &context()), expected, "db {db:?}, status {status}");
             }
         }
     }
 
     #[test]
     fn filled_completes_with_the_exchange_figures() {
-        let action =
-            decide(DbStatus::Pending, &Answer::Order(order(ExchangeStatus::Filled, "12.5", Some("0.2196"))), 0, 3);
+        let answer = Answer::Order(order(ExchangeStatus::Filled, "12.5", Some("0.2196")));
+        let action = decide(DbStatus::Pending, &answer, &context());
         let Action::Correct { to, fill } = action else { panic!("expected a correction, got {action:?}") };
         assert_eq!(to, Terminal::Completed);
         assert_eq!(fill.time, Some(fill_time()));
         assert_eq!(fill.price.map(|p| p.to_string()).as_deref(), Some("0.2196"));
         assert_eq!(fill.size.map(|s| s.to_string()).as_deref(), Some("12.5"));
+        assert!(fill.missing.is_empty());
     }
 
     #[test]
     fn a_cancel_with_nothing_filled_writes_no_figures() {
-        let action = decide(DbStatus::Pending, &Answer::Order(order(ExchangeStatus::Cancelled, "0", None)), 0, 3);
+        let answer = Answer::Order(order(ExchangeStatus::Cancelled, "0", None));
+        let Action::Correct { to, fill } = decide(DbStatus::Pending, &answer, &context()) else { panic!() };
+        assert_eq!(to, Terminal::Cancelled);
+        assert_eq!((fill.time, fill.price, fill.size), (None, None, None));
+        assert!(fill.missing.is_empty(), "a cancel has no figures to miss");
+    }
+
+    #[test]
+    fn a_partly_filled_expiry_keeps_the_partial_figures_but_ended_when_it_expired() {
+        let answer = Answer::Order(order(ExchangeStatus::Expired, "40", Some("1.5")));
+        let Action::Correct { to, fill } = decide(DbStatus::Pending, &answer, &context()) else { panic!() };
+        assert_eq!(to, Terminal::Expired);
+        assert_eq!((fill.size, fill.time), (Some(Decimal::from(40)), Some(fill_time())));
+        assert_eq!((fill.ended_at, fill.end_source), (later(), EndSource::SeenPoll), "not the last fill time");
+    }
+
+    #[test]
+    fn the_end_of_a_cancel_is_the_earliest_sighting() {
+        let seen = later() - chrono::Duration::seconds(40);
+        let context = Context { seen_before: Some((seen, EndSource::SeenWebsocket)), ..context() };
+        let answer = Answer::Order(order(ExchangeStatus::Cancelled, "0", None));
+        let Action::Correct { fill, .. } = decide(DbStatus::Pending, &answer, &context) else { panic!() };
+        assert_eq!((fill.ended_at, fill.end_source), (seen, EndSource::SeenWebsocket));
+        let future =
+            Context { seen_before: Some((later() + chrono::Duration::hours(1), EndSource::SeenPoll)), ..context };
+        let Action::Correct { fill, .. } = decide(DbStatus::Pending, &answer, &future) else { panic!() };
+        assert_eq!(fill.ended_at, later(), "a sighting after now is no sighting");
+    }
+
+    #[test]
+    fn the_bot_is_given_grace_after_the_exchange_ended_the_order() {
+        let answer = Answer::Order(order(ExchangeStatus::Filled, "1", Some("2")));
+        let grace = chrono::Duration::seconds(10);
+        let at = |seconds| Context {
+            grace,
+            ..Context::at(fill_time() + chrono::Duration::seconds(seconds), EndSource::SeenWebsocket)
+        };
         assert_eq!(
-            action,
-            Action::Correct { to: Terminal::Cancelled, fill: Fill { time: None, price: None, size: None } }
+            decide(DbStatus::Pending, &answer, &at(9)),
+            Action::Keep(Verdict::Waiting { until: fill_time() + grace })
+        );
+        assert!(matches!(decide(DbStatus::Pending, &answer, &at(10)), Action::Correct { .. }));
+        // A cancel seen now waits for grace from now.
+        let cancel = Answer::Order(order(ExchangeStatus::Cancelled, "0", None));
+        assert!(matches!(decide(DbStatus::Pending, &cancel, &at(100)), Action::Keep(Verdict::Waiting { .. })));
+        // The bot's own terminal row is never waited for: it settled.
+        assert_eq!(
+            decide(DbStatus::Terminal(Terminal::Completed), &answer, &at(0)),
+            Action::Keep(Verdict::SettledByBot)
         );
     }
 
     #[test]
-    fn a_partly_filled_expiry_keeps_the_partial_figures() {
-        let answer = Answer::Order(order(ExchangeStatus::Expired, "40", Some("1.5")));
-        let Action::Correct { to, fill } = decide(DbStatus::Pending, &answer, 0, 3) else { panic!() };
-        assert_eq!(to, Terminal::Expired);
-        assert_eq!((fill.size, fill.time), (Some(Decimal::from(40)), Some(fill_time())));
+    fn a_filled_answer_without_figures_says_what_is_missing() {
+        let mut bare = order(ExchangeStatus::Filled, "0", None);
+        bare.filled_size = None;
+        assert!(needs_fills(&bare));
+        let Action::Correct { fill, .. } = decide(DbStatus::Pending, &Answer::Order(bare.clone()), &context()) else {
+            panic!()
+        };
+        assert_eq!(fill.missing, vec!["last_fill_time", "average_filled_price", "filled_size"]);
+        assert_eq!((fill.price, fill.size, fill.time), (None, None, None));
+        assert_eq!(fill.end_source, EndSource::SeenPoll, "without a fill time, the first sighting");
+        assert!(!needs_fills(&order(ExchangeStatus::Filled, "1", Some("2"))));
+        assert!(!needs_fills(&order(ExchangeStatus::Cancelled, "0", None)), "only FILLED orders need figures");
+    }
+
+    #[test]
+    fn fills_complete_what_the_answer_lacks() {
+        let mut bare = order(ExchangeStatus::Filled, "0", None);
+        bare.filled_size = None;
+        let fill = |seconds: i64, price: &str, size: &str| ExchangeFill {
+            order_id: bare.order_id.clone(),
+            trade_time: fill_time() + chrono::Duration::seconds(seconds),
+            price: dec(price),
+            size: dec(size),
+        };
+        let other = ExchangeFill { order_id: OrderId::parse("other").unwrap(), ..fill(99, "9", "9") };
+        // 60 at 0.80 and 40 at 0.85: 100 at an average of 0.82.
+        let completed = complete_with_fills(&bare, &[fill(0, "0.80", "60"), fill(5, "0.85", "40"), other]);
+        assert_eq!(completed.filled_size, Some(dec("100")));
+        assert_eq!(completed.average_filled_price, Some(dec("0.82")));
+        assert_eq!(completed.last_fill_time, Some(fill_time() + chrono::Duration::seconds(5)));
+        assert!(!needs_fills(&completed));
+        let Action::Correct { fill: written, .. } = decide(DbStatus::Pending, &Answer::Order(completed), &context())
+        else {
+            panic!()
+        };
+        assert_eq!(written.end_source, EndSource::ListFills);
+        assert_eq!(complete_with_fills(&bare, &[]), bare, "no fills, nothing made up");
+        // Figures the order gave are kept.
+        let given = order(ExchangeStatus::Filled, "100", Some("0.9"));
+        assert_eq!(complete_with_fills(&given, &[fill(0, "0.80", "60")]), given);
     }
 
     #[test]
     fn not_found_and_ambiguous_answers_never_change_anything_for_any_db_state() {
         for db in db_states() {
             for answer in [Answer::NotFound, Answer::Ambiguous("HTTP 503".into())] {
-                let action = decide(db, &answer, 0, FLAG_AFTER);
+                let action = decide(db, &answer, &context());
                 assert!(
                     matches!(action, Action::Keep(Verdict::Unresolved { flagged: false, .. })),
                     "{db:?} {answer:?}"
@@ -347,32 +666,33 @@ mod tests {
 
     #[test]
     fn unresolved_pending_orders_are_flagged_on_the_nth_check_in_a_row() {
-        let flagged = |before| match decide(DbStatus::Pending, &Answer::NotFound, before, 3) {
+        let with = |before, flag_after| Context { unresolved_before: before, flag_after, ..context() };
+        let flagged = |before| match decide(DbStatus::Pending, &Answer::NotFound, &with(before, 3)) {
             Action::Keep(Verdict::Unresolved { flagged, .. }) => flagged,
             other => panic!("{other:?}"),
         };
         assert_eq!((flagged(0), flagged(1), flagged(2), flagged(9)), (false, false, true, true));
         let unknown = Answer::Order(order(ExchangeStatus::UnknownOrderStatus, "0", None));
         assert!(matches!(
-            decide(DbStatus::Pending, &unknown, 2, 3),
+            decide(DbStatus::Pending, &unknown, &with(2, 3)),
             Action::Keep(Verdict::Unresolved { flagged: true, .. })
         ));
         assert!(matches!(
-            decide(DbStatus::Pending, &Answer::NotFound, 0, 1),
+            decide(DbStatus::Pending, &Answer::NotFound, &with(0, 1)),
             Action::Keep(Verdict::Unresolved { flagged: true, .. })
         ));
     }
 
     #[test]
-    fn outcomes_feed_the_accuracy_sli() {
-        let pending_open = decide(DbStatus::Pending, &Answer::Order(order(ExchangeStatus::Open, "0", None)), 0, 3);
+    fn outcomes_of_checks() {
+        let pending_open =
+            decide(DbStatus::Pending, &Answer::Order(order(ExchangeStatus::Open, "0", None)), &context());
         let pending_filled =
-            decide(DbStatus::Pending, &Answer::Order(order(ExchangeStatus::Filled, "1", Some("2"))), 0, 3);
+            decide(DbStatus::Pending, &Answer::Order(order(ExchangeStatus::Filled, "1", Some("2"))), &context());
         let conflict = decide(
             DbStatus::Terminal(Terminal::Completed),
             &Answer::Order(order(ExchangeStatus::Cancelled, "0", None)),
-            0,
-            3,
+            &context(),
         );
         assert_eq!(pending_open.outcome(), Outcome::Match);
         assert_eq!(pending_filled.outcome(), Outcome::Mismatch);
@@ -387,6 +707,30 @@ mod tests {
         for status in statuses {
             assert_eq!(ends_order(&status), ended(&status).is_some(), "{status}");
         }
+    }
+
+    #[test]
+    fn resting_orders_are_the_live_ones_everything_else_may_block() {
+        for status in ExchangeStatus::DOCUMENTED {
+            let expected = if live(&status) { PendingKind::Resting } else { PendingKind::Blocking };
+            assert_eq!(PendingKind::of(Some(status.as_str())), expected, "{status}");
+        }
+        assert_eq!(PendingKind::of(Some("SETTLING")), PendingKind::Blocking);
+        assert_eq!(PendingKind::of(None), PendingKind::Blocking, "never checked");
+    }
+
+    #[test]
+    fn end_sources_read_back() {
+        for source in [
+            EndSource::LastFillTime,
+            EndSource::ListFills,
+            EndSource::SeenWebsocket,
+            EndSource::SeenPoll,
+            EndSource::SeenManual,
+        ] {
+            assert_eq!(EndSource::parse(source.as_str()), Some(source));
+        }
+        assert_eq!(EndSource::parse("clock"), None);
     }
 
     #[test]

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::parse_duration;
 use crate::db::Store;
-use crate::metrics::Metrics;
+use crate::decide::PendingKind;
+use crate::metrics::{ExchangeHealth, Metrics};
 use crate::order::OrderId;
 use crate::reconcile::{Mode, ReconcileError, Reconciler};
 
@@ -128,19 +129,22 @@ async fn readyz(State(state): State<AppState>) -> Response {
             None => "unknown: the database is not reachable".into(),
         },
     });
-    let since = state.metrics.since_exchange_contact();
-    let exchange_ok = since.is_none_or(|since| since <= state.exchange_stale_after);
-    checks.push(ReadyCheck {
-        name: "exchange",
-        ok: exchange_ok,
-        message: match since {
-            None => "not contacted yet".into(),
-            Some(since) if exchange_ok => format!("last answer {}s ago", since.as_secs()),
-            Some(since) => {
-                format!("no answer for {}s (bound {}s)", since.as_secs(), state.exchange_stale_after.as_secs())
-            }
-        },
-    });
+    let (exchange_ok, message) = match state.metrics.exchange_health() {
+        ExchangeHealth::NotContacted => (true, "not contacted yet".to_string()),
+        ExchangeHealth::NeverAnswered => {
+            (false, "no authenticated answer from the exchange yet: every request so far failed".to_string())
+        }
+        ExchangeHealth::Rejected(why) => {
+            (false, format!("the exchange rejected the credentials ({why}): check the API key name and private key"))
+        }
+        ExchangeHealth::Answered(since) if since <= state.exchange_stale_after => {
+            (true, format!("last authenticated answer {}s ago", since.as_secs()))
+        }
+        ExchangeHealth::Answered(since) => {
+            (false, format!("no answer for {}s (bound {}s)", since.as_secs(), state.exchange_stale_after.as_secs()))
+        }
+    };
+    checks.push(ReadyCheck { name: "exchange", ok: exchange_ok, message });
     let ready = checks.iter().all(|check| check.ok);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { ready, checks })).into_response()
@@ -168,6 +172,9 @@ struct SyncStatusRow {
     checks: i64,
     flagged: bool,
     last_error: Option<String>,
+    /// `resting` (live on the exchange: the bot waiting on purpose) or `blocking` (ended, no certain answer,
+    /// or never checked).
+    kind: &'static str,
 }
 
 async fn sync_status(
@@ -210,10 +217,29 @@ async fn sync_status(
                 checks: check.map_or(0, |c| c.checks),
                 flagged: check.is_some_and(|c| c.flagged),
                 last_error: check.and_then(|c| c.last_error.clone()),
+                kind: match PendingKind::of(check.and_then(|c| c.last_exchange_status.as_deref())) {
+                    PendingKind::Resting => "resting",
+                    PendingKind::Blocking => "blocking",
+                },
             }
         })
         .collect();
-    Ok(Json(serde_json::json!({"generated_at": now, "count": orders.len(), "orders": orders})).into_response())
+    // Terminal rows the exchange ended otherwise: a position the bot does not know about.
+    let conflicts: Vec<_> = state
+        .store
+        .conflicts()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .into_iter()
+        .filter(|c| query.bot.as_deref().is_none_or(|bot| c.bot_id.as_deref() == Some(bot)))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "generated_at": now,
+        "count": orders.len(),
+        "orders": orders,
+        "terminal_conflicts": conflicts,
+    }))
+    .into_response())
 }
 
 async fn reconcile_order(State(state): State<AppState>, Path(order_id): Path<String>) -> Result<Response, ApiError> {

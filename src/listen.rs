@@ -1,5 +1,6 @@
-//! The real-time listener: Coinbase's user channel over WebSocket. Every order update goes through
-//! `Reconciler::check` with `source = websocket`, the same decision and apply path as the poller. A gap in
+//! The real-time listener: Coinbase's user channel over WebSocket. An update that ends an order is news: it
+//! schedules a check of that order at (message time + grace) through `Reconciler::ended_news`, so the bot
+//! can write its own update first, and the figures written come from the REST API. A gap in
 //! sequence numbers, a reconnect or a silent socket asks the reconciler for an immediate full pass, so
 //! nothing is lost while the socket was deaf. Polling stays on as the safety net.
 //!
@@ -13,13 +14,10 @@ use rand::Rng;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Source;
-use crate::decide::{ends_order, Answer, DbStatus};
 use crate::exchange::auth::CdpKey;
 use crate::exchange::ws::{message_time, Envelope, Subscribe, UserEvent};
-use crate::exchange::ExchangeOrder;
 use crate::metrics::Metrics;
-use crate::reconcile::{Mode, Reconciler};
+use crate::reconcile::Reconciler;
 
 /// Re-subscribe with a fresh JWT this often: tokens live 120 s.
 const JWT_REFRESH: Duration = Duration::from_secs(90);
@@ -194,8 +192,12 @@ impl Listener {
         }
         *last_sequence = Some(last_sequence.map_or(envelope.sequence_num, |last| last.max(envelope.sequence_num)));
         match envelope.channel.as_str() {
-            "user" => self.user_events(&envelope).await,
-            "heartbeats" => self.metrics.websocket_messages.with_label_values(&["heartbeat"]).inc(),
+            "user" => self.user_events(&envelope),
+            "heartbeats" => {
+                // An authenticated channel's heartbeat: the exchange is up and takes the key.
+                self.metrics.exchange_heard();
+                self.metrics.websocket_messages.with_label_values(&["heartbeat"]).inc();
+            }
             "subscriptions" => self.metrics.websocket_messages.with_label_values(&["subscriptions"]).inc(),
             _ => self.metrics.websocket_messages.with_label_values(&["other"]).inc(),
         }
@@ -207,7 +209,7 @@ impl Listener {
         tracing::warn!(%why, "unreadable WebSocket message ignored");
     }
 
-    async fn user_events(&self, envelope: &Envelope) {
+    fn user_events(&self, envelope: &Envelope) {
         let at = match message_time(envelope) {
             Ok(at) => at,
             Err(why) => return self.malformed(&why),
@@ -227,36 +229,13 @@ impl Listener {
             };
             self.metrics.websocket_messages.with_label_values(&[kind]).inc();
             for order in &event.orders {
-                match order.parse(at) {
-                    Ok(order) => self.apply(order).await,
+                // News only: an order that ended is checked at (this message's time + grace), so the bot can
+                // write it first; what is written then comes from the REST API.
+                match order.parse() {
+                    Ok(order) => self.reconciler.ended_news(order, at),
                     Err(why) => self.malformed(&format!("order {}: {why}", order.order_id)),
                 }
             }
         }
-    }
-
-    /// Hand an update that ends one of the bot's pending orders to the one apply path. Anything else changes
-    /// nothing and costs no query: live or uncertain statuses (the poller counts and flags those), orders
-    /// that are not the bot's, and rows already settled (a repeat or a stale update).
-    async fn apply(&self, order: ExchangeOrder) {
-        if !ends_order(&order.status) {
-            return;
-        }
-        let store = self.reconciler.store();
-        let row = match store.trade(&order.order_id).await {
-            Ok(Some(row)) => row,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(order_id = %order.order_id, %error, "cannot read the order for a WebSocket update; the poller will see it");
-                return;
-            }
-        };
-        if DbStatus::classify(&row.status, store.words()) != DbStatus::Pending {
-            return;
-        }
-        let states = store.check_states(std::slice::from_ref(&row.order_id)).await.unwrap_or_default();
-        self.reconciler
-            .check(&row, &Answer::Order(order), states.get(&row.order_id), Mode::Apply, Source::Websocket)
-            .await;
     }
 }

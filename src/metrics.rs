@@ -17,9 +17,9 @@ use prometheus::{
     Registry,
 };
 
-use crate::db::{Source, Store};
-use crate::decide::{Outcome, Terminal};
-use crate::order::TradeRow;
+use crate::db::{ConflictRow, Source, Store};
+use crate::decide::{Outcome, PendingKind, SettledBy, Terminal};
+use crate::order::{OrderId, TradeRow};
 
 /// Thresholds of `ordersync_pending_orders_over_age`, in seconds.
 pub const AGE_THRESHOLDS: [u64; 5] = [60, 300, 900, 3600, 21600];
@@ -36,29 +36,38 @@ const COLLECTOR_PENDING: &str = "pending_orders";
 #[derive(Debug, Default)]
 pub struct LabelCap {
     seen: Mutex<HashSet<String>>,
+    /// Every label handed out so far (`none` and `other` included).
+    given: Mutex<HashSet<String>>,
 }
 
 impl LabelCap {
     pub fn label(&self, value: Option<&str>) -> String {
-        let value = match value {
-            None | Some("") => return "none".to_string(),
-            Some(value) => value,
+        self.label_first(value).0
+    }
+
+    /// The label, and whether it is handed out for the first time.
+    pub fn label_first(&self, value: Option<&str>) -> (String, bool) {
+        let label = match value {
+            None | Some("") => "none".to_string(),
+            Some(value) => {
+                let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if seen.contains(value) {
+                    value.to_string()
+                } else if seen.len() < MAX_LABEL_VALUES {
+                    seen.insert(value.to_string());
+                    value.to_string()
+                } else {
+                    "other".to_string()
+                }
+            }
         };
-        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if seen.contains(value) {
-            return value.to_string();
-        }
-        if seen.len() < MAX_LABEL_VALUES {
-            seen.insert(value.to_string());
-            value.to_string()
-        } else {
-            "other".to_string()
-        }
+        let first = self.given.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(label.clone());
+        (label, first)
     }
 }
 
-/// `ordersync_oldest_pending_order_age_seconds`, computed at scrape time from the cached creation time, so
-/// it keeps growing even when the refresher stalls.
+/// An age by bot, computed at scrape time from a cached creation time, so it keeps growing even when the
+/// refresher stalls (`ordersync_oldest_pending_order_age_seconds`, `ordersync_oldest_blocking_order_age_seconds`).
 #[derive(Clone)]
 struct OldestAge {
     desc: Desc,
@@ -95,9 +104,15 @@ pub struct Metrics {
     pub pending_orders: IntGaugeVec,
     pub oldest_pending_timestamp: GaugeVec,
     oldest_pending: Arc<Mutex<BTreeMap<String, f64>>>,
+    oldest_blocking: Arc<Mutex<BTreeMap<String, f64>>>,
     pub pending_over_age: IntGaugeVec,
     pub stuck_orders: IntGaugeVec,
+    pub resting_orders: IntGaugeVec,
     pub blocked_bots: IntGauge,
+    pub terminal_conflicts: IntGaugeVec,
+    pub settled: IntCounterVec,
+    pub settled_late: IntCounterVec,
+    pub incomplete_fills: IntCounter,
     pub mismatches: IntCounterVec,
     pub corrections: IntCounterVec,
     pub order_checks: IntCounterVec,
@@ -120,8 +135,32 @@ pub struct Metrics {
     pub websocket_messages: IntCounterVec,
     pub websocket_reconnects: IntCounter,
     pub websocket_sequence_gaps: IntCounter,
-    last_exchange_contact: Arc<Mutex<Option<Instant>>>,
+    exchange: Arc<Mutex<ExchangeContact>>,
     names: Arc<Vec<String>>,
+}
+
+/// What ordersync last heard from the exchange, for readiness.
+#[derive(Debug, Default)]
+struct ExchangeContact {
+    /// The last authenticated answer (any REST answer but 401/403 and transient failures; a heartbeat).
+    answered: Option<Instant>,
+    /// A request was sent at least once.
+    attempted: bool,
+    /// The last answer was 401/403: the key was refused.
+    rejected: Option<String>,
+}
+
+/// Where the exchange stands for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeHealth {
+    /// Nothing was asked yet.
+    NotContacted,
+    /// Asked, and no authenticated answer ever came.
+    NeverAnswered,
+    /// The credentials were refused (401/403), with what the exchange said.
+    Rejected(String),
+    /// The last authenticated answer came this long ago.
+    Answered(Duration),
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -135,6 +174,7 @@ impl Metrics {
     /// Only if a metric is registered twice on the same registry.
     pub fn new(registry: Registry, stuck_after: Duration) -> Result<Metrics, prometheus::Error> {
         let oldest_pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let oldest_blocking = Arc::new(Mutex::new(BTreeMap::new()));
         let metrics = Metrics {
             bots: Arc::new(LabelCap::default()),
             products: Arc::new(LabelCap::default()),
@@ -151,6 +191,7 @@ impl Metrics {
                 &["bot"],
             )?,
             oldest_pending: oldest_pending.clone(),
+            oldest_blocking: oldest_blocking.clone(),
             pending_over_age: IntGaugeVec::new(
                 opts(
                     "ordersync_pending_orders_over_age",
@@ -161,8 +202,17 @@ impl Metrics {
             stuck_orders: IntGaugeVec::new(
                 opts(
                     "ordersync_stuck_orders",
-                    "Orders pending longer than the configured stuck-after threshold (ORDERSYNC_STUCK_AFTER), by bot: \
-                     each one may be blocking its bot.",
+                    "Orders pending longer than ORDERSYNC_STUCK_AFTER while the exchange says they ended, gave no \
+                     certain answer, or was never asked, by bot: each one may be blocking its bot. Resting orders \
+                     (live on the exchange) are not stuck.",
+                ),
+                &["bot"],
+            )?,
+            resting_orders: IntGaugeVec::new(
+                opts(
+                    "ordersync_resting_orders",
+                    "Pending orders the exchange last said are live (OPEN, PENDING, QUEUED, CANCEL_QUEUED, \
+                     EDIT_QUEUED), by bot: the bot waiting on purpose; pages no one.",
                 ),
                 &["bot"],
             )?,
@@ -170,10 +220,42 @@ impl Metrics {
                 "ordersync_blocked_bots",
                 "Bots with at least one stuck order: these bots are likely not trading.",
             ))?,
+            terminal_conflicts: IntGaugeVec::new(
+                opts(
+                    "ordersync_terminal_conflicts",
+                    "Rows the bot marked terminal that the exchange ended otherwise (cancelled by the bot, FILLED on \
+                     Coinbase), found within ORDERSYNC_VERIFY_WINDOW and still so, by bot: a position the bot does not \
+                     know about. Never written by ordersync.",
+                ),
+                &["bot"],
+            )?,
+            settled: IntCounterVec::new(
+                opts(
+                    "ordersync_orders_settled_total",
+                    "Ended orders (FILLED, CANCELLED, EXPIRED, FAILED) settled, each exactly once, by bot and by whom: \
+                     by=\"bot\" when the bot's row was already right (or the bot wrote it within the grace period), \
+                     by=\"ordersync\" when ordersync corrected it. Bot accuracy = by=\"bot\" / all.",
+                ),
+                &["bot", "by"],
+            )?,
+            settled_late: IntCounterVec::new(
+                opts(
+                    "ordersync_orders_settled_late_total",
+                    "Ended orders whose row became right more than 2 minutes (the latency goal) after the order ended \
+                     on the exchange, by bot. Effective accuracy = 1 - late / ordersync_orders_settled_total.",
+                ),
+                &["bot"],
+            )?,
+            incomplete_fills: IntCounter::with_opts(opts(
+                "ordersync_incomplete_fills_total",
+                "FILLED orders completed without a figure (average price, filled size or fill time) that neither the \
+                 order nor List Fills gave: the status was written, the figure left NULL.",
+            ))?,
             mismatches: IntCounterVec::new(
                 opts(
                     "ordersync_mismatches_total",
-                    "Times the database said pending while the exchange said the order had ended: the sync path missed news.",
+                    "Corrections written: the bot's row said pending while the exchange had ended the order (after the \
+                     grace period), by bot and the exchange's status. Counted once per order, when the write commits.",
                 ),
                 &["bot", "exchange_status"],
             )?,
@@ -184,8 +266,8 @@ impl Metrics {
             order_checks: IntCounterVec::new(
                 opts(
                     "ordersync_order_checks_total",
-                    "Checks of an order against the exchange by outcome. Accuracy SLI = match / (match + mismatch); \
-                     unknown (no certain answer) is left out of it.",
+                    "Checks of an order against the exchange by outcome (match, mismatch, unknown): an operational \
+                     figure. The accuracy SLI is per order: ordersync_orders_settled_total.",
                 ),
                 &["outcome"],
             )?,
@@ -200,7 +282,8 @@ impl Metrics {
             sync_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "ordersync_sync_latency_seconds",
-                    "Time from the exchange's completion of an order to ordersync's commit of it in the bot's database.",
+                    "Time from the order ending on the exchange (the last fill for FILLED; the first sighting of it \
+                     ended for CANCELLED, EXPIRED, FAILED) to ordersync's commit of the correction.",
                 )
                 .buckets(SYNC_LATENCY_BUCKETS.to_vec()),
                 &["source"],
@@ -228,7 +311,8 @@ impl Metrics {
             )?,
             exchange_up: IntGauge::with_opts(opts(
                 "ordersync_exchange_up",
-                "1 if the last request to the exchange got an answer (even a 404), 0 if it failed.",
+                "1 if the exchange's last answer was authenticated (even a 404), 0 if it failed or refused the \
+                 credentials (401/403).",
             ))?,
             database_up: IntGauge::with_opts(opts(
                 "ordersync_database_up",
@@ -276,7 +360,7 @@ impl Metrics {
                 "ordersync_websocket_sequence_gaps_total",
                 "Jumps in the WebSocket's sequence numbers: messages were lost; each triggers a full resync.",
             ))?,
-            last_exchange_contact: Arc::new(Mutex::new(None)),
+            exchange: Arc::new(Mutex::new(ExchangeContact::default())),
             names: Arc::new(Vec::new()),
             registry,
         };
@@ -286,16 +370,33 @@ impl Metrics {
             Box::new(OldestAge {
                 desc: Desc::new(
                     "ordersync_oldest_pending_order_age_seconds".into(),
-                    "Age in seconds of the oldest order still pending in the bot's database, by bot, computed at scrape time."
+                    "Age in seconds of the oldest order still pending in the bot's database (resting ones included), \
+                     by bot, computed at scrape time."
                         .into(),
                     vec!["bot".into()],
                     Default::default(),
                 )?,
                 oldest: oldest_pending,
             }),
+            Box::new(OldestAge {
+                desc: Desc::new(
+                    "ordersync_oldest_blocking_order_age_seconds".into(),
+                    "Age in seconds of the bot's oldest pending order that is not resting (the exchange said it ended, \
+                     gave no certain answer, or was never asked), by bot, computed at scrape time."
+                        .into(),
+                    vec!["bot".into()],
+                    Default::default(),
+                )?,
+                oldest: oldest_blocking,
+            }),
             Box::new(metrics.pending_over_age.clone()),
             Box::new(metrics.stuck_orders.clone()),
+            Box::new(metrics.resting_orders.clone()),
             Box::new(metrics.blocked_bots.clone()),
+            Box::new(metrics.terminal_conflicts.clone()),
+            Box::new(metrics.settled.clone()),
+            Box::new(metrics.settled_late.clone()),
+            Box::new(metrics.incomplete_fills.clone()),
             Box::new(metrics.mismatches.clone()),
             Box::new(metrics.corrections.clone()),
             Box::new(metrics.order_checks.clone()),
@@ -364,8 +465,29 @@ impl Metrics {
         &self.names
     }
 
+    /// The `bot` label of a bot id. A bot seen for the first time gets every per-bot counter an alert
+    /// takes `increase()` or `rate()` of at 0, so its first increment is not hidden from Prometheus.
     pub fn bot_label(&self, bot: Option<&str>) -> String {
-        self.bots.label(bot)
+        let (label, first) = self.bots.label_first(bot);
+        if first {
+            for by in SettledBy::ALL {
+                self.settled.with_label_values(&[label.as_str(), by.as_str()]);
+            }
+            self.settled_late.with_label_values(&[label.as_str()]);
+            for status in ["FILLED", "CANCELLED", "EXPIRED", "FAILED"] {
+                self.mismatches.with_label_values(&[label.as_str(), status]);
+            }
+        }
+        label
+    }
+
+    /// Count one ended order settled (once per order: the store says when).
+    pub fn settled(&self, bot: Option<&str>, by: SettledBy, late: bool) {
+        let bot = self.bot_label(bot);
+        self.settled.with_label_values(&[bot.as_str(), by.as_str()]).inc();
+        if late {
+            self.settled_late.with_label_values(&[bot.as_str()]).inc();
+        }
     }
 
     /// Count one check of an order.
@@ -373,7 +495,7 @@ impl Metrics {
         self.order_checks.with_label_values(&[outcome.as_str()]).inc();
     }
 
-    /// Count a mismatch: pending in the database, ended on the exchange.
+    /// Count a correction written: pending in the database, ended on the exchange.
     pub fn mismatch(&self, row: &TradeRow, exchange_status: &str) {
         let bot = self.bot_label(row.bot_id.as_deref());
         self.mismatches.with_label_values(&[bot.as_str(), exchange_status]).inc();
@@ -403,30 +525,86 @@ impl Metrics {
         );
     }
 
-    /// Record one request to the exchange.
-    pub fn exchange_request(&self, endpoint: &str, outcome: &str, took: Duration, answered: bool) {
+    /// Record one request to the exchange. `answered`: the exchange gave an authenticated answer (not a
+    /// transient failure); `rejected`: it refused the credentials (401/403), with what it said.
+    pub fn exchange_request(
+        &self,
+        endpoint: &str,
+        outcome: &str,
+        took: Duration,
+        answered: bool,
+        rejected: Option<&str>,
+    ) {
         self.exchange_requests.with_label_values(&[endpoint, outcome]).inc();
         self.exchange_request_duration.with_label_values(&[endpoint]).observe(took.as_secs_f64());
-        self.exchange_up.set(i64::from(answered));
-        if answered {
-            *self.last_exchange_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let mut contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        contact.attempted = true;
+        match rejected {
+            Some(why) => {
+                contact.rejected = Some(why.to_string());
+                self.exchange_up.set(0);
+            }
+            None if answered => {
+                contact.rejected = None;
+                contact.answered = Some(Instant::now());
+                self.exchange_up.set(1);
+            }
+            None => self.exchange_up.set(0),
         }
     }
 
-    /// How long ago the exchange last answered; `None` if it never has.
-    pub fn since_exchange_contact(&self) -> Option<Duration> {
-        self.last_exchange_contact.lock().unwrap_or_else(|p| p.into_inner()).map(|at| at.elapsed())
+    /// An authenticated message from the exchange outside REST (a user-channel heartbeat).
+    pub fn exchange_heard(&self) {
+        let mut contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        contact.answered = Some(Instant::now());
+        contact.attempted = true;
+        if contact.rejected.is_none() {
+            self.exchange_up.set(1);
+        }
     }
 
-    /// Refresh the database-derived gauges from the pending rows. Called by the refresher, never by a scrape.
+    /// How long ago the exchange last gave an authenticated answer; `None` if it never has.
+    pub fn since_exchange_contact(&self) -> Option<Duration> {
+        self.exchange.lock().unwrap_or_else(|p| p.into_inner()).answered.map(|at| at.elapsed())
+    }
+
+    /// Where the exchange stands, for readiness.
+    pub fn exchange_health(&self) -> ExchangeHealth {
+        let contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        match (&contact.rejected, contact.answered, contact.attempted) {
+            (Some(why), _, _) => ExchangeHealth::Rejected(why.clone()),
+            (None, Some(at), _) => ExchangeHealth::Answered(at.elapsed()),
+            (None, None, true) => ExchangeHealth::NeverAnswered,
+            (None, None, false) => ExchangeHealth::NotContacted,
+        }
+    }
+
+    /// Refresh the database-derived gauges from the pending rows (with what the exchange last said of each)
+    /// and the terminal conflicts. Called by the refresher, never by a scrape.
     pub async fn refresh_pending(&self, store: &Store) {
         let started = Instant::now();
-        let result = store.pending_orders().await;
+        let result = async {
+            let rows = store.pending_orders().await?;
+            let ids: Vec<OrderId> = rows.iter().map(|row| row.order_id.clone()).collect();
+            let states = store.check_states(&ids).await?;
+            let conflicts = store.conflicts().await?;
+            Ok::<_, crate::db::StoreError>((rows, states, conflicts))
+        }
+        .await;
         let took = started.elapsed().as_secs_f64();
         self.collector_duration.with_label_values(&[COLLECTOR_PENDING]).set(took);
         match result {
-            Ok(rows) => {
-                self.set_pending(&rows, Utc::now());
+            Ok((rows, states, conflicts)) => {
+                let pending: Vec<(TradeRow, PendingKind)> = rows
+                    .into_iter()
+                    .map(|row| {
+                        let last = states.get(&row.order_id).and_then(|s| s.last_exchange_status.as_deref());
+                        let kind = PendingKind::of(last);
+                        (row, kind)
+                    })
+                    .collect();
+                self.set_pending(&pending, Utc::now());
+                self.set_conflicts(&conflicts);
                 self.database_up.set(1);
                 self.collector_success.with_label_values(&[COLLECTOR_PENDING]).set(1);
                 self.last_successful_collection
@@ -441,29 +619,52 @@ impl Metrics {
         }
     }
 
-    /// Set every pending-order gauge from the rows pending now.
-    pub fn set_pending(&self, rows: &[TradeRow], now: DateTime<Utc>) {
+    /// Set `ordersync_terminal_conflicts` from the conflicts standing now.
+    pub fn set_conflicts(&self, conflicts: &[ConflictRow]) {
+        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        for conflict in conflicts {
+            *counts.entry(self.bot_label(conflict.bot_id.as_deref())).or_default() += 1;
+        }
+        self.terminal_conflicts.reset();
+        for (bot, count) in &counts {
+            self.terminal_conflicts.with_label_values(&[bot.as_str()]).set(*count);
+        }
+    }
+
+    /// Set every pending-order gauge from the rows pending now, each with what the exchange last said of it.
+    pub fn set_pending(&self, rows: &[(TradeRow, PendingKind)], now: DateTime<Utc>) {
         let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
         let mut oldest: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
+        let mut oldest_blocking: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
         let mut over = [0i64; AGE_THRESHOLDS.len()];
         let mut stuck: BTreeMap<String, i64> = BTreeMap::new();
+        let mut resting: BTreeMap<String, i64> = BTreeMap::new();
         let stuck_after = chrono::Duration::from_std(self.stuck_after).unwrap_or(chrono::Duration::MAX);
-        for row in rows {
+        let keep_oldest = |map: &mut BTreeMap<String, DateTime<Utc>>, bot: &str, at: DateTime<Utc>| {
+            let entry = map.entry(bot.to_string()).or_insert(at);
+            if at < *entry {
+                *entry = at;
+            }
+        };
+        for (row, kind) in rows {
             let bot = self.bot_label(row.bot_id.as_deref());
             let product = self.products.label(row.product_id.as_deref());
             *counts.entry((bot.clone(), product)).or_default() += 1;
-            let entry = oldest.entry(bot.clone()).or_insert(row.created_at);
-            if row.created_at < *entry {
-                *entry = row.created_at;
-            }
+            keep_oldest(&mut oldest, &bot, row.created_at);
             let age = now - row.created_at;
             for (slot, threshold) in over.iter_mut().zip(AGE_THRESHOLDS) {
                 if age > chrono::Duration::seconds(threshold as i64) {
                     *slot += 1;
                 }
             }
-            if age > stuck_after {
-                *stuck.entry(bot).or_default() += 1;
+            match kind {
+                PendingKind::Resting => *resting.entry(bot).or_default() += 1,
+                PendingKind::Blocking => {
+                    keep_oldest(&mut oldest_blocking, &bot, row.created_at);
+                    if age > stuck_after {
+                        *stuck.entry(bot).or_default() += 1;
+                    }
+                }
             }
         }
         self.pending_orders.reset();
@@ -471,19 +672,25 @@ impl Metrics {
             self.pending_orders.with_label_values(&[bot.as_str(), product.as_str()]).set(*count);
         }
         self.oldest_pending_timestamp.reset();
-        let mut cached = self.oldest_pending.lock().unwrap_or_else(|p| p.into_inner());
-        cached.clear();
         for (bot, created) in &oldest {
             let seconds = created.timestamp_millis() as f64 / 1000.0;
             self.oldest_pending_timestamp.with_label_values(&[bot.as_str()]).set(seconds);
-            cached.insert(bot.clone(), seconds);
+        }
+        for (cache, source) in [(&self.oldest_pending, &oldest), (&self.oldest_blocking, &oldest_blocking)] {
+            let mut cached = cache.lock().unwrap_or_else(|p| p.into_inner());
+            cached.clear();
+            for (bot, created) in source {
+                cached.insert(bot.clone(), created.timestamp_millis() as f64 / 1000.0);
+            }
         }
         for (count, threshold) in over.iter().zip(AGE_THRESHOLDS) {
             self.pending_over_age.with_label_values(&[threshold.to_string().as_str()]).set(*count);
         }
-        self.stuck_orders.reset();
-        for (bot, count) in &stuck {
-            self.stuck_orders.with_label_values(&[bot.as_str()]).set(*count);
+        for (gauge, counts) in [(&self.stuck_orders, &stuck), (&self.resting_orders, &resting)] {
+            gauge.reset();
+            for (bot, count) in counts {
+                gauge.with_label_values(&[bot.as_str()]).set(*count);
+            }
         }
         self.blocked_bots.set(stuck.len() as i64);
     }
@@ -514,6 +721,66 @@ mod tests {
     }
 
     #[test]
+    fn a_resting_order_is_never_stuck_however_old() {
+        let metrics = Metrics::standalone(Duration::from_secs(300));
+        let now = Utc::now();
+        let rows = [
+            (row("a", "alpha", 120, now), PendingKind::Resting),
+            (row("b", "alpha", 1, now), PendingKind::Blocking),
+            (row("c", "beta", 90, now), PendingKind::Resting),
+        ];
+        metrics.set_pending(&rows, now);
+        assert_eq!(metrics.resting_orders.with_label_values(&["alpha"]).get(), 1);
+        assert_eq!(metrics.resting_orders.with_label_values(&["beta"]).get(), 1);
+        assert_eq!(metrics.blocked_bots.get(), 0);
+        let text = metrics.encode();
+        assert!(!text.contains("ordersync_stuck_orders{"), "{text}");
+        assert!(text.contains("ordersync_oldest_pending_order_age_seconds{bot=\"alpha\"} 7200"), "{text}");
+        assert!(text.contains("ordersync_oldest_blocking_order_age_seconds{bot=\"alpha\"} 60"), "{text}");
+        assert!(!text.contains("ordersync_oldest_blocking_order_age_seconds{bot=\"beta\"}"), "{text}");
+    }
+
+    #[test]
+    fn a_bot_seen_for_the_first_time_has_its_counters_at_zero() {
+        let metrics = Metrics::standalone(Duration::from_secs(300));
+        metrics.bot_label(Some("alpha"));
+        let text = metrics.encode();
+        for series in [
+            "ordersync_orders_settled_total{bot=\"alpha\",by=\"bot\"} 0",
+            "ordersync_orders_settled_total{bot=\"alpha\",by=\"ordersync\"} 0",
+            "ordersync_orders_settled_late_total{bot=\"alpha\"} 0",
+            "ordersync_mismatches_total{bot=\"alpha\",exchange_status=\"FILLED\"} 0",
+            "ordersync_mismatches_total{bot=\"alpha\",exchange_status=\"CANCELLED\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+        metrics.settled(Some("alpha"), SettledBy::Ordersync, true);
+        metrics.settled(Some("alpha"), SettledBy::Bot, false);
+        assert_eq!(metrics.settled.with_label_values(&["alpha", "ordersync"]).get(), 1);
+        assert_eq!(metrics.settled.with_label_values(&["alpha", "bot"]).get(), 1);
+        assert_eq!(metrics.settled_late.with_label_values(&["alpha"]).get(), 1);
+    }
+
+    #[test]
+    fn readiness_follows_what_the_exchange_last_said() {
+        let metrics = Metrics::standalone(Duration::from_secs(300));
+        assert_eq!(metrics.exchange_health(), ExchangeHealth::NotContacted);
+        metrics.exchange_request("get_order", "transient", Duration::ZERO, false, None);
+        assert_eq!(metrics.exchange_health(), ExchangeHealth::NeverAnswered);
+        assert_eq!(metrics.exchange_up.get(), 0);
+        metrics.exchange_request("get_order", "ok", Duration::ZERO, true, None);
+        assert!(matches!(metrics.exchange_health(), ExchangeHealth::Answered(_)));
+        assert_eq!(metrics.exchange_up.get(), 1);
+        metrics.exchange_request("get_order", "unauthorized", Duration::ZERO, false, Some("HTTP 401"));
+        assert_eq!(metrics.exchange_health(), ExchangeHealth::Rejected("HTTP 401".into()));
+        assert_eq!(metrics.exchange_up.get(), 0);
+        metrics.exchange_heard();
+        assert_eq!(metrics.exchange_up.get(), 0, "a heartbeat does not make refused credentials work");
+        metrics.exchange_request("get_order", "ok", Duration::ZERO, true, None);
+        assert_eq!(metrics.exchange_up.get(), 1);
+    }
+
+    #[test]
     fn label_values_are_capped() {
         let cap = LabelCap::default();
         for n in 0..MAX_LABEL_VALUES {
@@ -528,7 +795,8 @@ mod tests {
     fn pending_gauges_follow_the_rows() {
         let metrics = Metrics::standalone(Duration::from_secs(300));
         let now = Utc::now();
-        let rows = [row("a", "alpha", 2, now), row("b", "alpha", 10, now), row("c", "beta", 120, now)];
+        let rows = [row("a", "alpha", 2, now), row("b", "alpha", 10, now), row("c", "beta", 120, now)]
+            .map(|row| (row, PendingKind::Blocking));
         metrics.set_pending(&rows, now);
         assert_eq!(metrics.pending_orders.with_label_values(&["alpha", "AVNT-USD"]).get(), 2);
         assert_eq!(metrics.pending_over_age.with_label_values(&["60"]).get(), 3);
@@ -539,6 +807,7 @@ mod tests {
         assert_eq!(metrics.blocked_bots.get(), 2);
         let text = metrics.encode();
         assert!(text.contains("ordersync_oldest_pending_order_age_seconds{bot=\"beta\"} 7200"), "{text}");
+        assert!(text.contains("ordersync_oldest_blocking_order_age_seconds{bot=\"beta\"} 7200"), "{text}");
         metrics.set_pending(&[], now);
         assert_eq!(metrics.blocked_bots.get(), 0);
         assert!(!metrics.encode().contains("ordersync_stuck_orders{"), "no stuck series left");

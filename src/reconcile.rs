@@ -1,11 +1,12 @@
 //! The reconciler: pending rows -> exchange -> `decide` -> `Store::write_batch`. `check_many` is the one
-//! apply path: the poll loop, a manual reconcile of one order, and the WebSocket listener all end there.
+//! apply path: the poll loop, a manual reconcile of one order, due checks (a WebSocket update, or a poll
+//! that found an order ended less than `grace` ago) and the check of recent terminal rows all end there.
 //!
 //! Deliberately not here: the decision itself (`decide.rs`), SQL (`db/`), HTTP and JSON. Cancellation is
 //! honoured only between orders, never inside a batch write.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,18 +16,30 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Applied, CheckRecord, CheckState, Correction, Source, Store, StoreError, Write, Written};
-use crate::decide::{decide, Action, Answer, DbStatus, Verdict};
-use crate::exchange::{Exchange, ExchangeError};
+use crate::decide::{
+    complete_with_fills, decide, ended_at, ends_order, late, needs_fills, Action, Answer, Context, DbStatus, EndSource,
+    Verdict,
+};
+use crate::exchange::{Exchange, ExchangeError, ExchangeOrder};
 use crate::metrics::Metrics;
 use crate::order::{OrderId, TradeRow};
+
+/// Terminal rows the exchange gave no settling answer for (still live, 404, no certain answer) are asked
+/// about again after this long, not every pass.
+pub const TERMINAL_RECHECK_AFTER: Duration = Duration::from_secs(300);
+/// At most this many recent terminal rows are checked in one pass (the rest in the next ones).
+pub const TERMINAL_CHECKS_PER_PASS: usize = 1000;
 
 /// What the reconciler needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub poll_interval: Duration,
+    /// How long after the exchange ended an order the bot is given to write it itself.
     pub grace: Duration,
     pub flag_after: u32,
     pub batch_size: usize,
+    /// Terminal rows created within this window are checked once against the exchange.
+    pub verify_window: Duration,
 }
 
 /// Write corrections, or only report what would be written.
@@ -47,11 +60,21 @@ pub struct Checked {
     pub age_seconds: i64,
     /// The exchange's status word, when it gave one.
     pub exchange_status: Option<String>,
-    /// `in_sync`, `mismatch`, `unresolved`, `flagged`, `terminal_conflict`, `not_managed`.
+    /// `in_sync`, `settled_by_bot`, `waiting`, `mismatch`, `unresolved`, `flagged`, `terminal_conflict`,
+    /// `not_managed`.
     pub verdict: &'static str,
     /// `corrected`, `would_correct`, `row_changed`, `already_settled`, `unchanged`, or `error`.
     pub result: &'static str,
     pub detail: Option<String>,
+}
+
+/// One order to decide on: its row, the exchange's answer, its check state, and an earlier sighting of it
+/// ended that the check state may not hold yet (a WebSocket message).
+pub struct Item<'a> {
+    pub row: &'a TradeRow,
+    pub answer: &'a Answer,
+    pub state: Option<&'a CheckState>,
+    pub hint: Option<(DateTime<Utc>, EndSource)>,
 }
 
 /// One order decided on, before its write.
@@ -61,7 +84,12 @@ struct Plan<'a> {
     exchange_status: Option<String>,
     /// A bounded word for the exchange's answer.
     label: &'static str,
-    bot: String,
+    /// When the exchange says it ended: when it ended, and how ordersync knows.
+    ended: Option<(DateTime<Utc>, EndSource)>,
+    /// The first sighting of it ended (this check, or an earlier one).
+    seen: Option<(DateTime<Utc>, EndSource)>,
+    /// The exchange's filled size, for a conflict's record.
+    filled_size: Option<String>,
     checked: Checked,
 }
 
@@ -76,7 +104,7 @@ impl Plan<'_> {
                 exchange_status: self.exchange_status.as_deref().unwrap_or(self.label),
                 source,
                 detected_at: now,
-                bot: &self.bot,
+                seen: self.seen.unwrap_or((fill.ended_at, fill.end_source)),
             }),
             Action::Keep(verdict) => {
                 let (error, flagged) = match verdict {
@@ -84,14 +112,16 @@ impl Plan<'_> {
                     _ => (None, false),
                 };
                 Write::Check(CheckRecord {
-                    order_id: &self.row.order_id,
+                    row: self.row,
                     exchange_status: self.exchange_status.as_deref(),
                     verdict: self.action.verdict_word(),
                     error,
                     flagged,
                     at: now,
-                    bot: &self.bot,
-                    outcome: self.action.outcome(),
+                    ended: self.ended,
+                    seen: self.seen,
+                    settles: matches!(verdict, Verdict::SettledByBot),
+                    conflict: matches!(verdict, Verdict::TerminalConflict).then(|| self.filled_size.clone()),
                 })
             }
         }
@@ -101,11 +131,16 @@ impl Plan<'_> {
 /// The result of one pass.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PassReport {
+    /// The pending orders checked.
     pub checked: Vec<Checked>,
+    /// Recent terminal rows checked against the exchange: settled by the bot, or a terminal conflict.
+    pub verified: Vec<Checked>,
     /// Pending rows left alone because they are younger than the grace period.
     pub too_young: usize,
     /// The pass was cancelled before every order was checked.
     pub interrupted: bool,
+    /// Orders were due a check and the exchange gave no certain answer for any of them: a failed pass.
+    pub failed: bool,
 }
 
 impl PassReport {
@@ -115,6 +150,11 @@ impl PassReport {
 
     pub fn mismatches(&self) -> usize {
         self.checked.iter().filter(|c| c.verdict == "mismatch").count()
+    }
+
+    /// Terminal rows the exchange ended otherwise, found in this pass.
+    pub fn conflicts(&self) -> impl Iterator<Item = &Checked> {
+        self.verified.iter().filter(|c| c.verdict == "terminal_conflict")
     }
 }
 
@@ -128,7 +168,8 @@ pub enum ReconcileError {
 }
 
 /// Ask the exchange about `ids`: one batch lookup, then Get Order for each id the batch did not return
-/// (absence from a batch proves nothing). Every id gets an answer.
+/// (absence from a batch proves nothing); FILLED answers without their figures are completed from List
+/// Fills. Every id gets an answer.
 pub async fn lookup(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId, Answer> {
     let mut answers = HashMap::with_capacity(ids.len());
     match exchange.orders(ids).await {
@@ -156,15 +197,97 @@ pub async fn lookup(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId
             }
         }
     }
+    complete_figures(exchange, &mut answers).await;
     answers
 }
 
+/// Complete FILLED answers that lack the fill time, average price or size from List Fills (one request
+/// for all of them). When List Fills fails, the answers stay as they are: the status is still certain.
+async fn complete_figures(exchange: &dyn Exchange, answers: &mut HashMap<OrderId, Answer>) {
+    let lacking: Vec<OrderId> = answers
+        .iter()
+        .filter(|(_, answer)| matches!(answer, Answer::Order(order) if needs_fills(order)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if lacking.is_empty() {
+        return;
+    }
+    match exchange.fills(&lacking).await {
+        Ok(fills) => {
+            for id in &lacking {
+                if let Some(Answer::Order(order)) = answers.get_mut(id) {
+                    *order = complete_with_fills(order, &fills);
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(orders = lacking.len(), %error, "List Fills failed; FILLED orders lacking figures are written without them");
+        }
+    }
+}
+
 /// The answer a single Get Order gives.
-pub fn answer_of(result: Result<crate::exchange::ExchangeOrder, ExchangeError>) -> Answer {
+pub fn answer_of(result: Result<ExchangeOrder, ExchangeError>) -> Answer {
     match result {
         Ok(order) => Answer::Order(order),
         Err(ExchangeError::NotFound) => Answer::NotFound,
         Err(error) => Answer::Ambiguous(error.to_string()),
+    }
+}
+
+/// A check due at a time: an order the exchange ended, to look at once the bot had its grace period.
+#[derive(Debug, Clone)]
+struct Due {
+    at: DateTime<Utc>,
+    /// The earliest sighting of the order ended.
+    seen: (DateTime<Utc>, EndSource),
+    /// What the exchange said (a WebSocket update): enough to settle a row the bot already wrote.
+    news: Option<ExchangeOrder>,
+    source: Source,
+}
+
+/// Checks due at a time, one per order (the earliest sighting wins), run by `Reconciler::run_due`.
+#[derive(Default)]
+struct DueChecks {
+    entries: Mutex<HashMap<OrderId, Due>>,
+    changed: Notify,
+}
+
+impl DueChecks {
+    fn schedule(&self, id: OrderId, due: Due) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get_mut(&id) {
+            Some(existing) => {
+                if due.seen.0 < existing.seen.0 {
+                    existing.seen = due.seen;
+                }
+                existing.at = existing.at.min(due.at);
+                if existing.news.is_none() {
+                    existing.news = due.news;
+                }
+            }
+            None => {
+                entries.insert(id, due);
+            }
+        }
+        drop(entries);
+        self.changed.notify_one();
+    }
+
+    /// The entries due by `now` (at most `limit`), and when the next one is due.
+    fn take_due(&self, now: DateTime<Utc>, limit: usize) -> (Vec<(OrderId, Due)>, Option<DateTime<Utc>>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ready: Vec<OrderId> =
+            entries.iter().filter(|(_, due)| due.at <= now).map(|(id, _)| id.clone()).collect();
+        ready.sort_by_key(|id| entries.get(id).map(|due| due.at));
+        ready.truncate(limit);
+        let taken = ready.into_iter().filter_map(|id| entries.remove(&id).map(|due| (id, due))).collect();
+        let next = entries.values().map(|due| due.at).min();
+        (taken, next)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -176,15 +299,39 @@ pub struct Reconciler {
     metrics: Metrics,
     settings: Settings,
     wake: Arc<Notify>,
+    due: Arc<DueChecks>,
+}
+
+fn chrono_duration(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+fn seen_by(source: Source) -> EndSource {
+    match source {
+        Source::Poll => EndSource::SeenPoll,
+        Source::Websocket => EndSource::SeenWebsocket,
+        Source::Manual => EndSource::SeenManual,
+    }
 }
 
 impl Reconciler {
     pub fn new(store: Store, exchange: Arc<dyn Exchange>, metrics: Metrics, settings: Settings) -> Reconciler {
-        Reconciler { store, exchange, metrics, settings, wake: Arc::new(Notify::new()) }
+        Reconciler {
+            store,
+            exchange,
+            metrics,
+            settings,
+            wake: Arc::new(Notify::new()),
+            due: Arc::new(DueChecks::default()),
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn exchange(&self) -> &Arc<dyn Exchange> {
+        &self.exchange
     }
 
     /// Ask the loop for a pass now rather than at the next tick (after a WebSocket gap, say).
@@ -192,7 +339,28 @@ impl Reconciler {
         self.wake.notify_one();
     }
 
-    /// One pass over every pending order older than the grace period, oldest first.
+    /// News that the exchange ended an order (a WebSocket update at `at`): check it once the bot had its
+    /// grace period, at `at + grace`. Nothing is read or written now.
+    pub fn ended_news(&self, order: ExchangeOrder, at: DateTime<Utc>) {
+        if !ends_order(&order.status) {
+            return;
+        }
+        let due = Due {
+            at: at + chrono_duration(self.settings.grace),
+            seen: (at, EndSource::SeenWebsocket),
+            news: Some(order.clone()),
+            source: Source::Websocket,
+        };
+        self.due.schedule(order.order_id, due);
+    }
+
+    /// Checks waiting for their time.
+    pub fn due_checks(&self) -> usize {
+        self.due.len()
+    }
+
+    /// One pass over every pending order older than the grace period, oldest first, then over recent
+    /// terminal rows not yet settled.
     ///
     /// # Errors
     /// Only when the pending orders cannot be read at all; a single order's failure is logged, counted,
@@ -201,7 +369,7 @@ impl Reconciler {
         self.pass_with_progress(mode, token, &|_, _| {}).await
     }
 
-    /// As `pass`, telling `progress(done, total)` after each order (for a progress bar).
+    /// As `pass`, telling `progress(done, total)` after each pending order (for a progress bar).
     ///
     /// # Errors
     /// As `pass`.
@@ -221,9 +389,13 @@ impl Reconciler {
                 return Err(error.into());
             }
         };
-        let cutoff = Utc::now() - chrono::Duration::from_std(self.settings.grace).unwrap_or_default();
+        for row in &rows {
+            self.metrics.bot_label(row.bot_id.as_deref());
+        }
+        let cutoff = Utc::now() - chrono_duration(self.settings.grace);
         let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) = rows.into_iter().partition(|r| r.created_at <= cutoff);
         let mut report = PassReport { too_young: young.len(), ..PassReport::default() };
+        let mut certain = 0usize;
         let mut unresolved_mismatches = 0;
         // The next batch's lookup runs while this batch is written, so the exchange and the database work
         // at the same time; lookups only read, so abandoning one on cancellation is harmless.
@@ -236,24 +408,22 @@ impl Reconciler {
                 report.interrupted = true;
                 break;
             }
-            let mut answers = lookup.await.unwrap_or_default();
+            let answers = lookup.await.unwrap_or_default();
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
+            certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
             let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
             let states = self.check_states(&ids).await;
             let mut items = Vec::with_capacity(chunk.len());
+            let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
             for row in chunk.iter() {
                 if token.is_cancelled() {
                     report.interrupted = true;
                     break;
                 }
-                let answer = answers
-                    .remove(&row.order_id)
-                    .unwrap_or_else(|| Answer::Ambiguous("the exchange lookup gave no answer".into()));
-                items.push((row, answer));
+                let answer = answers.get(&row.order_id).unwrap_or(&no_answer);
+                items.push(Item { row, answer, state: states.get(&row.order_id), hint: None });
             }
-            let batch: Vec<(&TradeRow, &Answer, Option<&CheckState>)> =
-                items.iter().map(|(row, answer)| (*row, answer, states.get(&row.order_id))).collect();
-            for checked in self.check_many(&batch, mode, Source::Poll).await {
+            for checked in self.check_many(&items, mode, Source::Poll).await {
                 if checked.verdict == "mismatch" && !matches!(checked.result, "corrected" | "already_settled") {
                     unresolved_mismatches += 1;
                 }
@@ -267,12 +437,62 @@ impl Reconciler {
                 break;
             }
         }
+        report.failed = !eligible.is_empty() && certain == 0 && !report.interrupted;
         if !report.interrupted {
             self.metrics.unresolved_mismatches.set(unresolved_mismatches);
             let flagged = report.checked.iter().filter(|c| c.verdict == "flagged").count();
             self.metrics.flagged_orders.set(flagged as i64);
+            report.verified = self.verify_terminal(mode, token).await;
         }
         Ok(report)
+    }
+
+    /// Check recent terminal rows that are neither settled nor a known conflict: the bot's row right (settled
+    /// by the bot), or ended otherwise on the exchange (a terminal conflict, never written). Rows without a
+    /// settling answer are asked about again after `TERMINAL_RECHECK_AFTER`.
+    async fn verify_terminal(&self, mode: Mode, token: &CancellationToken) -> Vec<Checked> {
+        let since = Utc::now() - chrono_duration(self.settings.verify_window);
+        let rows = match self.store.terminal_candidates(since, TERMINAL_CHECKS_PER_PASS).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "reading recent terminal rows failed; checking them next pass");
+                self.metrics.store_errors.inc();
+                return Vec::new();
+            }
+        };
+        let ids: Vec<OrderId> = rows.iter().map(|row| row.order_id.clone()).collect();
+        let states = self.check_states(&ids).await;
+        let recheck = Utc::now() - chrono_duration(TERMINAL_RECHECK_AFTER);
+        let due: Vec<&TradeRow> = rows
+            .iter()
+            .filter(|row| {
+                states.get(&row.order_id).is_none_or(|state| {
+                    // Asked while it was pending, or asked recently without a settling answer: not yet.
+                    state.last_checked_at.is_none_or(|at| at < recheck)
+                        || !matches!(state.last_verdict.as_str(), "unresolved" | "flagged")
+                })
+            })
+            .collect();
+        let mut checked = Vec::new();
+        for chunk in due.chunks(self.settings.batch_size.max(1)) {
+            if token.is_cancelled() {
+                break;
+            }
+            let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
+            let answers = lookup(self.exchange.as_ref(), &ids).await;
+            let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
+            let items: Vec<Item> = chunk
+                .iter()
+                .map(|row| Item {
+                    row,
+                    answer: answers.get(&row.order_id).unwrap_or(&no_answer),
+                    state: states.get(&row.order_id),
+                    hint: None,
+                })
+                .collect();
+            checked.extend(self.check_many(&items, mode, Source::Poll).await);
+        }
+        checked
     }
 
     /// Start looking up a batch in the background.
@@ -294,41 +514,95 @@ impl Reconciler {
         }
     }
 
-    /// Check one order now (a manual reconcile): read its row, ask the exchange, decide, apply.
+    /// Check one order now (a manual reconcile): read its row, ask the exchange, decide, apply. An operator
+    /// asked: the grace period does not apply.
     ///
     /// # Errors
     /// `UnknownOrder` when the bot's table has no such order; `Store` when it cannot be read.
     pub async fn reconcile_one(&self, order_id: &OrderId, mode: Mode) -> Result<Checked, ReconcileError> {
         let row = self.store.trade(order_id).await?.ok_or_else(|| ReconcileError::UnknownOrder(order_id.clone()))?;
-        let answer = answer_of(self.exchange.order(order_id).await);
+        let mut answers = HashMap::from([(order_id.clone(), answer_of(self.exchange.order(order_id).await))]);
+        complete_figures(self.exchange.as_ref(), &mut answers).await;
+        let answer = answers.remove(order_id).unwrap_or_else(|| Answer::Ambiguous("no answer".into()));
         let states = self.check_states(std::slice::from_ref(order_id)).await;
-        Ok(self.check(&row, &answer, states.get(order_id), mode, Source::Manual).await)
+        let item = Item { row: &row, answer: &answer, state: states.get(order_id), hint: None };
+        let mut checked = self.check_many(&[item], mode, Source::Manual).await;
+        checked.pop().ok_or(ReconcileError::UnknownOrder(order_id.clone()))
     }
 
-    /// Decide on one row and answer, write the outcome (unless dry-run), count and log: `check_many` for one.
-    pub async fn check(
-        &self,
-        row: &TradeRow,
-        answer: &Answer,
-        state: Option<&CheckState>,
-        mode: Mode,
-        source: Source,
-    ) -> Checked {
-        let mut checked = self.check_many(&[(row, answer, state)], mode, source).await;
-        checked.pop().expect("check_many returns one result per order")
+    /// Run the due checks as they fall due, until `token` is cancelled. Each round reads the rows, settles
+    /// those the bot already wrote (from the news alone), and looks up the rest through the shared limiter,
+    /// in batches: what is written comes from List Orders or Get Order, never from the WebSocket message.
+    pub async fn run_due(&self, token: CancellationToken) {
+        loop {
+            let (taken, next) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
+            if taken.is_empty() {
+                let pause = next.map_or(Duration::from_secs(3600), |at| (at - Utc::now()).to_std().unwrap_or_default());
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                    () = self.due.changed.notified() => {}
+                }
+                continue;
+            }
+            self.check_due(taken).await;
+        }
     }
 
-    /// THE apply path: decide on each (row, answer, check state), write every outcome in one batch (unless
-    /// dry-run), then count, log and report each. Poll, manual and WebSocket checks all come through here.
-    pub async fn check_many(
-        &self,
-        items: &[(&TradeRow, &Answer, Option<&CheckState>)],
-        mode: Mode,
-        source: Source,
-    ) -> Vec<Checked> {
+    async fn check_due(&self, taken: Vec<(OrderId, Due)>) {
+        let ids: Vec<OrderId> = taken.iter().map(|(id, _)| id.clone()).collect();
+        let rows = match self.store.trades(&ids).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, orders = ids.len(), "reading rows for due checks failed; the poller will see them");
+                self.metrics.store_errors.inc();
+                return;
+            }
+        };
+        let words = self.store.words();
+        // Rows the bot already wrote are settled from the news; pending ones need the exchange's figures.
+        let mut lookups = Vec::new();
+        let mut answers: HashMap<OrderId, Answer> = HashMap::new();
+        for (id, due) in &taken {
+            let Some(row) = rows.get(id) else { continue };
+            match (DbStatus::classify(&row.status, words), &due.news) {
+                (DbStatus::Terminal(_), Some(news)) => {
+                    answers.insert(id.clone(), Answer::Order(news.clone()));
+                }
+                (DbStatus::Other, _) => {}
+                _ => lookups.push(id.clone()),
+            }
+        }
+        if !lookups.is_empty() {
+            answers.extend(lookup(self.exchange.as_ref(), &lookups).await);
+        }
+        let checked_ids: Vec<OrderId> = answers.keys().cloned().collect();
+        let states = self.check_states(&checked_ids).await;
+        for source in [Source::Websocket, Source::Poll] {
+            let items: Vec<Item> = taken
+                .iter()
+                .filter(|(_, due)| due.source == source)
+                .filter_map(|(id, due)| {
+                    Some(Item {
+                        row: rows.get(id)?,
+                        answer: answers.get(id)?,
+                        state: states.get(id),
+                        hint: Some(due.seen),
+                    })
+                })
+                .collect();
+            if !items.is_empty() {
+                self.check_many(&items, Mode::Apply, source).await;
+            }
+        }
+    }
+
+    /// THE apply path: decide on each item, write every outcome in one batch (unless dry-run), then count,
+    /// log and report each. Poll, manual, due and terminal checks all come through here.
+    pub async fn check_many(&self, items: &[Item<'_>], mode: Mode, source: Source) -> Vec<Checked> {
         let now = Utc::now();
         let words = self.store.words();
-        let plans: Vec<Plan> = items.iter().map(|(row, answer, state)| self.plan(row, answer, *state, now)).collect();
+        let plans: Vec<Plan> = items.iter().map(|item| self.plan(item, source, now)).collect();
         let writes: Vec<Write<'_>> = match mode {
             Mode::DryRun => Vec::new(),
             Mode::Apply => plans.iter().map(|plan| plan.write(source, now)).collect(),
@@ -338,21 +612,46 @@ impl Reconciler {
         for plan in plans {
             let outcome = if mode == Mode::Apply { written.next() } else { None };
             let mut checked = plan.checked;
+            let bot = plan.row.bot_id.as_deref();
             match (&plan.action, outcome) {
                 (Action::Correct { to, .. }, None) => {
                     checked.result = "would_correct";
                     checked.detail = Some(format!("would set {} -> {}", plan.row.status, to.word(words)));
                 }
-                (Action::Correct { to, .. }, Some(Ok(Written::Correction(Applied::Written { latency, .. })))) => {
-                    self.metrics.correction(plan.row, *to, to.word(words), source, latency);
+                (
+                    Action::Correct { to, fill },
+                    Some(Ok(Written::Correction { applied: Applied::Written { latency, .. }, settled })),
+                ) => {
+                    self.metrics.mismatch(plan.row, plan.label);
+                    self.metrics.correction(plan.row, *to, to.word(words), source, Some(latency));
+                    if let Some(by) = settled {
+                        self.metrics.settled(bot, by, late(latency.as_secs_f64()));
+                    }
+                    if !fill.missing.is_empty() {
+                        self.metrics.incomplete_fills.inc();
+                        tracing::warn!(
+                            order_id = %plan.row.order_id,
+                            missing = %fill.missing.join(", "),
+                            "completed a FILLED order without figures the exchange did not give (nor List Fills)"
+                        );
+                    }
                     checked.result = "corrected";
                     checked.detail = Some(format!("{} -> {}", plan.row.status, to.word(words)));
                 }
-                (Action::Correct { to, .. }, Some(Ok(Written::Correction(Applied::AlreadyApplied)))) => {
+                (
+                    Action::Correct { to, .. },
+                    Some(Ok(Written::Correction { applied: Applied::AlreadyApplied, settled })),
+                ) => {
+                    if let Some(by) = settled {
+                        self.metrics.settled(bot, by, false);
+                    }
                     checked.result = "already_settled";
                     checked.detail = Some(format!("already {}", to.word(words)));
                 }
-                (Action::Correct { .. }, Some(Ok(Written::Correction(Applied::RowChanged { now })))) => {
+                (
+                    Action::Correct { .. },
+                    Some(Ok(Written::Correction { applied: Applied::RowChanged { now }, .. })),
+                ) => {
                     tracing::info!(
                         order_id = %plan.row.order_id,
                         now = now.as_deref().unwrap_or("<deleted>"),
@@ -360,6 +659,23 @@ impl Reconciler {
                     );
                     checked.result = "row_changed";
                     checked.detail = Some(format!("the bot set it to {:?} meanwhile", now.unwrap_or_default()));
+                }
+                (Action::Keep(verdict), Some(Ok(Written::Check { settled }))) => {
+                    if let Some(by) = settled {
+                        self.metrics.settled(bot, by, false);
+                    }
+                    if let Verdict::Waiting { until } = verdict {
+                        let seen = plan.seen.unwrap_or((now, seen_by(source)));
+                        self.due.schedule(plan.row.order_id.clone(), Due { at: *until, seen, news: None, source });
+                    }
+                    if matches!(verdict, Verdict::TerminalConflict) {
+                        tracing::error!(
+                            order_id = %plan.row.order_id,
+                            row = %plan.row.status,
+                            exchange = plan.exchange_status.as_deref().unwrap_or(""),
+                            "terminal conflict: the bot's row says one outcome, the exchange another; not written"
+                        );
+                    }
                 }
                 (_, Some(Err(error))) => self.store_failed(&mut checked, &plan.row.order_id, &error),
                 (_, _) => {}
@@ -370,16 +686,40 @@ impl Reconciler {
     }
 
     /// Decide on one order and count the check; nothing is written yet.
-    fn plan<'a>(&self, row: &'a TradeRow, answer: &Answer, state: Option<&CheckState>, now: DateTime<Utc>) -> Plan<'a> {
+    fn plan<'a>(&self, item: &Item<'a>, source: Source, now: DateTime<Utc>) -> Plan<'a> {
+        let row = item.row;
         let words = self.store.words();
         let db = DbStatus::classify(&row.status, words);
+        let state = item.state;
         let unresolved_before = state.map_or(0, |s| u32::try_from(s.unresolved_in_a_row).unwrap_or(u32::MAX));
-        let action = decide(db, answer, unresolved_before, self.settings.flag_after);
-        let (exchange_status, label) = match answer {
-            Answer::Order(order) => (Some(order.status.as_str().to_string()), order.status.label()),
-            Answer::NotFound => (None, "NOT_FOUND"),
-            Answer::Ambiguous(_) => (None, "AMBIGUOUS"),
+        let seen_before = match (state.and_then(|s| s.ended_seen), item.hint) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
         };
+        let grace = if source == Source::Manual { Duration::ZERO } else { self.settings.grace };
+        let context = Context {
+            now,
+            grace: chrono_duration(grace),
+            seen_by: seen_by(source),
+            seen_before,
+            unresolved_before,
+            flag_after: self.settings.flag_after,
+        };
+        let action = decide(db, item.answer, &context);
+        let (exchange_status, label, ended, filled_size) = match item.answer {
+            Answer::Order(order) => {
+                let ended = ends_order(&order.status).then(|| ended_at(order, &context));
+                (
+                    Some(order.status.as_str().to_string()),
+                    order.status.label(),
+                    ended,
+                    order.filled_size.map(|s| s.to_string()),
+                )
+            }
+            Answer::NotFound => (None, "NOT_FOUND", None, None),
+            Answer::Ambiguous(_) => (None, "AMBIGUOUS", None, None),
+        };
+        let seen = ended.map(|_| context.first_seen());
         self.metrics.check(action.outcome());
         let mut checked = Checked {
             order_id: row.order_id.to_string(),
@@ -394,7 +734,6 @@ impl Reconciler {
             detail: None,
         };
         match &action {
-            Action::Correct { .. } => self.metrics.mismatch(row, label),
             Action::Keep(Verdict::Unresolved { why, flagged }) => {
                 checked.detail = Some(why.describe());
                 if *flagged {
@@ -403,9 +742,19 @@ impl Reconciler {
                     tracing::debug!(order_id = %row.order_id, why = %why.describe(), "order unresolved this time");
                 }
             }
-            Action::Keep(_) => {}
+            Action::Keep(Verdict::Waiting { until }) => {
+                checked.detail = Some(format!("ended on the exchange; the bot has until {until} to write it"));
+            }
+            Action::Keep(Verdict::TerminalConflict) => {
+                checked.detail = Some(format!(
+                    "the row says {} but the exchange says {}",
+                    row.status,
+                    exchange_status.as_deref().unwrap_or("?")
+                ));
+            }
+            _ => {}
         }
-        Plan { row, action, exchange_status, label, bot: self.metrics.bot_label(row.bot_id.as_deref()), checked }
+        Plan { row, action, exchange_status, label, ended, seen, filled_size, checked }
     }
 
     fn store_failed(&self, checked: &mut Checked, order_id: &OrderId, error: &StoreError) {
@@ -416,17 +765,26 @@ impl Reconciler {
     }
 
     /// Passes every poll interval (±10% jitter, so replicas drift apart) until `token` is cancelled. The
-    /// pass in hand finishes its current order first.
+    /// pass in hand finishes its current order first. A pass that could check no order (every lookup
+    /// failed) is a failed pass.
     pub async fn run(&self, token: CancellationToken) {
         loop {
             let started = Instant::now();
             match self.pass(Mode::Apply, &token).await {
+                Ok(report) if report.failed => {
+                    self.metrics.reconcile_runs.with_label_values(&["failure"]).inc();
+                    tracing::error!(
+                        orders = report.checked.len(),
+                        "reconcile pass failed: the exchange gave no certain answer for any order; trying again next tick"
+                    );
+                }
                 Ok(report) => {
                     self.metrics.reconcile_runs.with_label_values(&["success"]).inc();
                     self.metrics.last_successful_reconcile.set(Utc::now().timestamp_millis() as f64 / 1000.0);
                     tracing::debug!(
                         checked = report.checked.len(),
                         corrected = report.count("corrected"),
+                        verified = report.verified.len(),
                         "reconcile pass done"
                     );
                 }
@@ -444,5 +802,40 @@ impl Reconciler {
                 () = self.wake.notified() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn due(seconds: i64, seen: i64) -> Due {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        Due {
+            at: at + chrono::Duration::seconds(seconds),
+            seen: (at + chrono::Duration::seconds(seen), EndSource::SeenWebsocket),
+            news: None,
+            source: Source::Websocket,
+        }
+    }
+
+    #[test]
+    fn one_due_check_per_order_keeping_the_earliest_sighting_and_time() {
+        let checks = DueChecks::default();
+        let id = OrderId::parse("a").unwrap();
+        checks.schedule(id.clone(), due(20, 10));
+        checks.schedule(id.clone(), due(15, 12));
+        checks.schedule(OrderId::parse("b").unwrap(), due(30, 20));
+        assert_eq!(checks.len(), 2);
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let (taken, next) = checks.take_due(start + chrono::Duration::seconds(16), 10);
+        assert_eq!(taken.len(), 1);
+        let (taken_id, taken_due) = &taken[0];
+        assert_eq!(taken_id, &id);
+        assert_eq!(taken_due.at, start + chrono::Duration::seconds(15));
+        assert_eq!(taken_due.seen.0, start + chrono::Duration::seconds(10), "the earliest sighting");
+        assert_eq!(next, Some(start + chrono::Duration::seconds(30)));
+        assert_eq!(checks.take_due(start, 10).0.len(), 0, "nothing due yet");
     }
 }

@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::config::{StatusWords, TradesSchema};
-use crate::decide::{Fill, Outcome, Terminal};
+use crate::decide::{late, EndSource, Fill, SettledBy, Terminal};
 use crate::order::{parse_timestamp, OrderId, TradeRow};
 
 pub use sql::BoundSchema;
@@ -96,8 +96,8 @@ pub struct Correction<'a> {
     pub exchange_status: &'a str,
     pub source: Source,
     pub detected_at: DateTime<Utc>,
-    /// The bot label the check is counted under.
-    pub bot: &'a str,
+    /// The first time ordersync saw the order ended, and how (kept in the check state).
+    pub seen: (DateTime<Utc>, EndSource),
 }
 
 /// One write of a batch.
@@ -107,11 +107,11 @@ pub enum Write<'a> {
     Check(CheckRecord<'a>),
 }
 
-/// What a write did.
+/// What a write did. `settled` says whether this write settled the order (counted once, ever).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {
-    Correction(Applied),
-    Check,
+    Correction { applied: Applied, settled: Option<SettledBy> },
+    Check { settled: Option<SettledBy> },
 }
 
 /// What a correction's write did.
@@ -120,8 +120,8 @@ pub enum Applied {
     /// The row was pending and now holds the exchange's outcome.
     Written {
         applied_at: DateTime<Utc>,
-        /// From the exchange's fill time to our commit; `None` when the exchange gave no fill time.
-        latency: Option<Duration>,
+        /// From the time the order ended on the exchange to our commit (zero if the clocks disagree).
+        latency: Duration,
     },
     /// The bot changed the row after we read it: nothing was overwritten. `now` is what it holds
     /// (`None` if the row is gone).
@@ -134,26 +134,48 @@ pub enum Applied {
 /// One check of an order that wrote nothing to the bot's row.
 #[derive(Debug, Clone)]
 pub struct CheckRecord<'a> {
-    pub order_id: &'a OrderId,
+    pub row: &'a TradeRow,
     pub exchange_status: Option<&'a str>,
     pub verdict: &'a str,
     /// Set when the check was unresolved; counts towards flagging.
     pub error: Option<String>,
     pub flagged: bool,
     pub at: DateTime<Utc>,
-    /// Counted per day and bot for the accuracy history.
-    pub bot: &'a str,
-    pub outcome: Outcome,
+    /// When the exchange says the order ended: when it ended and how ordersync knows.
+    pub ended: Option<(DateTime<Utc>, EndSource)>,
+    /// The first time ordersync saw the order ended, and how, if it has (kept in the check state).
+    pub seen: Option<(DateTime<Utc>, EndSource)>,
+    /// The bot's row already holds the exchange's outcome: settle the order as the bot's.
+    pub settles: bool,
+    /// The bot's terminal row disagrees with the exchange: record the conflict (filled size as the exchange
+    /// gave it).
+    pub conflict: Option<Option<String>>,
 }
 
-/// One row of the per-day check counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckCount {
-    /// `YYYY-MM-DD`, UTC.
-    pub day: String,
-    pub bot: String,
-    pub outcome: String,
-    pub checks: i64,
+/// One settled order as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettlementRow {
+    pub order_id: String,
+    pub bot_id: Option<String>,
+    pub settled_by: SettledBy,
+    pub exchange_status: String,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_source: Option<String>,
+    pub settled_at: DateTime<Utc>,
+    pub latency_seconds: Option<f64>,
+    pub late: bool,
+}
+
+/// A terminal row the exchange ended otherwise, still holding the status it was found with.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConflictRow {
+    pub order_id: String,
+    pub bot_id: Option<String>,
+    pub product_id: Option<String>,
+    pub row_status: String,
+    pub exchange_status: String,
+    pub filled_size: Option<String>,
+    pub found_at: DateTime<Utc>,
 }
 
 /// Where an order's checks stand.
@@ -166,6 +188,8 @@ pub struct CheckState {
     pub last_error: Option<String>,
     pub flagged: bool,
     pub last_checked_at: Option<DateTime<Utc>>,
+    /// The first time ordersync saw the order ended, and how.
+    pub ended_seen: Option<(DateTime<Utc>, EndSource)>,
 }
 
 /// One row of the event log.
@@ -186,6 +210,9 @@ pub struct EventRow {
     pub outcome: String,
     pub latency_seconds: Option<f64>,
     pub note: Option<String>,
+    /// When the order ended on the exchange, and where that time came from (`decide::EndSource`).
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_source: Option<String>,
 }
 
 #[derive(Clone)]
@@ -403,9 +430,9 @@ impl Store {
         Ok(states)
     }
 
-    /// Write many checks in one transaction, each in a savepoint of its own: a correction's update, event and
-    /// check state stand or fall together, one write's failure rolls back only that write, and the whole
-    /// batch costs one commit (on SQLite, one sync to disk instead of one per order).
+    /// Write many checks in one transaction, each in a savepoint of its own: a correction's update, event,
+    /// settlement and check state stand or fall together, one write's failure rolls back only that write,
+    /// and the whole batch costs one commit (on SQLite, one sync to disk instead of one per order).
     ///
     /// Returns one result per write, in order. If the transaction itself fails, every write reports it.
     pub async fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<Written, StoreError>> {
@@ -413,7 +440,6 @@ impl Store {
             return Vec::new();
         }
         let schema = &self.schema;
-        let backend = self.backend();
         let pending = schema.words().pending.clone();
         let batch: Result<Vec<Result<Written, StoreError>>, sqlx::Error> = on_pool!(self, pool => {
             async {
@@ -425,8 +451,9 @@ impl Store {
                         match write {
                             Write::Correction(correction) => {
                                 let row = correction.row;
+                                let fill = correction.fill;
                                 let to_word = correction.to.word(schema.words()).to_string();
-                                let (update_sql, values) = schema.update(correction.fill);
+                                let (update_sql, values) = schema.update(fill);
                                 let mut query = sqlx::query(&update_sql).bind(&to_word);
                                 for value in &values {
                                     query = query.bind(value);
@@ -438,8 +465,8 @@ impl Store {
                                     .await?
                                     .rows_affected();
                                 let applied_at = Utc::now();
-                                let outcome = if updated > 0 {
-                                    let latency = correction.fill.time.and_then(|at| (applied_at - at).to_std().ok());
+                                let applied = if updated > 0 {
+                                    let latency = (applied_at - fill.ended_at).to_std().unwrap_or_default();
                                     Applied::Written { applied_at, latency }
                                 } else {
                                     let now = sqlx::query(schema.select_status_by_id())
@@ -455,13 +482,20 @@ impl Store {
                                         Applied::RowChanged { now }
                                     }
                                 };
-                                let event = match &outcome {
+                                let missing_note = (!fill.missing.is_empty()).then(|| {
+                                    format!(
+                                        "the exchange gave no {} (nor did List Fills): written without {}",
+                                        fill.missing.join(", "),
+                                        if fill.missing.len() == 1 { "it" } else { "them" }
+                                    )
+                                });
+                                let event = match &applied {
                                     Applied::Written { applied_at, latency } => Some((
                                         Some(to_word.clone()),
                                         Some(*applied_at),
                                         "applied",
-                                        latency.map(|l| l.as_secs_f64()),
-                                        None,
+                                        Some(latency.as_secs_f64()),
+                                        missing_note,
                                     )),
                                     Applied::RowChanged { now } => Some((
                                         None,
@@ -477,7 +511,7 @@ impl Store {
                                     )),
                                     Applied::AlreadyApplied => None,
                                 };
-                                if let Some((to_status, applied, outcome_word, latency, note)) = event {
+                                if let Some((to_status, applied_time, outcome_word, latency, note)) = event {
                                     sqlx::query(sql::INSERT_EVENT)
                                         .bind(row.order_id.as_str())
                                         .bind(row.bot_id.as_deref())
@@ -485,22 +519,51 @@ impl Store {
                                         .bind(&row.status)
                                         .bind(to_status)
                                         .bind(correction.exchange_status)
-                                        .bind(correction.fill.time)
-                                        .bind(correction.fill.price.map(|p| p.to_string()))
-                                        .bind(correction.fill.size.map(|s| s.to_string()))
+                                        .bind(fill.time)
+                                        .bind(fill.price.map(|p| p.to_string()))
+                                        .bind(fill.size.map(|s| s.to_string()))
                                         .bind(correction.detected_at)
-                                        .bind(applied)
+                                        .bind(applied_time)
                                         .bind(correction.source.as_str())
                                         .bind(outcome_word)
                                         .bind(latency)
                                         .bind(note)
+                                        .bind(fill.ended_at)
+                                        .bind(fill.end_source.as_str())
                                         .execute(&mut *savepoint)
                                         .await?;
                                 }
-                                let verdict = match outcome {
+                                // A correction settles the order as ordersync's; a row already holding the
+                                // outcome (the bot, or another path of ours that settled it first) as the bot's.
+                                let settlement = match &applied {
+                                    Applied::Written { applied_at, latency } => {
+                                        Some((SettledBy::Ordersync, *applied_at, Some(latency.as_secs_f64())))
+                                    }
+                                    Applied::AlreadyApplied => Some((SettledBy::Bot, correction.detected_at, None)),
+                                    Applied::RowChanged { .. } => None,
+                                };
+                                let mut settled = None;
+                                if let Some((by, settled_at, latency)) = settlement {
+                                    let is_late = latency.is_some_and(late);
+                                    let inserted = sqlx::query(sql::INSERT_SETTLEMENT)
+                                        .bind(row.order_id.as_str())
+                                        .bind(row.bot_id.as_deref())
+                                        .bind(by.as_str())
+                                        .bind(correction.exchange_status)
+                                        .bind(fill.ended_at)
+                                        .bind(fill.end_source.as_str())
+                                        .bind(settled_at)
+                                        .bind(latency)
+                                        .bind(is_late)
+                                        .execute(&mut *savepoint)
+                                        .await?
+                                        .rows_affected();
+                                    settled = (inserted > 0).then_some(by);
+                                }
+                                let verdict = match applied {
                                     Applied::Written { .. } => "corrected",
                                     Applied::RowChanged { .. } => "row_changed",
-                                    Applied::AlreadyApplied => "in_sync",
+                                    Applied::AlreadyApplied => "settled_by_bot",
                                 };
                                 sqlx::query(sql::UPSERT_CHECK)
                                     .bind(row.order_id.as_str())
@@ -510,34 +573,61 @@ impl Store {
                                     .bind(None::<String>)
                                     .bind(false)
                                     .bind(false)
+                                    .bind(Some(correction.seen.0))
+                                    .bind(Some(correction.seen.1.as_str()))
                                     .execute(&mut *savepoint)
                                     .await?;
-                                sqlx::query(sql::count_check(backend))
-                                    .bind(correction.detected_at.format("%Y-%m-%d").to_string())
-                                    .bind(correction.bot)
-                                    .bind(Outcome::Mismatch.as_str())
-                                    .execute(&mut *savepoint)
-                                    .await?;
-                                Ok(Written::Correction(outcome))
+                                Ok(Written::Correction { applied, settled })
                             }
                             Write::Check(check) => {
+                                let row = check.row;
                                 sqlx::query(sql::UPSERT_CHECK)
-                                    .bind(check.order_id.as_str())
+                                    .bind(row.order_id.as_str())
                                     .bind(check.at)
                                     .bind(check.exchange_status)
                                     .bind(check.verdict)
                                     .bind(check.error.as_deref())
                                     .bind(check.error.is_some())
                                     .bind(check.flagged)
+                                    .bind(check.seen.map(|(at, _)| at))
+                                    .bind(check.seen.map(|(_, by)| by.as_str()))
                                     .execute(&mut *savepoint)
                                     .await?;
-                                sqlx::query(sql::count_check(backend))
-                                    .bind(check.at.format("%Y-%m-%d").to_string())
-                                    .bind(check.bot)
-                                    .bind(check.outcome.as_str())
-                                    .execute(&mut *savepoint)
-                                    .await?;
-                                Ok(Written::Check)
+                                let mut settled = None;
+                                if check.settles {
+                                    let (ended_at, end_source) = check.ended.unzip();
+                                    let inserted = sqlx::query(sql::INSERT_SETTLEMENT)
+                                        .bind(row.order_id.as_str())
+                                        .bind(row.bot_id.as_deref())
+                                        .bind(SettledBy::Bot.as_str())
+                                        .bind(check.exchange_status.unwrap_or_default())
+                                        .bind(ended_at)
+                                        .bind(end_source.map(|s| s.as_str()))
+                                        .bind(check.at)
+                                        .bind(None::<f64>)
+                                        .bind(false)
+                                        .execute(&mut *savepoint)
+                                        .await?
+                                        .rows_affected();
+                                    settled = (inserted > 0).then_some(SettledBy::Bot);
+                                    sqlx::query(sql::DELETE_CONFLICT)
+                                        .bind(row.order_id.as_str())
+                                        .execute(&mut *savepoint)
+                                        .await?;
+                                }
+                                if let Some(filled_size) = &check.conflict {
+                                    sqlx::query(sql::UPSERT_CONFLICT)
+                                        .bind(row.order_id.as_str())
+                                        .bind(row.bot_id.as_deref())
+                                        .bind(row.product_id.as_deref())
+                                        .bind(&row.status)
+                                        .bind(check.exchange_status.unwrap_or_default())
+                                        .bind(filled_size.as_deref())
+                                        .bind(check.at)
+                                        .execute(&mut *savepoint)
+                                        .await?;
+                                }
+                                Ok(Written::Check { settled })
                             }
                         }
                     }
@@ -567,33 +657,91 @@ impl Store {
         }
     }
 
-    /// Check counts from `since_day` (`YYYY-MM-DD`) on.
-    pub async fn check_counts(&self, since_day: &str) -> Result<Vec<CheckCount>, StoreError> {
-        let sql = sql::select_check_counts(self.backend());
+    /// Settled orders since `since`, oldest first (for the report).
+    pub async fn settlements_since(&self, since: DateTime<Utc>) -> Result<Vec<SettlementRow>, StoreError> {
         let rows = on_pool!(self, pool => {
-            sqlx::query(sql)
-                .bind(since_day)
+            sqlx::query(sql::SELECT_SETTLEMENTS_SINCE)
+                .bind(since)
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|row| Ok(CheckCount { day: row.try_get(0)?, bot: row.try_get(1)?, outcome: row.try_get(2)?, checks: row.try_get(3)? }))
+                .map(read_settlement)
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         Ok(rows)
     }
 
-    /// Corrections written since `since`, oldest first.
-    pub async fn applied_events_since(&self, since: DateTime<Utc>) -> Result<Vec<EventRow>, StoreError> {
+    /// Every bot id ordersync has settled an order of (`None`: rows without one).
+    pub async fn known_bots(&self) -> Result<Vec<Option<String>>, StoreError> {
+        let bots = on_pool!(self, pool => {
+            sqlx::query_scalar::<_, Option<String>>(sql::SELECT_KNOWN_BOTS).fetch_all(pool).await?
+        });
+        Ok(bots)
+    }
+
+    /// Terminal conflicts whose row still holds the status they were found with, oldest first.
+    pub async fn conflicts(&self) -> Result<Vec<ConflictRow>, StoreError> {
+        let sql = self.schema.select_conflicts();
         let rows = on_pool!(self, pool => {
-            sqlx::query(sql::SELECT_APPLIED_EVENTS_SINCE)
-                .bind(since)
+            sqlx::query(&sql)
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(read_event)
+                .map(|row| {
+                    Ok(ConflictRow {
+                        order_id: row.try_get(0)?,
+                        bot_id: row.try_get(1)?,
+                        product_id: row.try_get(2)?,
+                        row_status: row.try_get(3)?,
+                        exchange_status: row.try_get(4)?,
+                        filled_size: row.try_get(5)?,
+                        found_at: row.try_get(6)?,
+                    })
+                })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         Ok(rows)
+    }
+
+    /// Terminal rows created since `since` that are neither settled nor a conflict at their present status,
+    /// oldest first, at most `limit`.
+    pub async fn terminal_candidates(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<TradeRow>, StoreError> {
+        let sql = self.schema.select_terminal_candidates();
+        let words = self.words();
+        let since = self.schema.since_text(since);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = Vec::new();
+        on_pool!(self, pool => {
+            let mut query = sqlx::query(&sql).bind(&since);
+            for terminal in Terminal::ALL {
+                query = query.bind(terminal.word(words));
+            }
+            let mut stream = query.bind(limit).fetch(pool);
+            while let Some(row) = stream.try_next().await? {
+                rows.extend(RawTrade::read(&row)?.parse_or_warn());
+            }
+        });
+        Ok(rows)
+    }
+
+    /// The rows of these order ids, whatever their status (absent: not in the bot's table).
+    pub async fn trades(&self, ids: &[OrderId]) -> Result<HashMap<OrderId, TradeRow>, StoreError> {
+        let mut trades = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let sql = self.schema.select_by_ids(chunk.len());
+            on_pool!(self, pool => {
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                for row in query.fetch_all(pool).await? {
+                    if let Some(trade) = RawTrade::read(&row)?.parse_or_warn() {
+                        trades.insert(trade.order_id.clone(), trade);
+                    }
+                }
+            });
+        }
+        Ok(trades)
     }
 
     /// The event log, oldest first; only one order's events when `order_id` is given.
@@ -705,8 +853,37 @@ where
             last_error: row.try_get(5)?,
             flagged: row.try_get(6)?,
             last_checked_at: row.try_get(7)?,
+            ended_seen: {
+                let at: Option<DateTime<Utc>> = row.try_get(8)?;
+                let source: Option<String> = row.try_get(9)?;
+                at.map(|at| (at, source.as_deref().and_then(EndSource::parse).unwrap_or(EndSource::SeenPoll)))
+            },
         },
     ))
+}
+
+fn read_settlement<R: Row>(row: &R) -> Result<SettlementRow, sqlx::Error>
+where
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<DateTime<Utc>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    let by: String = row.try_get(2)?;
+    Ok(SettlementRow {
+        order_id: row.try_get(0)?,
+        bot_id: row.try_get(1)?,
+        settled_by: if by == SettledBy::Bot.as_str() { SettledBy::Bot } else { SettledBy::Ordersync },
+        exchange_status: row.try_get(3)?,
+        ended_at: row.try_get(4)?,
+        end_source: row.try_get(5)?,
+        settled_at: row.try_get(6)?,
+        latency_seconds: row.try_get(7)?,
+        late: row.try_get(8)?,
+    })
 }
 
 fn read_event<R: Row>(row: &R) -> Result<EventRow, sqlx::Error>
@@ -734,5 +911,7 @@ where
         outcome: row.try_get(12)?,
         latency_seconds: row.try_get(13)?,
         note: row.try_get(14)?,
+        ended_at: row.try_get(15)?,
+        end_source: row.try_get(16)?,
     })
 }

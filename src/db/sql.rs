@@ -28,38 +28,13 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_check_counts.sql"),
         postgres: include_str!("../../migrations/postgres/0002_check_counts.sql"),
     },
+    Migration {
+        version: 3,
+        name: "settlements",
+        sqlite: include_str!("../../migrations/sqlite/0003_settlements.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_settlements.sql"),
+    },
 ];
-
-/// One more check for (day, bot, outcome). `$1` is the day as `YYYY-MM-DD` text.
-pub(super) fn count_check(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => {
-            "INSERT INTO ordersync_check_counts (day, bot, outcome, checks) VALUES ($1, $2, $3, 1) \
-             ON CONFLICT (day, bot, outcome) DO UPDATE SET checks = ordersync_check_counts.checks + 1"
-        }
-        Backend::Postgres => {
-            "INSERT INTO ordersync_check_counts (day, bot, outcome, checks) VALUES (CAST($1 AS DATE), $2, $3, 1) \
-             ON CONFLICT (day, bot, outcome) DO UPDATE SET checks = ordersync_check_counts.checks + 1"
-        }
-    }
-}
-
-/// Check counts from a day on: `(day as text, bot, outcome, checks)`.
-pub(super) fn select_check_counts(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Sqlite => {
-            "SELECT day, bot, outcome, checks FROM ordersync_check_counts WHERE day >= $1 ORDER BY day, bot, outcome"
-        }
-        Backend::Postgres => {
-            "SELECT CAST(day AS TEXT), bot, outcome, checks FROM ordersync_check_counts \
-             WHERE day >= CAST($1 AS DATE) ORDER BY day, bot, outcome"
-        }
-    }
-}
-
-pub(super) const SELECT_APPLIED_EVENTS_SINCE: &str = "SELECT order_id, bot_id, product_id, from_status, to_status, \
-     exchange_status, exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, \
-     latency_seconds, note FROM ordersync_events WHERE outcome = 'applied' AND detected_at >= $1 ORDER BY id";
 
 pub(super) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ordersync_migrations \
      (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
@@ -71,23 +46,51 @@ pub(super) const PG_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7261736
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO ordersync_events (order_id, bot_id, product_id, from_status, \
      to_status, exchange_status, exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, \
-     latency_seconds, note) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+     latency_seconds, note, ended_at, end_source) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
-/// `$6` says whether this check was unresolved: it extends or resets the run of unresolved checks.
+/// One settled order; a second settlement of the same order changes nothing (it is counted once).
+pub(super) const INSERT_SETTLEMENT: &str = "INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, \
+     exchange_status, ended_at, end_source, settled_at, latency_seconds, late) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING";
+
+pub(super) const SELECT_SETTLEMENTS_SINCE: &str = "SELECT order_id, bot_id, settled_by, exchange_status, ended_at, \
+     end_source, settled_at, latency_seconds, late FROM ordersync_settlements WHERE settled_at >= $1 \
+     ORDER BY settled_at, order_id";
+
+pub(super) const SELECT_KNOWN_BOTS: &str = "SELECT DISTINCT bot_id FROM ordersync_settlements";
+
+pub(super) const UPSERT_CONFLICT: &str = "INSERT INTO ordersync_conflicts (order_id, bot_id, product_id, row_status, \
+     exchange_status, filled_size, found_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (order_id) DO UPDATE SET row_status = excluded.row_status, \
+     exchange_status = excluded.exchange_status, filled_size = excluded.filled_size, found_at = excluded.found_at";
+
+pub(super) const DELETE_CONFLICT: &str = "DELETE FROM ordersync_conflicts WHERE order_id = $1";
+
+/// `$6` says whether this check was unresolved: it extends or resets the run of unresolved checks. `$8` and
+/// `$9`, when and how the order was seen ended, are kept only if it is the first sighting.
 pub(super) const UPSERT_CHECK: &str = "INSERT INTO ordersync_order_checks (order_id, first_checked_at, \
-     last_checked_at, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged) \
-     VALUES ($1, $2, $2, 1, CASE WHEN $6 THEN 1 ELSE 0 END, $3, $4, $5, $7) \
+     last_checked_at, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged, \
+     ended_seen_at, ended_seen_source) VALUES ($1, $2, $2, 1, CASE WHEN $6 THEN 1 ELSE 0 END, $3, $4, $5, $7, $8, $9) \
      ON CONFLICT (order_id) DO UPDATE SET last_checked_at = excluded.last_checked_at, \
      checks = ordersync_order_checks.checks + 1, \
      unresolved_in_a_row = CASE WHEN $6 THEN ordersync_order_checks.unresolved_in_a_row + 1 ELSE 0 END, \
      last_exchange_status = excluded.last_exchange_status, last_verdict = excluded.last_verdict, \
-     last_error = excluded.last_error, flagged = excluded.flagged";
+     last_error = excluded.last_error, flagged = excluded.flagged, \
+     ended_seen_source = CASE WHEN ordersync_order_checks.ended_seen_at IS NULL THEN excluded.ended_seen_source \
+     ELSE ordersync_order_checks.ended_seen_source END, \
+     ended_seen_at = COALESCE(ordersync_order_checks.ended_seen_at, excluded.ended_seen_at)";
+
+/// `$1, $2, … $count`.
+fn placeholders(count: usize) -> String {
+    (1..=count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
 
 pub(super) fn select_checks(count: usize) -> String {
-    let placeholders = (1..=count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ");
+    let placeholders = placeholders(count);
     format!(
         "SELECT order_id, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged, \
-         last_checked_at FROM ordersync_order_checks WHERE order_id IN ({placeholders})"
+         last_checked_at, ended_seen_at, ended_seen_source FROM ordersync_order_checks WHERE order_id IN ({placeholders})"
     )
 }
 
@@ -95,8 +98,8 @@ pub(super) fn select_events(one_order: bool) -> String {
     let filter = if one_order { "WHERE order_id = $1 " } else { "" };
     format!(
         "SELECT order_id, bot_id, product_id, from_status, to_status, exchange_status, exchange_fill_time, \
-         fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note \
-         FROM ordersync_events {filter}ORDER BY id"
+         fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note, ended_at, \
+         end_source FROM ordersync_events {filter}ORDER BY id"
     )
 }
 
@@ -112,6 +115,8 @@ pub struct BoundSchema {
     select_by_status: String,
     select_by_id: String,
     select_status_by_id: String,
+    /// `… FROM {table} t`, the row columns qualified by `t.` (for queries that join ordersync's tables).
+    qualified_columns: String,
 }
 
 impl BoundSchema {
@@ -156,18 +161,22 @@ impl BoundSchema {
             optional(&config.filled_price, "filled_price", "the average fill price (or set it to \"\")")?;
         let filled_size = optional(&config.filled_size, "filled_size", "the filled size (or set it to \"\")")?;
         let config = config.clone();
-        let text = |column: &Option<SqlIdent>| match column {
-            Some(name) => format!("CAST({} AS TEXT)", name.quoted()),
-            None => "CAST(NULL AS TEXT)".to_string(),
+        let columns_with = |prefix: &str| {
+            let text = |column: &Option<SqlIdent>| match column {
+                Some(name) => format!("CAST({prefix}{} AS TEXT)", name.quoted()),
+                None => "CAST(NULL AS TEXT)".to_string(),
+            };
+            format!(
+                "CAST({prefix}{} AS TEXT), CAST({prefix}{} AS TEXT), CAST({prefix}{} AS TEXT), {}, {}",
+                config.order_id.quoted(),
+                config.status.quoted(),
+                config.created_at.quoted(),
+                text(&bot_id),
+                text(&product_id),
+            )
         };
-        let columns = format!(
-            "CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS TEXT), {}, {}",
-            config.order_id.quoted(),
-            config.status.quoted(),
-            config.created_at.quoted(),
-            text(&bot_id),
-            text(&product_id),
-        );
+        let columns = columns_with("");
+        let qualified_columns = columns_with("t.");
         let table = config.table.quoted();
         let select_by_status = format!("SELECT {columns} FROM {table} WHERE {} = $1", config.status.quoted());
         let select_by_id = format!("SELECT {columns} FROM {table} WHERE {} = $1", config.order_id.quoted());
@@ -186,6 +195,7 @@ impl BoundSchema {
             select_by_status,
             select_by_id,
             select_status_by_id,
+            qualified_columns,
         })
     }
 
@@ -224,6 +234,57 @@ impl BoundSchema {
 
     pub(super) fn select_status_by_id(&self) -> &str {
         &self.select_status_by_id
+    }
+
+    /// The rows of `count` order ids (`$1…$count`), whatever their status.
+    pub(super) fn select_by_ids(&self, count: usize) -> String {
+        format!(
+            "SELECT {} FROM {} t WHERE CAST(t.{} AS TEXT) IN ({})",
+            self.qualified_columns,
+            self.config.table.quoted(),
+            self.config.order_id.quoted(),
+            placeholders(count)
+        )
+    }
+
+    /// Terminal rows created since `$1` that are neither settled nor a known conflict at their present
+    /// status, oldest first, at most `$6`; `$2…$5` are the terminal words. A row the bot changes after a
+    /// conflict was recorded comes back, so it is checked again.
+    pub(super) fn select_terminal_candidates(&self) -> String {
+        let since = match self.backend {
+            Backend::Sqlite => "$1",
+            Backend::Postgres => "CAST($1 AS TIMESTAMPTZ)",
+        };
+        let (order_id, status, created_at) =
+            (self.config.order_id.quoted(), self.config.status.quoted(), self.config.created_at.quoted());
+        format!(
+            "SELECT {columns} FROM {table} t WHERE t.{status} IN ($2, $3, $4, $5) AND t.{created_at} >= {since} \
+             AND NOT EXISTS (SELECT 1 FROM ordersync_settlements s WHERE s.order_id = CAST(t.{order_id} AS TEXT)) \
+             AND NOT EXISTS (SELECT 1 FROM ordersync_conflicts c WHERE c.order_id = CAST(t.{order_id} AS TEXT) \
+             AND c.row_status = CAST(t.{status} AS TEXT)) ORDER BY t.{created_at} LIMIT $6",
+            columns = self.qualified_columns,
+            table = self.config.table.quoted(),
+        )
+    }
+
+    /// Recorded conflicts whose row still holds the status they were found with.
+    pub(super) fn select_conflicts(&self) -> String {
+        format!(
+            "SELECT c.order_id, c.bot_id, c.product_id, c.row_status, c.exchange_status, c.filled_size, c.found_at \
+             FROM ordersync_conflicts c JOIN {table} t ON CAST(t.{order_id} AS TEXT) = c.order_id \
+             AND CAST(t.{status} AS TEXT) = c.row_status ORDER BY c.found_at, c.order_id",
+            table = self.config.table.quoted(),
+            order_id = self.config.order_id.quoted(),
+            status = self.config.status.quoted(),
+        )
+    }
+
+    /// The cut-off of `select_terminal_candidates` as the database compares it.
+    pub(super) fn since_text(&self, at: chrono::DateTime<chrono::Utc>) -> String {
+        match self.backend {
+            Backend::Sqlite => sqlite_timestamp(at),
+            Backend::Postgres => at.to_rfc3339(),
+        }
     }
 
     /// The conditional update for a correction. Binds, in order: the new status word, then the returned
@@ -268,6 +329,7 @@ impl BoundSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::EndSource;
     use chrono::{TimeZone, Utc};
     use rust_decimal::Decimal;
 
@@ -282,10 +344,14 @@ mod tests {
     #[test]
     fn the_update_only_touches_rows_still_pending() {
         let schema = bound(Backend::Postgres, &ALL).unwrap();
+        let at = Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap();
         let fill = Fill {
-            time: Some(Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap()),
+            time: Some(at),
             price: Some(Decimal::new(8373, 4)),
             size: Some(Decimal::from(100)),
+            ended_at: at,
+            end_source: EndSource::LastFillTime,
+            missing: Vec::new(),
         };
         let (sql, values) = schema.update(&fill);
         assert_eq!(
@@ -300,7 +366,14 @@ mod tests {
     #[test]
     fn figures_the_exchange_did_not_give_are_left_alone() {
         let schema = bound(Backend::Sqlite, &ALL[..4]).unwrap();
-        let fill = Fill { time: None, price: Some(Decimal::ONE), size: Some(Decimal::ONE) };
+        let fill = Fill {
+            time: None,
+            price: Some(Decimal::ONE),
+            size: Some(Decimal::ONE),
+            ended_at: Utc::now(),
+            end_source: EndSource::SeenPoll,
+            missing: Vec::new(),
+        };
         let (sql, values) = schema.update(&fill);
         assert_eq!(sql, "UPDATE \"trades\" SET \"status\" = $1 WHERE \"order_id\" = $2 AND \"status\" = $3");
         assert!(values.is_empty());

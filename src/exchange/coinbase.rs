@@ -15,13 +15,15 @@ use serde::de::DeserializeOwned;
 
 use crate::exchange::auth::CdpKey;
 use crate::exchange::limiter::Limiter;
-use crate::exchange::types::{GetOrderResponse, ListOrdersResponse};
-use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeOrder};
+use crate::exchange::types::{GetOrderResponse, KeyPermissions, ListFillsResponse, ListOrdersResponse};
+use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeFill, ExchangeOrder};
 use crate::metrics::Metrics;
 use crate::order::OrderId;
 
 pub const ORDERS_PATH: &str = "/api/v3/brokerage/orders/historical";
 pub const LIST_ORDERS_PATH: &str = "/api/v3/brokerage/orders/historical/batch";
+pub const LIST_FILLS_PATH: &str = "/api/v3/brokerage/orders/historical/fills";
+pub const KEY_PERMISSIONS_PATH: &str = "/api/v3/brokerage/key_permissions";
 
 /// How hard to try before giving up on a request.
 #[derive(Debug, Clone)]
@@ -150,8 +152,13 @@ impl CoinbaseClient {
                 Ok(_) => "ok",
                 Err(error) => error.label(),
             };
-            let answered = !matches!(result, Err(ExchangeError::Transient(_)));
-            self.metrics.exchange_request(endpoint, outcome, started.elapsed(), answered);
+            // Any answer but a transient failure or a refused key proves the key works and Coinbase is up.
+            let answered = !matches!(result, Err(ExchangeError::Transient(_) | ExchangeError::Unauthorized(_)));
+            let rejected = match &result {
+                Err(ExchangeError::Unauthorized(why)) => Some(why.as_str()),
+                _ => None,
+            };
+            self.metrics.exchange_request(endpoint, outcome, started.elapsed(), answered, rejected);
             let hint = match &result {
                 Err(ExchangeError::RateLimited { retry_after }) => *retry_after,
                 Err(ExchangeError::Transient(_)) => None,
@@ -253,6 +260,35 @@ impl Exchange for CoinbaseClient {
             return Err(ExchangeError::Malformed(format!("asked for order {id}, got {}", order.order_id)));
         }
         Ok(order)
+    }
+
+    async fn fills(&self, ids: &[OrderId]) -> Result<Vec<ExchangeFill>, ExchangeError> {
+        let mut fills = Vec::new();
+        if ids.is_empty() {
+            return Ok(fills);
+        }
+        let mut cursor = String::new();
+        // As for List Orders: a cursor that never ends is the server's bug.
+        for _page in 0..100 {
+            let mut query: Vec<(&str, &str)> = ids.iter().map(|id| ("order_ids", id.as_str())).collect();
+            if !cursor.is_empty() {
+                query.push(("cursor", &cursor));
+            }
+            let page: ListFillsResponse = self.get("list_fills", LIST_FILLS_PATH, &query).await?;
+            for wire in &page.fills {
+                fills.push(wire.parse().map_err(|why| ExchangeError::Malformed(format!("a fill: {why}")))?);
+            }
+            if page.cursor.is_empty() {
+                return Ok(fills);
+            }
+            cursor = page.cursor;
+        }
+        Err(ExchangeError::Malformed("List Fills kept answering with a cursor".into()))
+    }
+
+    async fn key_permissions(&self) -> Result<(), ExchangeError> {
+        let _: KeyPermissions = self.get("key_permissions", KEY_PERMISSIONS_PATH, &[]).await?;
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::order::OrderId;
 
-pub use types::{ExchangeOrder, ExchangeStatus};
+pub use types::{ExchangeFill, ExchangeOrder, ExchangeStatus};
 
 /// Why the exchange gave no usable answer. The reconciler branches on these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,4 +66,17 @@ pub trait Exchange: Send + Sync {
 
     /// Look up one order (Get Order). `NotFound` only on a clear 404.
     async fn order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError>;
+
+    /// The fills of these orders (List Fills), to complete a FILLED order whose answer lacks its fill time,
+    /// average price or size.
+    async fn fills(&self, ids: &[OrderId]) -> Result<Vec<ExchangeFill>, ExchangeError> {
+        let _ = ids;
+        Err(ExchangeError::Rejected("this exchange does not list fills".into()))
+    }
+
+    /// The cheapest authenticated call (Get API Key Permissions): proves the key still works when there is
+    /// nothing else to ask.
+    async fn key_permissions(&self) -> Result<(), ExchangeError> {
+        Err(ExchangeError::Rejected("this exchange has no key permissions call".into()))
+    }
 }

@@ -97,9 +97,92 @@ pub struct ExchangeOrder {
     pub created_time: Option<DateTime<Utc>>,
     /// When the last fill happened, by the exchange's clock. `None` when never filled, or not reported.
     pub last_fill_time: Option<DateTime<Utc>>,
-    pub filled_size: Decimal,
-    /// `None` when nothing was filled (Coinbase sends `"0"`).
+    /// `None` when the answer had no `filled_size` (missing or empty).
+    pub filled_size: Option<Decimal>,
+    /// `None` when nothing was filled (Coinbase sends `"0"`), or the answer had none.
     pub average_filled_price: Option<Decimal>,
+    /// Set when `last_fill_time` came from List Fills, not the order (`decide::complete_with_fills`).
+    pub fill_time_from_fills: bool,
+}
+
+impl ExchangeOrder {
+    /// What was filled, zero when the answer did not say.
+    pub fn filled(&self) -> Decimal {
+        self.filled_size.unwrap_or_default()
+    }
+}
+
+/// One fill of List Fills, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeFill {
+    pub order_id: OrderId,
+    pub trade_time: DateTime<Utc>,
+    pub price: Decimal,
+    pub size: Decimal,
+}
+
+/// A fill exactly as List Fills sends it (every number a string).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WireFill {
+    #[serde(default)]
+    pub entry_id: String,
+    #[serde(default)]
+    pub trade_id: String,
+    pub order_id: String,
+    pub trade_time: String,
+    #[serde(default)]
+    pub trade_type: String,
+    pub price: String,
+    pub size: String,
+    #[serde(default)]
+    pub commission: String,
+    #[serde(default)]
+    pub product_id: String,
+    #[serde(default)]
+    pub sequence_timestamp: String,
+    #[serde(default)]
+    pub liquidity_indicator: String,
+    #[serde(default)]
+    pub size_in_quote: bool,
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub side: String,
+}
+
+impl WireFill {
+    /// Parse the fields ordersync uses; an unreadable one is an error, never a guess.
+    pub fn parse(&self) -> Result<ExchangeFill, String> {
+        Ok(ExchangeFill {
+            order_id: OrderId::parse(&self.order_id)?,
+            trade_time: time("trade_time", Some(&self.trade_time))?.ok_or("trade_time is empty")?,
+            price: decimal("price", Some(&self.price))?.ok_or("price is empty")?,
+            size: decimal("size", Some(&self.size))?.ok_or("size is empty")?,
+        })
+    }
+}
+
+/// `{"fills": [...], "cursor": ""}` from List Fills.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ListFillsResponse {
+    pub fills: Vec<WireFill>,
+    #[serde(default)]
+    pub cursor: String,
+}
+
+/// `{"can_view": true, "can_trade": true, ...}` from Get API Key Permissions.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct KeyPermissions {
+    #[serde(default)]
+    pub can_view: bool,
+    #[serde(default)]
+    pub can_trade: bool,
+    #[serde(default)]
+    pub can_transfer: bool,
+    #[serde(default)]
+    pub portfolio_uuid: String,
+    #[serde(default)]
+    pub portfolio_type: String,
 }
 
 /// The order object of Get Order and List Orders, field names and types exactly as Coinbase sends them.
@@ -197,11 +280,13 @@ pub struct ErrorResponse {
     pub message: String,
 }
 
-fn decimal(field: &str, text: Option<&str>) -> Result<Decimal, String> {
+/// A decimal string; `None` when missing or empty (Coinbase's empty `fee`, say).
+fn decimal(field: &str, text: Option<&str>) -> Result<Option<Decimal>, String> {
     match text {
-        None | Some("") => Ok(Decimal::ZERO),
+        None | Some("") => Ok(None),
         Some(text) => Decimal::from_str(text)
             .or_else(|_| Decimal::from_scientific(text))
+            .map(Some)
             .map_err(|_| format!("{field} {text:?} is not a decimal number")),
     }
 }
@@ -232,7 +317,8 @@ impl WireOrder {
             created_time: time("created_time", self.created_time.as_deref())?,
             last_fill_time: time("last_fill_time", self.last_fill_time.as_deref())?,
             filled_size,
-            average_filled_price: (!average.is_zero()).then_some(average),
+            average_filled_price: average.filter(|a| !a.is_zero()),
+            fill_time_from_fills: false,
         })
     }
 }
@@ -276,7 +362,7 @@ mod tests {
         let order = parse(FILLED_JSON).unwrap();
         assert_eq!(order.status, ExchangeStatus::Filled);
         assert_eq!(order.average_filled_price, Some(Decimal::from_str("0.8373").unwrap()));
-        assert_eq!(order.filled_size, Decimal::from(100));
+        assert_eq!(order.filled_size, Some(Decimal::from(100)));
         assert_eq!(order.last_fill_time.unwrap().to_rfc3339(), "2025-10-01T10:00:03.500+00:00");
         assert_eq!(order.created_time.unwrap().timestamp_subsec_nanos(), 351_596_698);
     }
@@ -302,7 +388,7 @@ mod tests {
     #[test]
     fn a_partly_filled_cancel_keeps_its_figures() {
         let order = parse(&with_status("CANCELLED", "40.5", "8.5959999999999997", "\"2025-10-01T10:00:02Z\"")).unwrap();
-        assert_eq!(order.filled_size, Decimal::from_str("40.5").unwrap());
+        assert_eq!(order.filled_size, Some(Decimal::from_str("40.5").unwrap()));
         assert_eq!(order.average_filled_price.unwrap().to_string(), "8.5959999999999997");
     }
 
@@ -312,6 +398,33 @@ mod tests {
         assert!(parse(&with_status("FILLED", "1", "0.8", "\"yesterday\"")).is_err());
         assert!(parse(&with_status("", "1", "0.8", "null")).is_err());
         assert!(parse("{\"order\": {\"status\": \"FILLED\"}}").is_err(), "no order_id");
+    }
+
+    #[test]
+    fn missing_or_empty_figures_are_none_not_zero() {
+        let order = parse(&with_status("FILLED", "", "", "null")).unwrap();
+        assert_eq!((order.filled_size, order.average_filled_price), (None, None));
+        let json =
+            FILLED_JSON.replace("\"filled_size\": \"100\",", "").replace("\"average_filled_price\": \"0.8373\",", "");
+        let order = parse(&json).unwrap();
+        assert_eq!((order.filled_size, order.average_filled_price), (None, None));
+    }
+
+    /// A fill as the reference documents List Fills' fields.
+    #[test]
+    fn a_fill_parses_with_exact_figures() {
+        let json = r#"{"fills": [{"entry_id": "e1", "trade_id": "t1", "order_id": "d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10",
+            "trade_time": "2025-10-01T10:00:03.5Z", "trade_type": "FILL", "price": "0.8373", "size": "60",
+            "commission": "0.3", "product_id": "AVNT-USD", "sequence_timestamp": "2025-10-01T10:00:03.6Z",
+            "liquidity_indicator": "MAKER", "size_in_quote": false, "user_id": "u-1", "side": "BUY"}], "cursor": ""}"#;
+        let list: ListFillsResponse = serde_json::from_str(json).unwrap();
+        let fill = list.fills[0].parse().unwrap();
+        assert_eq!(fill.price.to_string(), "0.8373");
+        assert_eq!(fill.size, Decimal::from(60));
+        assert_eq!(fill.trade_time.to_rfc3339(), "2025-10-01T10:00:03.500+00:00");
+        let mut bad = list.fills[0].clone();
+        bad.price = "lots".into();
+        assert!(bad.parse().is_err());
     }
 
     #[test]

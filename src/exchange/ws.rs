@@ -116,19 +116,21 @@ pub struct Heartbeat {
     pub heartbeat_counter: serde_json::Value,
 }
 
-fn decimal(field: &str, text: &str) -> Result<Decimal, String> {
+fn decimal(field: &str, text: &str) -> Result<Option<Decimal>, String> {
     if text.is_empty() {
-        return Ok(Decimal::ZERO);
+        return Ok(None);
     }
     Decimal::from_str(text)
         .or_else(|_| Decimal::from_scientific(text))
+        .map(Some)
         .map_err(|_| format!("{field} {text:?} is not a decimal"))
 }
 
 impl WsOrder {
-    /// The order as ordersync uses it. The user channel has no `last_fill_time`: the message's timestamp is
-    /// the best fill time it gives, so it stands in when something was filled.
-    pub fn parse(&self, message_time: DateTime<Utc>) -> Result<ExchangeOrder, String> {
+    /// The order as the user channel tells it: news that an order changed, never figures to write. The
+    /// channel has no `last_fill_time`, and the message's timestamp is when it was sent, not when the order
+    /// filled: `last_fill_time` stays `None` here, and what is written comes from Get Order or List Orders.
+    pub fn parse(&self) -> Result<ExchangeOrder, String> {
         let order_id = OrderId::parse(&self.order_id)?;
         if self.status.is_empty() {
             return Err("status is empty".into());
@@ -143,15 +145,16 @@ impl WsOrder {
                     .with_timezone(&Utc),
             ),
         };
-        let filled = !filled_size.is_zero();
+        let filled = filled_size.is_some_and(|size| !size.is_zero());
         Ok(ExchangeOrder {
             order_id,
             product_id: self.product_id.clone(),
             status: ExchangeStatus::parse(&self.status),
             created_time,
-            last_fill_time: filled.then_some(message_time),
+            last_fill_time: None,
             filled_size,
-            average_filled_price: (filled && !average.is_zero()).then_some(average),
+            average_filled_price: average.filter(|a| filled && !a.is_zero()),
+            fill_time_from_fills: false,
         })
     }
 }
@@ -181,17 +184,17 @@ mod tests {
             "retail_portfolio_id": "p-1", "risk_managed_by": "UNKNOWN_RISK_MANAGEMENT_TYPE"}]}]}"#;
 
     #[test]
-    fn an_update_parses_with_the_message_time_as_fill_time() {
+    fn an_update_parses_without_taking_the_message_time_as_fill_time() {
         let envelope: Envelope = serde_json::from_str(UPDATE).unwrap();
         assert_eq!((envelope.channel.as_str(), envelope.sequence_num), ("user", 7));
         let event: UserEvent = serde_json::from_value(envelope.events[0].clone()).unwrap();
         assert_eq!(event.kind, "update");
-        let at = message_time(&envelope).unwrap();
-        let order = event.orders[0].parse(at).unwrap();
+        assert!(message_time(&envelope).is_ok());
+        let order = event.orders[0].parse().unwrap();
         assert_eq!(order.status, ExchangeStatus::Filled);
-        assert_eq!(order.last_fill_time, Some(at));
+        assert_eq!(order.last_fill_time, None, "the message time is not when the order filled");
         assert_eq!(order.average_filled_price.unwrap().to_string(), "0.8373");
-        assert_eq!(order.filled_size, Decimal::from(100));
+        assert_eq!(order.filled_size, Some(Decimal::from(100)));
     }
 
     #[test]
@@ -210,7 +213,7 @@ mod tests {
             cumulative_quantity: "0".into(),
             ..WsOrder::default()
         };
-        let parsed = order.parse(Utc::now()).unwrap();
+        let parsed = order.parse().unwrap();
         assert_eq!((parsed.last_fill_time, parsed.average_filled_price), (None, None));
     }
 
@@ -222,6 +225,6 @@ mod tests {
             cumulative_quantity: "x".into(),
             ..WsOrder::default()
         };
-        assert!(order.parse(Utc::now()).is_err());
+        assert!(order.parse().is_err());
     }
 }

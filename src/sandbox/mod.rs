@@ -18,9 +18,9 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::exchange::types::{ListOrdersResponse, WireOrder};
+use crate::exchange::types::{ListOrdersResponse, WireFill, WireOrder};
 use crate::exchange::ws::WsOrder;
-use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeOrder};
+use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeFill, ExchangeOrder};
 use crate::order::OrderId;
 
 /// Page size of List Orders when the request names none, and the most it allows.
@@ -87,6 +87,24 @@ pub struct NewOrder {
     pub created_time: Option<DateTime<Utc>>,
 }
 
+/// Figures an order's answers leave out, for tests of incomplete answers (a FILLED order without its price,
+/// say). `fills` leaves the order out of List Fills too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Omit {
+    pub average_filled_price: bool,
+    pub filled_size: bool,
+    pub last_fill_time: bool,
+    pub fills: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SimFill {
+    at: DateTime<Utc>,
+    price: Decimal,
+    size: Decimal,
+}
+
 #[derive(Debug, Clone)]
 struct SimOrder {
     order_id: String,
@@ -101,6 +119,8 @@ struct SimOrder {
     filled_value: Decimal,
     number_of_fills: u32,
     last_fill_time: Option<DateTime<Utc>>,
+    fills: Vec<SimFill>,
+    omit: Omit,
 }
 
 const LIVE: [&str; 5] = ["PENDING", "QUEUED", "OPEN", "CANCEL_QUEUED", "EDIT_QUEUED"];
@@ -158,8 +178,48 @@ impl SimOrder {
             order_placement_source: "RETAIL_ADVANCED".into(),
             outstanding_hold_amount: Some(number(hold)),
             is_liquidation: false,
-            last_fill_time: self.last_fill_time.map(time_text),
+            last_fill_time: self.last_fill_time.map(time_text).filter(|_| !self.omit.last_fill_time),
         }
+        .omitting(self.omit)
+    }
+
+    /// The order's fills as List Fills gives them.
+    fn wire_fills(&self) -> Vec<WireFill> {
+        if self.omit.fills {
+            return Vec::new();
+        }
+        self.fills
+            .iter()
+            .enumerate()
+            .map(|(n, fill)| WireFill {
+                entry_id: format!("{}-{n}", self.order_id),
+                trade_id: format!("{}-t{n}", self.order_id),
+                order_id: self.order_id.clone(),
+                trade_time: time_text(fill.at),
+                trade_type: "FILL".into(),
+                price: number(fill.price),
+                size: number(fill.size),
+                commission: number((fill.price * fill.size * FEE_RATE).round_dp(8)),
+                product_id: self.product_id.clone(),
+                sequence_timestamp: time_text(fill.at),
+                liquidity_indicator: "MAKER".into(),
+                size_in_quote: false,
+                user_id: "sandbox-user".into(),
+                side: self.side.clone(),
+            })
+            .collect()
+    }
+}
+
+impl WireOrder {
+    fn omitting(mut self, omit: Omit) -> WireOrder {
+        if omit.average_filled_price {
+            self.average_filled_price = None;
+        }
+        if omit.filled_size {
+            self.filled_size = None;
+        }
+        self
     }
 }
 
@@ -338,6 +398,8 @@ impl Sandbox {
             filled_value: Decimal::ZERO,
             number_of_fills: 0,
             last_fill_time: None,
+            fills: Vec::new(),
+            omit: Omit::default(),
         };
         let mut state = self.state();
         if state.orders.contains_key(&order_id) {
@@ -384,6 +446,7 @@ impl Sandbox {
             order.filled_value += size * price;
             order.number_of_fills += 1;
             order.last_fill_time = Some(at.unwrap_or(now));
+            order.fills.push(SimFill { at: at.unwrap_or(now), price, size });
             order.status = if order.filled_size == order.base_size { "FILLED" } else { "OPEN" }.into();
             Ok(())
         })
@@ -408,6 +471,20 @@ impl Sandbox {
         order.status = status.to_string();
         self.announce(order, now);
         Ok(())
+    }
+
+    /// Leave figures out of this order's answers from now on.
+    pub fn omit(&self, id: &str, omit: Omit) -> Result<(), SandboxError> {
+        let mut state = self.state();
+        let order = state.orders.get_mut(id).ok_or_else(|| SandboxError::NoSuchOrder(id.to_string()))?;
+        order.omit = omit;
+        Ok(())
+    }
+
+    /// List Fills for these order ids (unknown ids have none).
+    pub fn fills(&self, ids: &[String]) -> Vec<WireFill> {
+        let state = self.state();
+        ids.iter().filter_map(|id| state.orders.get(id)).flat_map(SimOrder::wire_fills).collect()
     }
 
     /// The order as Get Order would return it.
@@ -492,6 +569,15 @@ impl Exchange for Sandbox {
         let wire = self.wire_order(id.as_str()).ok_or(ExchangeError::NotFound)?;
         wire.parse().map_err(ExchangeError::Malformed)
     }
+
+    async fn fills(&self, ids: &[OrderId]) -> Result<Vec<ExchangeFill>, ExchangeError> {
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        self.fills(&ids).iter().map(|fill| fill.parse().map_err(ExchangeError::Malformed)).collect()
+    }
+
+    async fn key_permissions(&self) -> Result<(), ExchangeError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -540,7 +626,7 @@ mod tests {
         sandbox.end(&id, "CANCELLED").unwrap();
         let order = sandbox.wire_order(&id).unwrap().parse().unwrap();
         assert_eq!(order.status.as_str(), "CANCELLED");
-        assert_eq!(order.filled_size, dec("10"));
+        assert_eq!(order.filled_size, Some(dec("10")));
     }
 
     #[test]

@@ -18,10 +18,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::exchange::auth::{verify, PublicKey};
-use crate::exchange::coinbase::{LIST_ORDERS_PATH, ORDERS_PATH};
+use crate::exchange::coinbase::{KEY_PERMISSIONS_PATH, LIST_FILLS_PATH, LIST_ORDERS_PATH, ORDERS_PATH};
 use crate::exchange::limiter::Limiter;
-use crate::exchange::types::{ErrorResponse, GetOrderResponse};
-use crate::sandbox::{Fault, Faults, NewOrder, Sandbox, SandboxError, DEFAULT_PAGE};
+use crate::exchange::types::{ErrorResponse, GetOrderResponse, KeyPermissions, ListFillsResponse};
+use crate::sandbox::{Fault, Faults, NewOrder, Omit, Sandbox, SandboxError, DEFAULT_PAGE};
 
 /// Where the simulator serves the user channel: `ws://<addr>/ws/user`.
 pub const WS_PATH: &str = "/ws/user";
@@ -150,51 +150,31 @@ async fn get_order(State(state): State<ServerState>, headers: HeaderMap, Path(or
     }
 }
 
-#[derive(Serialize)]
-struct FillEntry {
-    entry_id: String,
-    trade_id: String,
-    order_id: String,
-    trade_time: String,
-    trade_type: String,
-    price: String,
-    size: String,
-    commission: String,
-    product_id: String,
-    sequence_timestamp: String,
-    liquidity_indicator: String,
-    size_in_quote: bool,
-    user_id: String,
-    side: String,
-}
-
 async fn list_fills(State(state): State<ServerState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let fault = match admit(&state, &headers, &format!("{ORDERS_PATH}/fills")).await {
+    let fault = match admit(&state, &headers, LIST_FILLS_PATH).await {
         Ok(fault) => fault,
         Err(response) => return response,
     };
-    let mut fills = Vec::new();
-    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let Some(order) = (name == "order_ids").then(|| state.sandbox.wire_order(&value)).flatten() else { continue };
-        let (Some(time), Some(size)) = (order.last_fill_time.clone(), order.filled_size.clone()) else { continue };
-        fills.push(FillEntry {
-            entry_id: format!("{}-1", order.order_id),
-            trade_id: format!("{}-t1", order.order_id),
-            order_id: order.order_id.clone(),
-            trade_time: time.clone(),
-            trade_type: "FILL".into(),
-            price: order.average_filled_price.clone().unwrap_or_default(),
-            size,
-            commission: order.total_fees.clone().unwrap_or_default(),
-            product_id: order.product_id.clone(),
-            sequence_timestamp: time,
-            liquidity_indicator: "MAKER".into(),
-            size_in_quote: false,
-            user_id: order.user_id.clone(),
-            side: order.side.clone(),
-        });
-    }
-    answer(&serde_json::json!({"fills": fills, "cursor": ""}), fault)
+    let ids: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(name, _)| name == "order_ids")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    answer(&ListFillsResponse { fills: state.sandbox.fills(&ids), cursor: String::new() }, fault)
+}
+
+async fn key_permissions(State(state): State<ServerState>, headers: HeaderMap) -> Response {
+    let fault = match admit(&state, &headers, KEY_PERMISSIONS_PATH).await {
+        Ok(fault) => fault,
+        Err(response) => return response,
+    };
+    let permissions = KeyPermissions {
+        can_view: true,
+        can_trade: true,
+        can_transfer: false,
+        portfolio_uuid: "sandbox-portfolio".into(),
+        portfolio_type: "DEFAULT".into(),
+    };
+    answer(&permissions, fault)
 }
 
 fn control_error(error: SandboxError) -> Response {
@@ -250,6 +230,15 @@ async fn end_order(
     }
 }
 
+/// `{"average_filled_price": true, "last_fill_time": true, "fills": true}`: leave those out of the order's
+/// answers from now on.
+async fn omit_figures(State(state): State<ServerState>, Path(id): Path<String>, Json(omit): Json<Omit>) -> Response {
+    match state.sandbox.omit(&id, omit) {
+        Ok(()) => Json(state.sandbox.wire_order(&id)).into_response(),
+        Err(error) => control_error(error),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdvanceRequest {
@@ -288,11 +277,13 @@ async fn not_found() -> Response {
 pub fn router(state: ServerState) -> Router {
     Router::new()
         .route(LIST_ORDERS_PATH, get(list_orders))
-        .route(&format!("{ORDERS_PATH}/fills"), get(list_fills))
+        .route(LIST_FILLS_PATH, get(list_fills))
+        .route(KEY_PERMISSIONS_PATH, get(key_permissions))
         .route(&format!("{ORDERS_PATH}/{{order_id}}"), get(get_order))
         .route("/sandbox/orders", post(create_order))
         .route("/sandbox/orders/{id}/fill", post(fill_order))
         .route("/sandbox/orders/{id}/end", post(end_order))
+        .route("/sandbox/orders/{id}/omit", post(omit_figures))
         .route("/sandbox/clock/advance", post(advance_clock))
         .route("/sandbox/faults", get(get_faults).put(put_faults))
         .route("/sandbox/ws/disconnect", post(ws_disconnect))

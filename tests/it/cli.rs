@@ -137,9 +137,11 @@ async fn audit_then_dry_run_then_reconcile_through_the_binary(backend: Backend) 
 
     let audit = run(setup.command().args(["audit", "--json", "--fail-on-mismatch"])).await;
     assert_eq!(audit.code, 3, "mismatches found: {}", audit.stderr);
-    let rows: serde_json::Value = serde_json::from_str(&audit.stdout).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 3);
-    assert!(rows.as_array().unwrap().iter().all(|r| r["verdict"] == "mismatch" && r["exchange_status"] == "FILLED"));
+    let audited: serde_json::Value = serde_json::from_str(&audit.stdout).unwrap();
+    let rows = audited["orders"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["verdict"] == "mismatch" && r["exchange_status"] == "FILLED"));
+    assert_eq!(audited["terminal_conflicts"].as_array().unwrap().len(), 0);
 
     let dry = run(setup.command().args(["reconcile", "--once", "--dry-run"])).await;
     assert_eq!(dry.code, 0, "{}", dry.stderr);
@@ -181,7 +183,16 @@ async fn migrate_creates_ordersyncs_tables_once() {
         .rows("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'ordersync%' ORDER BY name")
         .await;
     let names: Vec<_> = tables.iter().map(|r| r[0].clone().unwrap()).collect();
-    assert_eq!(names, ["ordersync_check_counts", "ordersync_events", "ordersync_migrations", "ordersync_order_checks"]);
+    assert_eq!(
+        names,
+        [
+            "ordersync_conflicts",
+            "ordersync_events",
+            "ordersync_migrations",
+            "ordersync_order_checks",
+            "ordersync_settlements"
+        ]
+    );
 }
 
 #[tokio::test]

@@ -64,13 +64,21 @@ async fn sent(app: &TestApp) -> f64 {
     app.metric("ordersync_alert_emails_total{result=\"sent\"}").await.unwrap_or(0.0)
 }
 
+/// A pending row of an order the exchange does not know (it answers 404): no certain answer, so stuck.
+async fn unknown_order(db: &TestDb, bot: &str, age: chrono::Duration) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    db.insert_pending(&id, bot, "AVNT-USD", chrono::Utc::now() - age).await;
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_mail_per_incident_listing_the_stuck_orders_then_a_resolved_mail() {
     let smtp = SmtpServer::start().await;
     let db = TestDb::with_trades(Backend::Sqlite).await;
     let sandbox = Sandbox::new(1);
-    let stuck = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(20)).await;
-    let fresh = open_order(&db, &sandbox, "beta", chrono::Duration::seconds(5)).await;
+    let stuck = unknown_order(&db, "alpha", chrono::Duration::minutes(20)).await;
+    let resting = open_order(&db, &sandbox, "gamma", chrono::Duration::minutes(30)).await;
+    let fresh = unknown_order(&db, "beta", chrono::Duration::seconds(5)).await;
     let config = format!(
         "poll_interval = \"1h\"\nmetrics_refresh = \"200ms\"\nstuck_after = \"1m\"\n\
          [email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_tls = \"none\"\nfrom = \"ordersync@example.com\"\n\
@@ -86,14 +94,16 @@ async fn one_mail_per_incident_listing_the_stuck_orders_then_a_resolved_mail() {
     let (subject, body) = &mails[0];
     assert_eq!(subject, "[ordersync] 1 orders stuck pending longer than 1m (bots: alpha)");
     assert!(body.contains(&stuck) && body.contains("alpha") && body.contains("AVNT-USD"), "{body}");
-    assert!(body.contains("OPEN") && body.contains("still live on the exchange"), "{body}");
+    assert!(body.contains("does not know this order (404)"), "what ordersync did: {body}");
+    assert!(!body.contains(&resting), "a resting order (OPEN on the exchange) is not stuck, however old");
     assert!(!body.contains(&fresh), "an order younger than stuck_after is not listed");
 
-    app.sandbox.fill(&stuck, None, None, None).unwrap();
+    // The bot writes the order itself: nothing is stuck any more.
+    app.db.exec(&format!("UPDATE trades SET status = 'cancelled' WHERE order_id = '{stuck}'")).await;
     app.eventually("the resolved mail", || async { smtp.mails().len() == 2 }).await;
     let (subject, body) = &smtp.mails()[1];
-    assert_eq!(subject, "[ordersync] RESOLVED: no orders stuck pending");
-    assert!(body.contains("No order has been pending longer than 1m"), "{body}");
+    assert_eq!(subject, "[ordersync] RESOLVED: no orders stuck pending, no terminal conflicts");
+    assert!(body.contains("No order has been stuck pending longer than 1m"), "{body}");
     app.eventually("counted", || async { sent(&app).await == 2.0 }).await;
 }
 
@@ -103,6 +113,7 @@ async fn an_smtp_failure_is_counted_and_the_reconciler_goes_on() {
     let db = TestDb::with_trades(Backend::Sqlite).await;
     let sandbox = Sandbox::new(1);
     let id = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(20)).await;
+    unknown_order(&db, "beta", chrono::Duration::minutes(20)).await;
     let config = format!(
         "poll_interval = \"1h\"\nmetrics_refresh = \"200ms\"\nstuck_after = \"1m\"\n\
          [coinbase]\nwebsocket = false\n\

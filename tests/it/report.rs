@@ -7,51 +7,43 @@ use ordersync::report;
 use crate::both;
 use crate::harness::{config, Backend, TestDb};
 
-/// Two days of history: alpha 990 matched + 10 mismatched checks yesterday, 500 matched today; beta 99
-/// matched + 1 mismatched today; 5 checks without a certain answer. Corrections with known latencies.
+/// Two days of history, one row per ended order: alpha yesterday 90 settled by the bot and 10 corrected
+/// (latencies 1..=10 s); beta today 8 by the bot and 2 corrected (100 s, and 200 s: late); one correction
+/// from long ago, out of range.
 async fn known_history(db: &TestDb) -> Store {
     let config = config(db);
     let store = Store::connect(&db.url, &config.trades).await.unwrap();
     store.migrate().await.unwrap();
     let now = Utc::now();
-    let (today, yesterday) =
-        (now.format("%Y-%m-%d").to_string(), (now - Duration::days(1)).format("%Y-%m-%d").to_string());
-    let day = |d: &str| match db.backend {
-        Backend::Sqlite => format!("'{d}'"),
-        Backend::Postgres => format!("DATE '{d}'"),
-    };
-    db.exec(&format!(
-        "INSERT INTO ordersync_check_counts (day, bot, outcome, checks) VALUES \
-         ({y}, 'alpha', 'match', 990), ({y}, 'alpha', 'mismatch', 10), ({t}, 'alpha', 'match', 500), \
-         ({t}, 'beta', 'match', 99), ({t}, 'beta', 'mismatch', 1), ({t}, 'beta', 'unknown', 5), \
-         ('2000-01-01', 'alpha', 'mismatch', 1000)",
-        y = day(&yesterday),
-        t = day(&today)
-    ))
-    .await;
-    // Latencies 1..=10 s for alpha (yesterday), 100 s and 200 s for beta (today); one from long ago.
-    let mut values = Vec::new();
     let stamp = |at: chrono::DateTime<Utc>| match db.backend {
         Backend::Sqlite => format!("'{}'", at.to_rfc3339()),
         Backend::Postgres => format!("'{}'::timestamptz", at.to_rfc3339()),
     };
-    for (n, (bot, latency, at)) in (1..=10)
-        .map(|s| ("alpha", s as f64, now - Duration::days(1)))
-        .chain([
-            ("beta", 100.0, now - Duration::minutes(5)),
-            ("beta", 200.0, now - Duration::minutes(4)),
-            ("alpha", 1.0, now - Duration::days(400)),
-        ])
+    let yesterday = now - Duration::days(1);
+    let mut rows: Vec<(&str, &str, Option<f64>, chrono::DateTime<Utc>)> = Vec::new();
+    rows.extend((0..90).map(|_| ("alpha", "bot", None, yesterday)));
+    rows.extend((1..=10).map(|s| ("alpha", "ordersync", Some(f64::from(s)), yesterday)));
+    rows.extend((0..8).map(|_| ("beta", "bot", None, now - Duration::minutes(6))));
+    rows.push(("beta", "ordersync", Some(100.0), now - Duration::minutes(5)));
+    rows.push(("beta", "ordersync", Some(200.0), now - Duration::minutes(4)));
+    rows.push(("alpha", "ordersync", Some(1.0), now - Duration::days(400)));
+    let values: Vec<String> = rows
+        .iter()
         .enumerate()
-    {
-        values.push(format!(
-            "('order-{n}', '{bot}', 'AVNT-USD', 'pending', 'completed', 'FILLED', {at}, {at}, 'poll', 'applied', {latency})",
-            at = stamp(at)
-        ));
-    }
+        .map(|(n, (bot, by, latency, at))| {
+            let ended = latency.map_or(*at, |l| *at - Duration::milliseconds((l * 1000.0) as i64));
+            format!(
+                "('order-{n}', '{bot}', '{by}', 'FILLED', {ended}, 'last_fill_time', {at}, {latency}, {late})",
+                ended = stamp(ended),
+                at = stamp(*at),
+                latency = latency.map_or("NULL".to_string(), |l| l.to_string()),
+                late = if latency.is_some_and(|l| l > 120.0) { "TRUE" } else { "FALSE" },
+            )
+        })
+        .collect();
     db.exec(&format!(
-        "INSERT INTO ordersync_events (order_id, bot_id, product_id, from_status, to_status, exchange_status, \
-         detected_at, applied_at, source, outcome, latency_seconds) VALUES {}",
+        "INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, exchange_status, ended_at, end_source, \
+         settled_at, latency_seconds, late) VALUES {}",
         values.join(", ")
     ))
     .await;
@@ -64,19 +56,16 @@ async fn the_report_figures_are_exactly_right(backend: Backend) {
     let until = Utc::now();
     let since = until - Duration::days(30);
 
-    let counts = store.check_counts(&since.format("%Y-%m-%d").to_string()).await.unwrap();
-    let events = store.applied_events_since(since).await.unwrap();
-    let report = report::build(&counts, &events, since, until);
+    let settlements = store.settlements_since(since).await.unwrap();
+    let report = report::build(&settlements, since, until);
 
     let o = &report.overall;
-    assert_eq!(
-        (o.checks.matched, o.checks.mismatched, o.checks.unknown),
-        (1589, 11, 5),
-        "the year-2000 row is out of range"
-    );
-    assert_eq!(o.checks.accuracy, Some(1589.0 / 1600.0));
-    assert_eq!(report.accuracy_met, Some(false), "99.3125% < 99.9%");
-    assert_eq!(o.corrections, 12);
+    let a = &o.accuracy;
+    assert_eq!((a.settled, a.by_bot, a.by_ordersync, a.late), (110, 98, 12, 1), "the old row is out of range");
+    assert_eq!(a.bot_accuracy, Some(98.0 / 110.0));
+    assert_eq!(a.effective_accuracy, Some(109.0 / 110.0));
+    assert_eq!((report.bot_accuracy_met, report.effective_accuracy_met), (Some(false), Some(false)));
+    assert_eq!(o.corrections_by_status["FILLED"], 12);
     assert_eq!(o.latency.count, 12);
     assert_eq!(o.latency.p50_seconds, Some(6.0), "nearest rank: the 6th of 12");
     assert_eq!(o.latency.p95_seconds, Some(200.0));
@@ -85,21 +74,23 @@ async fn the_report_figures_are_exactly_right(backend: Backend) {
     assert_eq!(o.latency.mean_seconds, Some((55.0 + 300.0) / 12.0));
     assert_eq!(report.latency_goals_met, Some(false), "200 s is over 2 minutes");
     let alpha = &report.per_bot["alpha"];
-    assert_eq!((alpha.checks.accuracy, alpha.corrections), (Some(1490.0 / 1500.0), 10));
-    assert_eq!(alpha.latency.p99_seconds, Some(10.0));
+    assert_eq!((alpha.accuracy.bot_accuracy, alpha.accuracy.by_ordersync), (Some(0.9), 10));
+    assert_eq!((alpha.accuracy.effective_accuracy, alpha.latency.p99_seconds), (Some(1.0), Some(10.0)));
     let beta = &report.per_bot["beta"];
-    assert_eq!((beta.checks.accuracy, beta.checks.unknown, beta.latency.p50_seconds), (Some(0.99), 5, Some(100.0)));
+    assert_eq!((beta.accuracy.bot_accuracy, beta.accuracy.effective_accuracy), (Some(0.8), Some(0.9)));
+    assert_eq!(beta.latency.p50_seconds, Some(100.0));
     let today = until.format("%Y-%m-%d").to_string();
-    assert_eq!(report.per_day[&today].checks.accuracy, Some(599.0 / 600.0));
-    assert_eq!(report.per_day[&today].corrections, 2);
+    assert_eq!(report.per_day[&today].accuracy.settled, 10);
+    assert_eq!(report.per_day[&today].accuracy.by_ordersync, 2);
     assert_eq!(report.latency_bands.iter().map(|b| b.1).collect::<Vec<_>>(), vec![0, 4, 6, 1, 1, 0]);
 
     let html = report::html(&report);
-    assert!(html.starts_with("<!DOCTYPE html>") && html.matches("<svg").count() == 2);
+    assert!(html.starts_with("<!DOCTYPE html>") && html.matches("<svg").count() == 3);
     assert!(!html.contains("src=") && !html.contains("<link"), "self-contained: nothing fetched");
-    assert!(html.contains("99.312%"), "the accuracy figure is shown");
+    assert!(html.contains("89.091%") && html.contains("99.091%"), "both accuracy figures are shown");
     let text = report::text(&report);
-    assert!(text.contains("Accuracy:  99.312% against 99.900%: MISSED"), "{text}");
+    assert!(text.contains("Bot accuracy:       89.091% against 99.900%: MISSED (98 of 110"), "{text}");
+    assert!(text.contains("Effective accuracy: 99.091% against 99.900%: MISSED (109 of 110"), "{text}");
 }
 both!(the_report_figures_are_exactly_right);
 
@@ -117,8 +108,9 @@ async fn the_report_command_writes_json_and_html() {
         .unwrap();
     assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(value["overall"]["checks"]["matched"], 1589);
-    assert_eq!(value["overall"]["corrections"], 12);
+    assert_eq!(value["overall"]["accuracy"]["settled"], 110);
+    assert_eq!(value["overall"]["accuracy"]["by_ordersync"], 12);
+    assert_eq!(value["overall"]["accuracy"]["late"], 1);
     let written = std::process::Command::new(bin)
         .args(["report", "--since", "7d", "--format", "html", "--output"])
         .arg(&html)

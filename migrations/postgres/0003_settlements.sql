@@ -1,0 +1,48 @@
+-- The per-order accuracy SLI (replaces the per-check counts of 0002, which weighed an order by how often it
+-- was polled).
+
+-- Each ended order ordersync has seen, settled exactly once (order_id is the key): by the bot (its row
+-- already held the right terminal status, or the bot wrote it within the grace period) or by ordersync (a
+-- correction). Read by `ordersync report`; counted in ordersync_orders_settled_total.
+CREATE TABLE IF NOT EXISTS ordersync_settlements (
+    order_id        TEXT             PRIMARY KEY,
+    bot_id          TEXT,
+    settled_by      TEXT             NOT NULL CHECK (settled_by IN ('bot', 'ordersync')),
+    exchange_status TEXT             NOT NULL,
+    ended_at        TIMESTAMPTZ,                -- when the order ended on the exchange (see end_source)
+    end_source      TEXT,                       -- last_fill_time, list_fills, seen_websocket, seen_poll, seen_manual
+    settled_at      TIMESTAMPTZ      NOT NULL,  -- ordersync's commit, or when ordersync found the bot's row right
+    latency_seconds DOUBLE PRECISION,           -- settled_at - ended_at, for corrections
+    late            BOOLEAN          NOT NULL DEFAULT FALSE  -- right only after the latency goal (2 minutes)
+);
+CREATE INDEX IF NOT EXISTS ordersync_settlements_settled_at ON ordersync_settlements (settled_at);
+
+-- Terminal rows the exchange ended differently (cancelled by the bot, FILLED on Coinbase): never written,
+-- checked again only when the bot changes the row.
+CREATE TABLE IF NOT EXISTS ordersync_conflicts (
+    order_id        TEXT        PRIMARY KEY,
+    bot_id          TEXT,
+    product_id      TEXT,
+    row_status      TEXT        NOT NULL,
+    exchange_status TEXT        NOT NULL,
+    filled_size     TEXT,
+    found_at        TIMESTAMPTZ NOT NULL
+);
+
+-- The first time ordersync saw the order ended (the end time of a CANCELLED, EXPIRED or FAILED order), and
+-- how (seen_poll, seen_websocket, seen_manual).
+ALTER TABLE ordersync_order_checks ADD COLUMN IF NOT EXISTS ended_seen_at TIMESTAMPTZ;
+ALTER TABLE ordersync_order_checks ADD COLUMN IF NOT EXISTS ended_seen_source TEXT;
+ALTER TABLE ordersync_events ADD COLUMN IF NOT EXISTS ended_at TIMESTAMPTZ;
+ALTER TABLE ordersync_events ADD COLUMN IF NOT EXISTS end_source TEXT;
+
+-- Corrections made before this migration are settlements by ordersync.
+INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, exchange_status, ended_at, end_source, settled_at,
+                                   latency_seconds, late)
+SELECT order_id, bot_id, 'ordersync', exchange_status, exchange_fill_time,
+       CASE WHEN exchange_fill_time IS NULL THEN NULL ELSE 'last_fill_time' END,
+       COALESCE(applied_at, detected_at), latency_seconds, COALESCE(latency_seconds > 120, FALSE)
+FROM ordersync_events WHERE outcome = 'applied'
+ON CONFLICT (order_id) DO NOTHING;
+
+DROP TABLE IF EXISTS ordersync_check_counts;
