@@ -253,7 +253,14 @@ pub enum Command {
         /// Seed for the simulated bots and faults
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// How often each simulated bot places an order: 3s, 500ms
+        #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
+        order_every: std::time::Duration,
     },
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    config::parse_duration(text).map_err(|e| format!("expected {e}"))
 }
 
 impl Global {
@@ -332,7 +339,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Sandbox { listen, keys, rate_limit, seed, faults } => {
             sandbox(&listen, &keys, rate_limit, seed, faults.as_deref()).await.map(|()| 0)
         }
-        Command::Demo { database, bots, miss_rate, seed } => {
+        Command::Demo { database, bots, miss_rate, seed, order_every } => {
             let mut config = config;
             if cli.global.poll_interval.is_none() {
                 config.poll_interval = std::time::Duration::from_secs(5);
@@ -343,13 +350,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if cli.global.grace.is_none() {
                 config.grace = std::time::Duration::from_secs(2);
             }
-            let options = crate::demo::DemoOptions {
-                database,
-                bots,
-                miss_rate,
-                order_every: std::time::Duration::from_secs(3),
-                seed,
-            };
+            let options = crate::demo::DemoOptions { database, bots, miss_rate, order_every, seed };
             let token = signal_token();
             crate::demo::run(config, options, token).await.map_err(app_error)?;
             Ok(0)

@@ -501,8 +501,17 @@ impl Metrics {
         self.mismatches.with_label_values(&[bot.as_str(), exchange_status]).inc();
     }
 
-    /// The one place a correction is counted and logged.
-    pub fn correction(&self, row: &TradeRow, to: Terminal, to_word: &str, source: Source, latency: Option<Duration>) {
+    /// The one place a correction is counted and logged. A backlog order (it ended before ordersync first
+    /// ran on this database) is not observed in the sync-latency histogram: that wait was not ordersync's.
+    pub fn correction(
+        &self,
+        row: &TradeRow,
+        to: Terminal,
+        to_word: &str,
+        source: Source,
+        latency: Duration,
+        backlog: bool,
+    ) {
         let bot = self.bot_label(row.bot_id.as_deref());
         let to_label = match to {
             Terminal::Completed => "completed",
@@ -511,7 +520,7 @@ impl Metrics {
             Terminal::Failed => "failed",
         };
         self.corrections.with_label_values(&[bot.as_str(), to_label, source.as_str()]).inc();
-        if let Some(latency) = latency {
+        if !backlog {
             self.sync_latency.with_label_values(&[source.as_str()]).observe(latency.as_secs_f64());
         }
         tracing::info!(
@@ -520,7 +529,8 @@ impl Metrics {
             from = %row.status,
             to = to_word,
             source = source.as_str(),
-            latency_seconds = latency.map(|l| l.as_secs_f64()),
+            latency_seconds = latency.as_secs_f64(),
+            backlog,
             "corrected order"
         );
     }

@@ -620,12 +620,13 @@ impl Reconciler {
                 }
                 (
                     Action::Correct { to, fill },
-                    Some(Ok(Written::Correction { applied: Applied::Written { latency, .. }, settled })),
+                    Some(Ok(Written::Correction { applied: Applied::Written { latency, backlog, .. }, settled })),
                 ) => {
                     self.metrics.mismatch(plan.row, plan.label);
-                    self.metrics.correction(plan.row, *to, to.word(words), source, Some(latency));
+                    // A backlog order's latency is the time before ordersync ran, not ordersync's.
+                    self.metrics.correction(plan.row, *to, to.word(words), source, latency, backlog);
                     if let Some(by) = settled {
-                        self.metrics.settled(bot, by, late(latency.as_secs_f64()));
+                        self.metrics.settled(bot, by, !backlog && late(latency.as_secs_f64()));
                     }
                     if !fill.missing.is_empty() {
                         self.metrics.incomplete_fills.inc();

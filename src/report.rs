@@ -10,6 +10,8 @@
 //!   late means ordersync's correction came more than 2 minutes after the order ended. No settled order:
 //!   no figure;
 //! - latency is from the order's end on the exchange to ordersync's commit, for corrections;
+//! - backlog: orders that ended before ordersync first ran on the database (its first migration) and that
+//!   ordersync corrected: settled by ordersync (the bot did miss them), never late, left out of latency;
 //! - percentiles are nearest-rank: the p-th is the ceil(p·n)-th smallest latency;
 //! - a day or a window holds the orders settled in it.
 //!
@@ -37,6 +39,9 @@ pub struct Accuracy {
     pub by_ordersync: i64,
     /// Settled by ordersync more than 2 minutes after the order ended.
     pub late: i64,
+    /// Corrected by ordersync, but ended before ordersync first ran on this database: never late, and left
+    /// out of the latency figures (that wait was not ordersync's).
+    pub backlog: i64,
     /// by_bot / settled; `None` without any.
     pub bot_accuracy: Option<f64>,
     /// (settled - late) / settled; `None` without any.
@@ -118,8 +123,10 @@ impl Tally {
             SettledBy::Ordersync => {
                 self.accuracy.by_ordersync += 1;
                 *self.by_status.entry(settlement.exchange_status.clone()).or_default() += 1;
-                if let Some(latency) = settlement.latency_seconds {
-                    self.latencies.push(latency);
+                match settlement.latency_seconds {
+                    _ if settlement.backlog => self.accuracy.backlog += 1,
+                    Some(latency) => self.latencies.push(latency),
+                    None => {}
                 }
             }
         }
@@ -154,7 +161,9 @@ pub fn build(settlements: &[SettlementRow], since: DateTime<Utc>, until: DateTim
         overall.settled(settlement);
         per_bot.entry(settlement.bot_id.clone().unwrap_or_else(|| "none".into())).or_default().settled(settlement);
         per_day.entry(settlement.settled_at.format("%Y-%m-%d").to_string()).or_default().settled(settlement);
-        if let (SettledBy::Ordersync, Some(latency)) = (settlement.settled_by, settlement.latency_seconds) {
+        if let (SettledBy::Ordersync, Some(latency), false) =
+            (settlement.settled_by, settlement.latency_seconds, settlement.backlog)
+        {
             if let Some(band) = bands.iter_mut().find(|(_, limit, _)| latency < *limit) {
                 band.2 += 1;
             }
@@ -250,6 +259,14 @@ pub fn text(report: &Report) -> String {
     );
     let statuses: Vec<String> = o.corrections_by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let _ = writeln!(out, "Corrected: {} orders ({})", a.by_ordersync, statuses.join(", "));
+    if a.backlog > 0 {
+        let _ = writeln!(
+            out,
+            "Backlog:   {} of them ended before ordersync first ran on this database: settled by ordersync, never \
+             counted late, left out of the latency figures",
+            a.backlog
+        );
+    }
     for (title, rows) in [("Per bot", &report.per_bot), ("Per day", &report.per_day)] {
         let _ = writeln!(
             out,
@@ -436,6 +453,7 @@ mod tests {
             settled_at: at,
             latency_seconds: latency,
             late: latency.is_some_and(crate::decide::late),
+            backlog: false,
         }
     }
 
@@ -454,26 +472,34 @@ mod tests {
         rows.push(settlement("b1", "beta", SettledBy::Bot, None, day));
         rows.push(settlement("b2", "beta", SettledBy::Bot, None, day));
         rows.push(settlement("old", "alpha", SettledBy::Ordersync, Some(1.0), day - chrono::Duration::days(9)));
+        // Ended 3 hours before ordersync first ran: settled by ordersync, but not late and no latency.
+        rows.push(SettlementRow {
+            late: false,
+            backlog: true,
+            ..settlement("b3", "beta", SettledBy::Ordersync, Some(10_800.0), day)
+        });
         let report = build(&rows, day - chrono::Duration::days(1), day + chrono::Duration::days(2));
         let o = &report.overall.accuracy;
-        assert_eq!((o.settled, o.by_bot, o.by_ordersync, o.late), (12, 9, 3, 1));
-        assert_eq!(o.bot_accuracy, Some(9.0 / 12.0));
-        assert_eq!(o.effective_accuracy, Some(11.0 / 12.0));
+        assert_eq!((o.settled, o.by_bot, o.by_ordersync, o.late, o.backlog), (13, 9, 4, 1, 1));
+        assert_eq!(o.bot_accuracy, Some(9.0 / 13.0));
+        assert_eq!(o.effective_accuracy, Some(12.0 / 13.0));
         assert_eq!((report.bot_accuracy_met, report.effective_accuracy_met), (Some(false), Some(false)));
         let alpha = &report.per_bot["alpha"].accuracy;
         assert_eq!((alpha.settled, alpha.bot_accuracy, alpha.effective_accuracy), (10, Some(0.7), Some(0.9)));
-        assert_eq!(report.per_bot["beta"].accuracy.effective_accuracy, Some(1.0));
-        assert_eq!(report.per_day["2026-03-02"].accuracy.settled, 11);
+        assert_eq!(report.per_bot["beta"].accuracy.effective_accuracy, Some(1.0), "backlog is never late");
+        assert_eq!(report.per_bot["beta"].accuracy.bot_accuracy, Some(2.0 / 3.0), "but the bot did miss it");
+        assert_eq!(report.per_day["2026-03-02"].accuracy.settled, 12);
         assert_eq!(report.per_day["2026-03-03"].accuracy.late, 1);
         let latency = &report.overall.latency;
         assert_eq!((latency.count, latency.p50_seconds, latency.max_seconds), (3, Some(20.0), Some(300.0)));
         assert_eq!(latency.mean_seconds, Some(332.0 / 3.0));
         assert_eq!(report.latency_goals_met, Some(false));
-        assert_eq!(report.overall.corrections_by_status["FILLED"], 3);
+        assert_eq!(report.overall.corrections_by_status["FILLED"], 4);
         let shown = text(&report);
-        assert!(shown.contains("Bot accuracy:       75.000% against 99.900%: MISSED (9 of 12"), "{shown}");
-        assert!(shown.contains("Effective accuracy: 91.667% against 99.900%: MISSED (11 of 12"), "{shown}");
+        assert!(shown.contains("Bot accuracy:       69.231% against 99.900%: MISSED (9 of 13"), "{shown}");
+        assert!(shown.contains("Effective accuracy: 92.308% against 99.900%: MISSED (12 of 13"), "{shown}");
+        assert!(shown.contains("Backlog:   1 of them"), "{shown}");
         let page = html(&report);
-        assert!(page.contains("75.000%") && page.contains("91.667%"));
+        assert!(page.contains("69.231%") && page.contains("92.308%"));
     }
 }

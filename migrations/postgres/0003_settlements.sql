@@ -13,7 +13,8 @@ CREATE TABLE IF NOT EXISTS ordersync_settlements (
     end_source      TEXT,                       -- last_fill_time, list_fills, seen_websocket, seen_poll, seen_manual
     settled_at      TIMESTAMPTZ      NOT NULL,  -- ordersync's commit, or when ordersync found the bot's row right
     latency_seconds DOUBLE PRECISION,           -- settled_at - ended_at, for corrections
-    late            BOOLEAN          NOT NULL DEFAULT FALSE  -- right only after the latency goal (2 minutes)
+    late            BOOLEAN          NOT NULL DEFAULT FALSE, -- right only after the latency goal (2 minutes)
+    backlog         BOOLEAN          NOT NULL DEFAULT FALSE  -- ended before ordersync first ran here: never late
 );
 CREATE INDEX IF NOT EXISTS ordersync_settlements_settled_at ON ordersync_settlements (settled_at);
 
@@ -36,13 +37,18 @@ ALTER TABLE ordersync_order_checks ADD COLUMN IF NOT EXISTS ended_seen_source TE
 ALTER TABLE ordersync_events ADD COLUMN IF NOT EXISTS ended_at TIMESTAMPTZ;
 ALTER TABLE ordersync_events ADD COLUMN IF NOT EXISTS end_source TEXT;
 
--- Corrections made before this migration are settlements by ordersync.
+-- Corrections made before this migration are settlements by ordersync; those of orders that ended before
+-- ordersync first ran on this database (migration 1) are backlog, never late.
 INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, exchange_status, ended_at, end_source, settled_at,
-                                   latency_seconds, late)
+                                   latency_seconds, late, backlog)
 SELECT order_id, bot_id, 'ordersync', exchange_status, exchange_fill_time,
        CASE WHEN exchange_fill_time IS NULL THEN NULL ELSE 'last_fill_time' END,
-       COALESCE(applied_at, detected_at), latency_seconds, COALESCE(latency_seconds > 120, FALSE)
-FROM ordersync_events WHERE outcome = 'applied'
+       COALESCE(applied_at, detected_at), latency_seconds,
+       COALESCE(latency_seconds > 120, FALSE) AND NOT COALESCE(exchange_fill_time < watched.since, FALSE),
+       COALESCE(exchange_fill_time < watched.since, FALSE)
+FROM ordersync_events,
+     (SELECT MIN(CAST(applied_at AS TIMESTAMPTZ)) AS since FROM ordersync_migrations WHERE version = 1) AS watched
+WHERE outcome = 'applied'
 ON CONFLICT (order_id) DO NOTHING;
 
 DROP TABLE IF EXISTS ordersync_check_counts;

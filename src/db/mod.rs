@@ -122,6 +122,9 @@ pub enum Applied {
         applied_at: DateTime<Utc>,
         /// From the time the order ended on the exchange to our commit (zero if the clocks disagree).
         latency: Duration,
+        /// The order ended before ordersync first ran on this database: its latency is not ordersync's, and
+        /// it is never late.
+        backlog: bool,
     },
     /// The bot changed the row after we read it: nothing was overwritten. `now` is what it holds
     /// (`None` if the row is gone).
@@ -164,6 +167,8 @@ pub struct SettlementRow {
     pub settled_at: DateTime<Utc>,
     pub latency_seconds: Option<f64>,
     pub late: bool,
+    /// Ended before ordersync first ran on this database.
+    pub backlog: bool,
 }
 
 /// A terminal row the exchange ended otherwise, still holding the status it was found with.
@@ -238,6 +243,9 @@ pub struct Store {
     pool: Pool,
     schema: Arc<BoundSchema>,
     url: String,
+    /// When ordersync first ran on this database (its first migration): orders that ended before are
+    /// backlog, never late.
+    watched_since: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -303,7 +311,8 @@ impl Store {
         };
         let columns = table_columns(&pool, schema).await?;
         let bound = BoundSchema::bind(schema, backend, columns.as_deref(), &shown)?;
-        let store = Store { pool, schema: Arc::new(bound), url: shown };
+        let store = Store { pool, schema: Arc::new(bound), url: shown, watched_since: Arc::default() };
+        store.read_watched_since().await;
         Ok(store)
     }
 
@@ -333,7 +342,7 @@ impl Store {
     /// `Migrate` naming the migration that failed; nothing of it is kept.
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
         let backend = self.backend();
-        on_pool!(self, pool => {
+        let applied = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             if backend == Backend::Postgres {
                 sqlx::query(sql::PG_MIGRATION_LOCK).execute(&mut *tx).await?;
@@ -357,8 +366,24 @@ impl Store {
                 applied.push(format!("{:04}_{}", migration.version, migration.name));
             }
             tx.commit().await?;
-            Ok(applied)
-        })
+            applied
+        });
+        self.read_watched_since().await;
+        Ok(applied)
+    }
+
+    /// Learn when ordersync first ran here (its first migration); unknown before it is migrated.
+    async fn read_watched_since(&self) {
+        let text: Option<String> = on_pool!(self, pool => {
+            sqlx::query_scalar(sql::SELECT_FIRST_MIGRATION).fetch_optional(pool).await.ok().flatten()
+        });
+        let since = text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
+        *self.watched_since.lock().unwrap_or_else(|p| p.into_inner()) = since;
+    }
+
+    /// Whether an order that ended at `ended_at` ended before ordersync first ran here.
+    fn backlog(&self, ended_at: DateTime<Utc>) -> bool {
+        self.watched_since.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|since| ended_at < since)
     }
 
     /// Whether every migration ordersync knows has been applied.
@@ -467,7 +492,7 @@ impl Store {
                                 let applied_at = Utc::now();
                                 let applied = if updated > 0 {
                                     let latency = (applied_at - fill.ended_at).to_std().unwrap_or_default();
-                                    Applied::Written { applied_at, latency }
+                                    Applied::Written { applied_at, latency, backlog: self.backlog(fill.ended_at) }
                                 } else {
                                     let now = sqlx::query(schema.select_status_by_id())
                                         .bind(row.order_id.as_str())
@@ -482,20 +507,29 @@ impl Store {
                                         Applied::RowChanged { now }
                                     }
                                 };
-                                let missing_note = (!fill.missing.is_empty()).then(|| {
-                                    format!(
+                                let mut notes = Vec::new();
+                                if !fill.missing.is_empty() {
+                                    notes.push(format!(
                                         "the exchange gave no {} (nor did List Fills): written without {}",
                                         fill.missing.join(", "),
                                         if fill.missing.len() == 1 { "it" } else { "them" }
-                                    )
-                                });
+                                    ));
+                                }
+                                if matches!(applied, Applied::Written { backlog: true, .. }) {
+                                    notes.push(
+                                        "the order ended before ordersync first ran on this database: backlog, \
+                                         not counted as late"
+                                            .to_string(),
+                                    );
+                                }
+                                let note = (!notes.is_empty()).then(|| notes.join("; "));
                                 let event = match &applied {
-                                    Applied::Written { applied_at, latency } => Some((
+                                    Applied::Written { applied_at, latency, .. } => Some((
                                         Some(to_word.clone()),
                                         Some(*applied_at),
                                         "applied",
                                         Some(latency.as_secs_f64()),
-                                        missing_note,
+                                        note,
                                     )),
                                     Applied::RowChanged { now } => Some((
                                         None,
@@ -536,15 +570,15 @@ impl Store {
                                 // A correction settles the order as ordersync's; a row already holding the
                                 // outcome (the bot, or another path of ours that settled it first) as the bot's.
                                 let settlement = match &applied {
-                                    Applied::Written { applied_at, latency } => {
-                                        Some((SettledBy::Ordersync, *applied_at, Some(latency.as_secs_f64())))
+                                    Applied::Written { applied_at, latency, backlog } => {
+                                        Some((SettledBy::Ordersync, *applied_at, Some(latency.as_secs_f64()), *backlog))
                                     }
-                                    Applied::AlreadyApplied => Some((SettledBy::Bot, correction.detected_at, None)),
+                                    Applied::AlreadyApplied => Some((SettledBy::Bot, correction.detected_at, None, false)),
                                     Applied::RowChanged { .. } => None,
                                 };
                                 let mut settled = None;
-                                if let Some((by, settled_at, latency)) = settlement {
-                                    let is_late = latency.is_some_and(late);
+                                if let Some((by, settled_at, latency, backlog)) = settlement {
+                                    let is_late = !backlog && latency.is_some_and(late);
                                     let inserted = sqlx::query(sql::INSERT_SETTLEMENT)
                                         .bind(row.order_id.as_str())
                                         .bind(row.bot_id.as_deref())
@@ -555,6 +589,7 @@ impl Store {
                                         .bind(settled_at)
                                         .bind(latency)
                                         .bind(is_late)
+                                        .bind(backlog)
                                         .execute(&mut *savepoint)
                                         .await?
                                         .rows_affected();
@@ -605,6 +640,7 @@ impl Store {
                                         .bind(end_source.map(|s| s.as_str()))
                                         .bind(check.at)
                                         .bind(None::<f64>)
+                                        .bind(false)
                                         .bind(false)
                                         .execute(&mut *savepoint)
                                         .await?
@@ -883,6 +919,7 @@ where
         settled_at: row.try_get(6)?,
         latency_seconds: row.try_get(7)?,
         late: row.try_get(8)?,
+        backlog: row.try_get(9)?,
     })
 }
 

@@ -39,6 +39,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
 pub(super) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ordersync_migrations \
      (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)";
 pub(super) const SELECT_MIGRATIONS: &str = "SELECT version FROM ordersync_migrations";
+pub(super) const SELECT_FIRST_MIGRATION: &str = "SELECT applied_at FROM ordersync_migrations WHERE version = 1";
 pub(super) const INSERT_MIGRATION: &str =
     "INSERT INTO ordersync_migrations (version, name, applied_at) VALUES ($1, $2, $3)";
 /// Replicas starting together take turns migrating.
@@ -51,11 +52,11 @@ pub(super) const INSERT_EVENT: &str = "INSERT INTO ordersync_events (order_id, b
 
 /// One settled order; a second settlement of the same order changes nothing (it is counted once).
 pub(super) const INSERT_SETTLEMENT: &str = "INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, \
-     exchange_status, ended_at, end_source, settled_at, latency_seconds, late) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (order_id) DO NOTHING";
+     exchange_status, ended_at, end_source, settled_at, latency_seconds, late, backlog) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (order_id) DO NOTHING";
 
 pub(super) const SELECT_SETTLEMENTS_SINCE: &str = "SELECT order_id, bot_id, settled_by, exchange_status, ended_at, \
-     end_source, settled_at, latency_seconds, late FROM ordersync_settlements WHERE settled_at >= $1 \
+     end_source, settled_at, latency_seconds, late, backlog FROM ordersync_settlements WHERE settled_at >= $1 \
      ORDER BY settled_at, order_id";
 
 pub(super) const SELECT_KNOWN_BOTS: &str = "SELECT DISTINCT bot_id FROM ordersync_settlements";

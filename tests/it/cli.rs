@@ -259,9 +259,15 @@ async fn the_demo_runs_without_credentials_and_fixes_the_incident() {
 
 /// Start `ordersync demo` with its database in `dir`; returns the child and the metrics URL it printed.
 pub async fn start_demo(dir: &std::path::Path) -> (tokio::process::Child, String) {
+    start_demo_with(dir, &[]).await
+}
+
+/// As `start_demo`, with more arguments to `demo`.
+pub async fn start_demo_with(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, String) {
     let database = dir.join("demo.db");
     let mut child = ordersync()
         .args(["demo", "--listen", "127.0.0.1:0", "--database", database.to_str().unwrap()])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -275,4 +281,45 @@ pub async fn start_demo(dir: &std::path::Path) -> (tokio::process::Child, String
         }
     }
     panic!("the demo did not print its metrics URL");
+}
+
+/// The demo's simulated bots miss 30% of their completions: with a fixed seed, the report reads about 70%
+/// bot accuracy for each of them, and 100% effective accuracy (ordersync fixed every miss within the grace
+/// period, far inside the 2-minute goal). The incident's three orders ended hours before ordersync first ran
+/// on the demo's database: backlog, settled by ordersync but not late, and the whole demo reads 100%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_report_reads_the_bots_misses_per_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _) = start_demo_with(dir.path(), &["--order-every", "200ms", "--seed", "7"]).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    signal(child.id().unwrap(), "INT").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let database = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let out =
+        run(ordersync().args(["report", "--since", "1d", "--format", "json"]).env("ORDERSYNC_DATABASE_URL", &database))
+            .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    for bot in ["alpha", "beta", "gamma"] {
+        let accuracy = &report["per_bot"][bot]["accuracy"];
+        let settled = accuracy["settled"].as_i64().unwrap();
+        let bot_accuracy = accuracy["bot_accuracy"].as_f64().unwrap();
+        assert!(settled >= 40, "{bot}: {settled} orders settled in 20 s");
+        assert!((0.55..=0.85).contains(&bot_accuracy), "{bot}: bot accuracy {bot_accuracy} (30% missed)");
+        assert_eq!(accuracy["effective_accuracy"].as_f64(), Some(1.0), "{bot}: every miss fixed in time");
+        assert_eq!(accuracy["late"], 0);
+        let corrected = accuracy["by_ordersync"].as_i64().unwrap();
+        assert_eq!(corrected + accuracy["by_bot"].as_i64().unwrap(), settled, "{bot}: each order once");
+        assert!(corrected > 0, "{bot}: a bot with misses shows corrections");
+    }
+    let incident = &report["per_bot"]["incident"]["accuracy"];
+    assert_eq!((incident["settled"].as_i64(), incident["backlog"].as_i64()), (Some(3), Some(3)));
+    assert_eq!(incident["late"], 0);
+    let overall = &report["overall"]["accuracy"];
+    assert_eq!(overall["effective_accuracy"].as_f64(), Some(1.0), "{overall}");
+    let bot_accuracy = overall["bot_accuracy"].as_f64().unwrap();
+    assert!((0.55..=0.85).contains(&bot_accuracy), "{overall}");
+    assert!(report["overall"]["latency"]["max_seconds"].as_f64().unwrap() < 30.0, "no hours-long backlog latency");
 }

@@ -177,6 +177,16 @@ impl TestDb {
         }
     }
 
+    /// Migrate ordersync's tables as if ordersync had first run here at `at`: orders that ended after it
+    /// are not backlog.
+    pub async fn watched_since(&self, at: DateTime<Utc>) {
+        let store = Store::connect(&self.url, &config(self).trades).await.unwrap();
+        store.migrate().await.unwrap();
+        store.close().await;
+        self.exec(&format!("UPDATE ordersync_migrations SET applied_at = '{}' WHERE version = 1", at.to_rfc3339()))
+            .await;
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.rows(sql).await[0][0].as_deref().unwrap().parse().unwrap()
     }
@@ -233,9 +243,10 @@ pub fn config(db: &TestDb) -> Config {
     config_with(db, "")
 }
 
-/// As `config`, with a TOML file's text on top.
+/// As `config`, with a TOML file's text on top (a `grace` there replaces the tests' 0s).
 pub fn config_with(db: &TestDb, file: &str) -> Config {
-    let overrides = Overrides { database_url: Some(db.url.clone()), grace: Some("0s".into()), ..Overrides::default() };
+    let grace = (!file.lines().any(|line| line.trim_start().starts_with("grace"))).then(|| "0s".to_string());
+    let overrides = Overrides { database_url: Some(db.url.clone()), grace, ..Overrides::default() };
     let file = FileConfig::parse(file, std::path::Path::new("test.toml")).unwrap();
     ordersync::config::resolve(&overrides, &file, "test.toml").unwrap()
 }
@@ -384,8 +395,15 @@ pub async fn spawn_app(backend: Backend, file: &str) -> TestApp {
 
 /// Start the service on a database and simulator the test has already filled.
 pub async fn spawn_app_on(db: TestDb, sandbox: Sandbox, file: &str) -> TestApp {
+    spawn_app_keyed(db, sandbox, file, false).await
+}
+
+/// As `spawn_app_on`; with `foreign_key`, ordersync signs with a key the simulator does not know (every
+/// request answers 401).
+pub async fn spawn_app_keyed(db: TestDb, sandbox: Sandbox, file: &str, foreign_key: bool) -> TestApp {
     let token = CancellationToken::new();
     let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let key = if foreign_key { CdpKey::generate("organizations/test/apiKeys/unknown") } else { key };
     let mut config = config_with(&db, file);
     config.coinbase.api_url = url.clone();
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after).unwrap();

@@ -38,6 +38,7 @@ async fn corrections(app: &TestApp) -> f64 {
 
 async fn a_reconcile_pass_moves_every_metric_and_promtool_is_content(backend: Backend) {
     let db = TestDb::with_trades(backend).await;
+    db.watched_since(Utc::now() - chrono::Duration::hours(1)).await;
     let sandbox = Sandbox::new(1);
     incident_filled_at(&db, &sandbox, Utc::now() - chrono::Duration::seconds(20)).await;
     let app = spawn_app_on(db, sandbox, "poll_interval = \"1h\"\nmetrics_refresh = \"100ms\"").await;

@@ -10,5 +10,6 @@ mod grafana;
 mod http;
 mod reconcile;
 mod report;
+mod sli;
 mod tidy;
 mod websocket;
