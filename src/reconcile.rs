@@ -286,6 +286,10 @@ impl DueChecks {
         (taken, next)
     }
 
+    fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).values().map(|due| due.at).min()
+    }
+
     fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -535,9 +539,10 @@ impl Reconciler {
     /// in batches: what is written comes from List Orders or Get Order, never from the WebSocket message.
     pub async fn run_due(&self, token: CancellationToken) {
         loop {
-            let (taken, next) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
-            if taken.is_empty() {
-                let pause = next.map_or(Duration::from_secs(3600), |at| (at - Utc::now()).to_std().unwrap_or_default());
+            let next = self.due.next_due();
+            let now = Utc::now();
+            if next.is_none_or(|at| at > now) {
+                let pause = next.map_or(Duration::from_secs(3600), |at| (at - now).to_std().unwrap_or_default());
                 tokio::select! {
                     () = token.cancelled() => return,
                     () = tokio::time::sleep(pause) => {}
@@ -545,6 +550,13 @@ impl Reconciler {
                 }
                 continue;
             }
+            // Wait for the rate limit's turn first, then take everything due by then: what falls due while
+            // waiting rides in the same request instead of waiting for the next turn.
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = self.exchange.reserve() => {}
+            }
+            let (taken, _) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
             self.check_due(taken).await;
         }
     }

@@ -286,6 +286,10 @@ impl Exchange for CoinbaseClient {
         Err(ExchangeError::Malformed("List Fills kept answering with a cursor".into()))
     }
 
+    async fn reserve(&self) {
+        self.limiter.reserve().await;
+    }
+
     async fn key_permissions(&self) -> Result<(), ExchangeError> {
         let _: KeyPermissions = self.get("key_permissions", KEY_PERMISSIONS_PATH, &[]).await?;
         Ok(())

@@ -2,6 +2,7 @@
 //! exchange, so the reconciler, manual reconciles and the listener together stay under Coinbase's limit.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -10,16 +11,30 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<DefaultDirectRateLimiter>,
+    /// Tokens taken by `reserve` and not yet used by a request.
+    reserved: Arc<AtomicU32>,
 }
 
 impl Limiter {
     pub fn per_second(per_second: NonZeroU32) -> Limiter {
-        Limiter { inner: Arc::new(RateLimiter::direct(Quota::per_second(per_second))) }
+        Limiter { inner: Arc::new(RateLimiter::direct(Quota::per_second(per_second))), reserved: Arc::default() }
     }
 
-    /// Wait for a token.
+    /// Wait for a token (or use one taken by `reserve`).
     pub async fn acquire(&self) {
-        self.inner.until_ready().await;
+        let reserved = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if reserved.is_err() {
+            self.inner.until_ready().await;
+        }
+    }
+
+    /// Wait for a token and keep it for the next `acquire`: at most one is kept, so a caller that reserves
+    /// and then sends nothing costs one token, never a burst.
+    pub async fn reserve(&self) {
+        if self.reserved.load(Ordering::Acquire) == 0 {
+            self.inner.until_ready().await;
+            self.reserved.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Take a token if one is free now; otherwise say how long until one is.
@@ -33,6 +48,18 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reserved_token_is_used_by_the_next_request_and_only_one_is_kept() {
+        let limiter = Limiter::per_second(NonZeroU32::new(2).unwrap());
+        limiter.reserve().await;
+        limiter.reserve().await;
+        assert!(limiter.try_acquire().is_ok(), "one reservation took one token; one is left");
+        assert!(limiter.try_acquire().is_err());
+        let started = std::time::Instant::now();
+        limiter.acquire().await;
+        assert!(started.elapsed() < std::time::Duration::from_millis(50), "the reserved token is used at once");
+    }
 
     #[test]
     fn a_burst_beyond_the_quota_is_told_to_wait() {

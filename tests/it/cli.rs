@@ -323,3 +323,26 @@ async fn the_demo_report_reads_the_bots_misses_per_order() {
     assert!((0.55..=0.85).contains(&bot_accuracy), "{overall}");
     assert!(report["overall"]["latency"]["max_seconds"].as_f64().unwrap() < 30.0, "no hours-long backlog latency");
 }
+
+/// A row the bot cancelled that Coinbase FILLED: `audit` lists it as a terminal conflict and exits 3 with
+/// `--fail-on-mismatch`, even with no pending order; it writes nothing.
+async fn audit_lists_terminal_conflicts_and_fails_on_them(backend: Backend) {
+    let setup = setup(backend).await;
+    let (order_id, _, _) = INCIDENT[0];
+    setup.db.exec(&format!("UPDATE trades SET status = 'cancelled' WHERE order_id = '{order_id}'")).await;
+    setup.db.exec("DELETE FROM trades WHERE status = 'pending'").await;
+
+    let audit = run(setup.command().args(["audit", "--fail-on-mismatch"])).await;
+    assert_eq!(audit.code, 3, "{}{}", audit.stdout, audit.stderr);
+    assert!(audit.stdout.contains("TERMINAL CONFLICTS") && audit.stdout.contains(order_id), "{}", audit.stdout);
+    assert!(audit.stdout.contains("1 terminal conflicts"), "{}", audit.stdout);
+    let json = run(setup.command().args(["audit", "--json"])).await;
+    assert_eq!(json.code, 0, "without --fail-on-mismatch");
+    let audited: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(audited["terminal_conflicts"][0]["order_id"], order_id);
+    assert_eq!(audited["terminal_conflicts"][0]["exchange_status"], "FILLED");
+    assert_eq!(setup.db.trade(order_id).await.status, "cancelled");
+    let recorded = setup.db.count("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_conflicts").await;
+    assert_eq!(recorded, 0, "audit only reads");
+}
+crate::both!(audit_lists_terminal_conflicts_and_fails_on_them);

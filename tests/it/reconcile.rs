@@ -95,8 +95,8 @@ async fn a_row_the_bot_completes_meanwhile_is_not_overwritten(backend: Backend) 
     let store = Store::connect(&db.url, &config.trades).await.unwrap();
     store.migrate().await.unwrap();
     let exchange = Arc::new(BotRacesUs { inner: sandbox.clone(), db_sql: bot_sql, db: db.clone() });
-    let reconciler =
-        Reconciler::new(store, exchange, Metrics::standalone(config.stuck_after), crate::harness::settings(&config));
+    let metrics = Metrics::standalone(config.stuck_after);
+    let reconciler = Reconciler::new(store, exchange, metrics.clone(), crate::harness::settings(&config));
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
@@ -108,6 +108,9 @@ async fn a_row_the_bot_completes_meanwhile_is_not_overwritten(backend: Backend) 
     assert_eq!(events.len(), 1);
     assert_eq!((events[0].outcome.as_str(), events[0].to_status.as_deref()), ("row_changed", None));
     assert!(events[0].note.as_deref().unwrap().contains("\"cancelled\""), "{:?}", events[0].note);
+    // Counted only for the two corrections written: not for the row the bot changed.
+    assert_eq!(metrics.mismatches.with_label_values(&["avnt-bot", "FILLED"]).get(), 1);
+    assert_eq!(metrics.mismatches.with_label_values(&["moodeng-bot", "FILLED"]).get(), 1);
 }
 both!(a_row_the_bot_completes_meanwhile_is_not_overwritten);
 
@@ -351,5 +354,7 @@ async fn one_refused_write_fails_alone_and_the_rest_of_the_batch_commits(backend
     assert_eq!(events, 0, "no event for a write that did not happen");
     assert_eq!(metrics.store_errors.get(), 1);
     assert_eq!(metrics.unresolved_mismatches.get(), 1);
+    assert_eq!(metrics.mismatches.with_label_values(&["alpha", "FILLED"]).get(), 2, "not the failed write");
+    assert_eq!(metrics.settled.with_label_values(&["alpha", "ordersync"]).get(), 2);
 }
 both!(one_refused_write_fails_alone_and_the_rest_of_the_batch_commits);

@@ -383,3 +383,28 @@ async fn orders_that_ended_before_ordersync_first_ran_are_backlog(backend: Backe
     assert!(notes[0][0].as_deref().unwrap_or_default().contains("backlog"), "{notes:?}");
 }
 both!(orders_that_ended_before_ordersync_first_ran_are_backlog);
+
+/// A bot ordersync settled orders of before, with nothing pending now, has its alerting counters at 0 on the
+/// very first scrape after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_bots_have_their_counters_at_zero_from_the_first_scrape() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    db.watched_since(Utc::now() - chrono::Duration::days(1)).await;
+    db.exec(
+        "INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, exchange_status, settled_at) \
+         VALUES ('x-1', 'zeta', 'bot', 'FILLED', '2026-01-01T00:00:00+00:00')",
+    )
+    .await;
+    db.insert_pending("x-2", "eta", "AVNT-USD", Utc::now() - chrono::Duration::minutes(1)).await;
+    let app = spawn_app_on(db, Sandbox::new(1), "poll_interval = \"1h\"\n[coinbase]\nwebsocket = false").await;
+    let scrape = app.scrape().await;
+    for bot in ["zeta", "eta"] {
+        for series in [
+            format!("ordersync_mismatches_total{{bot=\"{bot}\",exchange_status=\"FILLED\"}} 0"),
+            format!("ordersync_orders_settled_total{{bot=\"{bot}\",by=\"ordersync\"}} 0"),
+            format!("ordersync_orders_settled_late_total{{bot=\"{bot}\"}} 0"),
+        ] {
+            assert!(scrape.contains(&series), "{series} on the first scrape:\n{scrape}");
+        }
+    }
+}
