@@ -24,9 +24,12 @@ use crate::exchange::{Exchange, ExchangeError, ExchangeOrder};
 use crate::metrics::Metrics;
 use crate::order::{OrderId, TradeRow};
 
-/// Terminal rows the exchange gave no settling answer for (still live, 404, no certain answer) are asked
-/// about again after this long, not every pass.
+/// Terminal rows the exchange gave no settling answer for (still live, absent, no certain answer) are asked
+/// about again after this long, not every pass...
 pub const TERMINAL_RECHECK_AFTER: Duration = Duration::from_secs(300);
+/// ... and given up after this many such answers in a row (ordersync never writes a terminal row; only the
+/// count of the bot's own settlements and conflict detection are lost for it).
+pub const TERMINAL_GIVE_UP_AFTER: u32 = 3;
 /// At most this many recent terminal rows are checked in one pass (the rest in the next ones).
 pub const TERMINAL_CHECKS_PER_PASS: usize = 1000;
 
@@ -171,6 +174,15 @@ pub enum ReconcileError {
 /// (absence from a batch proves nothing); FILLED answers without their figures are completed from List
 /// Fills. Every id gets an answer.
 pub async fn lookup(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId, Answer> {
+    lookup_with(exchange, ids, true).await
+}
+
+/// As `lookup`, but an id the batch did not return is `Ambiguous` rather than confirmed with Get Order.
+pub async fn lookup_batch(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId, Answer> {
+    lookup_with(exchange, ids, false).await
+}
+
+async fn lookup_with(exchange: &dyn Exchange, ids: &[OrderId], confirm_absent: bool) -> HashMap<OrderId, Answer> {
     let mut answers = HashMap::with_capacity(ids.len());
     match exchange.orders(ids).await {
         Ok(batch) => {
@@ -186,7 +198,11 @@ pub async fn lookup(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId
             }
             for id in ids {
                 if !answers.contains_key(id) {
-                    let answer = answer_of(exchange.order(id).await);
+                    let answer = if confirm_absent {
+                        answer_of(exchange.order(id).await)
+                    } else {
+                        Answer::Ambiguous("not returned by List Orders; asked again later".into())
+                    };
                     answers.insert(id.clone(), answer);
                 }
             }
@@ -455,8 +471,12 @@ impl Reconciler {
     /// by the bot), or ended otherwise on the exchange (a terminal conflict, never written). Rows without a
     /// settling answer are asked about again after `TERMINAL_RECHECK_AFTER`.
     async fn verify_terminal(&self, mode: Mode, token: &CancellationToken) -> Vec<Checked> {
-        let since = Utc::now() - chrono_duration(self.settings.verify_window);
-        let rows = match self.store.terminal_candidates(since, TERMINAL_CHECKS_PER_PASS).await {
+        let now = Utc::now();
+        let since = now - chrono_duration(self.settings.verify_window);
+        let recheck = now - chrono_duration(TERMINAL_RECHECK_AFTER);
+        let candidates =
+            self.store.terminal_candidates(since, TERMINAL_CHECKS_PER_PASS, recheck, TERMINAL_GIVE_UP_AFTER).await;
+        let rows = match candidates {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(%error, "reading recent terminal rows failed; checking them next pass");
@@ -466,24 +486,15 @@ impl Reconciler {
         };
         let ids: Vec<OrderId> = rows.iter().map(|row| row.order_id.clone()).collect();
         let states = self.check_states(&ids).await;
-        let recheck = Utc::now() - chrono_duration(TERMINAL_RECHECK_AFTER);
-        let due: Vec<&TradeRow> = rows
-            .iter()
-            .filter(|row| {
-                states.get(&row.order_id).is_none_or(|state| {
-                    // Asked while it was pending, or asked recently without a settling answer: not yet.
-                    state.last_checked_at.is_none_or(|at| at < recheck)
-                        || !matches!(state.last_verdict.as_str(), "unresolved" | "flagged")
-                })
-            })
-            .collect();
         let mut checked = Vec::new();
-        for chunk in due.chunks(self.settings.batch_size.max(1)) {
+        for chunk in rows.chunks(self.settings.batch_size.max(1)) {
             if token.is_cancelled() {
                 break;
             }
             let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
-            let answers = lookup(self.exchange.as_ref(), &ids).await;
+            // Only a positive answer settles a terminal row or shows a conflict: an order the batch did not
+            // return is not confirmed one request at a time, it is asked about again later.
+            let answers = lookup_batch(self.exchange.as_ref(), &ids).await;
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
             let items: Vec<Item> = chunk
                 .iter()

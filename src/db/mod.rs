@@ -740,8 +740,15 @@ impl Store {
     }
 
     /// Terminal rows created since `since` that are neither settled nor a conflict at their present status,
-    /// oldest first, at most `limit`.
-    pub async fn terminal_candidates(&self, since: DateTime<Utc>, limit: usize) -> Result<Vec<TradeRow>, StoreError> {
+    /// oldest first, at most `limit`; rows without a settling answer so far wait until their last check is
+    /// older than `recheck_before`, and are given up after `give_up_after` such checks.
+    pub async fn terminal_candidates(
+        &self,
+        since: DateTime<Utc>,
+        limit: usize,
+        recheck_before: DateTime<Utc>,
+        give_up_after: u32,
+    ) -> Result<Vec<TradeRow>, StoreError> {
         let sql = self.schema.select_terminal_candidates();
         let words = self.words();
         let since = self.schema.since_text(since);
@@ -752,7 +759,7 @@ impl Store {
             for terminal in Terminal::ALL {
                 query = query.bind(terminal.word(words));
             }
-            let mut stream = query.bind(limit).fetch(pool);
+            let mut stream = query.bind(limit).bind(i64::from(give_up_after)).bind(recheck_before).fetch(pool);
             while let Some(row) = stream.try_next().await? {
                 rows.extend(RawTrade::read(&row)?.parse_or_warn());
             }

@@ -250,7 +250,8 @@ impl BoundSchema {
 
     /// Terminal rows created since `$1` that are neither settled nor a known conflict at their present
     /// status, oldest first, at most `$6`; `$2…$5` are the terminal words. A row the bot changes after a
-    /// conflict was recorded comes back, so it is checked again.
+    /// conflict was recorded comes back, so it is checked again. A row the exchange gave no settling answer
+    /// for is left out until `$8` (its last check is older), and for good after `$7` such checks in a row.
     pub(super) fn select_terminal_candidates(&self) -> String {
         let since = match self.backend {
             Backend::Sqlite => "$1",
@@ -262,7 +263,10 @@ impl BoundSchema {
             "SELECT {columns} FROM {table} t WHERE t.{status} IN ($2, $3, $4, $5) AND t.{created_at} >= {since} \
              AND NOT EXISTS (SELECT 1 FROM ordersync_settlements s WHERE s.order_id = CAST(t.{order_id} AS TEXT)) \
              AND NOT EXISTS (SELECT 1 FROM ordersync_conflicts c WHERE c.order_id = CAST(t.{order_id} AS TEXT) \
-             AND c.row_status = CAST(t.{status} AS TEXT)) ORDER BY t.{created_at} LIMIT $6",
+             AND c.row_status = CAST(t.{status} AS TEXT)) \
+             AND NOT EXISTS (SELECT 1 FROM ordersync_order_checks k WHERE k.order_id = CAST(t.{order_id} AS TEXT) \
+             AND k.unresolved_in_a_row > 0 AND (k.unresolved_in_a_row >= $7 OR k.last_checked_at > $8)) \
+             ORDER BY t.{created_at} LIMIT $6",
             columns = self.qualified_columns,
             table = self.config.table.quoted(),
         )

@@ -207,12 +207,18 @@ async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backe
     for (id, status) in [(&right, "completed"), (&unknown_position, "cancelled"), (&phantom_fill, "completed")] {
         assert!(bot_writes(&db, id, status).await);
     }
+    // A terminal row of an order the exchange never knew (a paper trade, say).
+    let paper = "0c5e2f39-0000-4000-8000-00000000feed";
+    db.insert_pending(paper, "alpha", "AVNT-USD", Utc::now() - chrono::Duration::hours(1)).await;
+    assert!(bot_writes(&db, paper, "completed").await);
     let config = config(&db);
     let (reconciler, metrics) = reconciler(&db, &sandbox, &config).await;
     let token = CancellationToken::new();
 
     let report = reconciler.pass(Mode::Apply, &token).await.unwrap();
-    assert_eq!(report.verified.len(), 3);
+    assert_eq!(report.verified.len(), 4);
+    let paper_check = report.verified.iter().find(|c| c.order_id == paper).unwrap();
+    assert_eq!(paper_check.verdict, "unresolved", "not settled, not a conflict");
     let mut conflicts: Vec<&str> = report.conflicts().map(|c| c.order_id.as_str()).collect();
     conflicts.sort_unstable();
     let mut expected = vec![unknown_position.as_str(), phantom_fill.as_str()];
@@ -225,7 +231,17 @@ async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backe
     assert_eq!(metrics.terminal_conflicts.with_label_values(&["alpha"]).get(), 2);
 
     let again = reconciler.pass(Mode::Apply, &token).await.unwrap();
-    assert_eq!(again.verified.len(), 0, "checked once, not every pass");
+    assert_eq!(again.verified.len(), 0, "checked once, not every pass; the unknown one only after a while");
+    // Three unanswered checks, minutes apart: given up on.
+    for round in 0..3 {
+        db.exec(&format!(
+            "UPDATE ordersync_order_checks SET last_checked_at = '{}' WHERE order_id = '{paper}'",
+            (Utc::now() - chrono::Duration::minutes(10)).to_rfc3339()
+        ))
+        .await;
+        let report = reconciler.pass(Mode::Apply, &token).await.unwrap();
+        assert_eq!(report.verified.len(), usize::from(round < 2), "round {round}");
+    }
 
     // The bot puts its row right: checked again, settled as the bot's, the conflict gone.
     db.exec(&format!("UPDATE trades SET status = 'completed' WHERE order_id = '{unknown_position}'")).await;
