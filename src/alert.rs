@@ -125,8 +125,10 @@ impl Notifier {
     }
 }
 
+/// An age for the mail; a negative one is unknown (the row's creation time cannot be read).
 fn age(seconds: i64) -> String {
     match seconds {
+        s if s < 0 => "unknown".to_string(),
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
         s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
@@ -219,7 +221,9 @@ fn action_words(verdict: Option<&str>, error: Option<&str>) -> String {
 async fn stuck_orders(store: &Store, stuck_after: Duration) -> Result<Vec<StuckOrder>, crate::db::StoreError> {
     let now = Utc::now();
     let cutoff = now - chrono::Duration::from_std(stuck_after).unwrap_or_default();
-    let rows: Vec<_> = store.pending_orders().await?.into_iter().filter(|r| r.created_at < cutoff).collect();
+    // A row whose age cannot be read counts as stuck.
+    let rows: Vec<_> =
+        store.pending_orders().await?.into_iter().filter(|r| r.created_at.is_none_or(|at| at < cutoff)).collect();
     let ids: Vec<_> = rows.iter().map(|r| r.order_id.clone()).collect();
     let states = store.check_states(&ids).await?;
     let conflicts = store.conflicts().await?;
@@ -233,10 +237,10 @@ async fn stuck_orders(store: &Store, stuck_after: Duration) -> Result<Vec<StuckO
             let state = states.get(&row.order_id);
             StuckOrder {
                 conflict: false,
+                age_seconds: row.age(now).map_or(-1, |age| age.num_seconds()),
                 order_id: row.order_id.to_string(),
                 bot: row.bot_id.unwrap_or_else(|| "-".into()),
                 product: row.product_id.unwrap_or_else(|| "-".into()),
-                age_seconds: (now - row.created_at).num_seconds(),
                 last_exchange_status: state.and_then(|s| s.last_exchange_status.clone()).unwrap_or_else(|| "-".into()),
                 action: action_words(
                     state.map(|s| s.last_verdict.as_str()),

@@ -59,7 +59,7 @@ impl AppError {
             self,
             AppError::Config(_)
                 | AppError::Auth(_)
-                | AppError::Store(StoreError::MissingTable { .. } | StoreError::MissingColumn { .. })
+                | AppError::Store(StoreError::MissingTable { .. } | StoreError::Schema { .. })
         )
     }
 }

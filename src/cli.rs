@@ -16,7 +16,7 @@ use crate::app::{self, App, AppError};
 use crate::config::{self, Config, FileConfig, LogFormat, Overrides};
 use crate::exchange::auth::{CdpKey, PublicKey};
 use crate::metrics::Metrics;
-use crate::reconcile::{Mode, PassReport, Reconciler};
+use crate::reconcile::{Checked, Mode, PassReport, Reconciler};
 use crate::sandbox::server::{self as sandbox_server, ServerState};
 use crate::sandbox::{Faults, Sandbox};
 
@@ -490,10 +490,21 @@ async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::R
                 c.order_id,
                 c.bot_id.as_deref().unwrap_or("-"),
                 c.product_id.as_deref().unwrap_or("-"),
-                human_age(c.age_seconds),
+                c.age_seconds.map_or_else(|| "unknown".to_string(), human_age),
                 c.exchange_status.as_deref().unwrap_or("-"),
                 c.verdict
             );
+        }
+        let unreadable: Vec<&Checked> = report.checked.iter().filter(|c| c.created_raw.is_some()).collect();
+        if !unreadable.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nROWS WHOSE CREATION TIME CANNOT BE READ (checked like any other; their age is unknown, so they \
+                 count as stuck):"
+            );
+            for c in unreadable {
+                let _ = writeln!(out, "{:<38} created_at = {:?}", c.order_id, c.created_raw.as_deref().unwrap_or(""));
+            }
         }
         let _ = writeln!(
             out,

@@ -164,8 +164,10 @@ struct SyncStatusRow {
     bot_id: Option<String>,
     product_id: Option<String>,
     db_status: String,
-    created_at: chrono::DateTime<Utc>,
-    age_seconds: i64,
+    /// `null` when the creation time cannot be read; `created_raw` then holds it as stored.
+    created_at: Option<chrono::DateTime<Utc>>,
+    created_raw: Option<String>,
+    age_seconds: Option<i64>,
     last_exchange_status: Option<String>,
     last_checked_at: Option<chrono::DateTime<Utc>>,
     verdict: String,
@@ -196,7 +198,8 @@ async fn sync_status(
     let rows: Vec<_> = rows
         .into_iter()
         .filter(|row| query.bot.as_deref().is_none_or(|bot| row.bot_id.as_deref() == Some(bot)))
-        .filter(|row| now - row.created_at >= min_age)
+        // A row whose age cannot be read is as old as any.
+        .filter(|row| row.age(now).is_none_or(|age| age >= min_age))
         .collect();
     let ids: Vec<OrderId> = rows.iter().map(|row| row.order_id.clone()).collect();
     let states = state.store.check_states(&ids).await.map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -206,7 +209,8 @@ async fn sync_status(
             let check = states.get(&row.order_id);
             SyncStatusRow {
                 order_id: row.order_id.to_string(),
-                age_seconds: (now - row.created_at).num_seconds(),
+                age_seconds: row.age(now).map(|age| age.num_seconds()),
+                created_raw: row.created_raw.clone(),
                 bot_id: row.bot_id,
                 product_id: row.product_id,
                 db_status: row.status,

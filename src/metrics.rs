@@ -108,6 +108,7 @@ pub struct Metrics {
     pub pending_over_age: IntGaugeVec,
     pub stuck_orders: IntGaugeVec,
     pub resting_orders: IntGaugeVec,
+    pub unreadable_rows: IntGaugeVec,
     pub blocked_bots: IntGauge,
     pub terminal_conflicts: IntGaugeVec,
     pub settled: IntCounterVec,
@@ -213,6 +214,14 @@ impl Metrics {
                     "ordersync_resting_orders",
                     "Pending orders the exchange last said are live (OPEN, PENDING, QUEUED, CANCEL_QUEUED, \
                      EDIT_QUEUED), by bot: the bot waiting on purpose; pages no one.",
+                ),
+                &["bot"],
+            )?,
+            unreadable_rows: IntGaugeVec::new(
+                opts(
+                    "ordersync_unreadable_rows",
+                    "Pending rows whose creation time cannot be read as a time, by bot: reconciled like any other, \
+                     their age unknown; they count as stuck unless resting.",
                 ),
                 &["bot"],
             )?,
@@ -392,6 +401,7 @@ impl Metrics {
             Box::new(metrics.pending_over_age.clone()),
             Box::new(metrics.stuck_orders.clone()),
             Box::new(metrics.resting_orders.clone()),
+            Box::new(metrics.unreadable_rows.clone()),
             Box::new(metrics.blocked_bots.clone()),
             Box::new(metrics.terminal_conflicts.clone()),
             Box::new(metrics.settled.clone()),
@@ -656,22 +666,29 @@ impl Metrics {
                 *entry = at;
             }
         };
+        let mut unreadable: BTreeMap<String, i64> = BTreeMap::new();
         for (row, kind) in rows {
             let bot = self.bot_label(row.bot_id.as_deref());
             let product = self.products.label(row.product_id.as_deref());
             *counts.entry((bot.clone(), product)).or_default() += 1;
-            keep_oldest(&mut oldest, &bot, row.created_at);
-            let age = now - row.created_at;
+            // A row whose creation time cannot be read has no age: counted apart, and stuck unless resting.
+            let age = row.age(now);
+            match row.created_at {
+                Some(created) => keep_oldest(&mut oldest, &bot, created),
+                None => *unreadable.entry(bot.clone()).or_default() += 1,
+            }
             for (slot, threshold) in over.iter_mut().zip(AGE_THRESHOLDS) {
-                if age > chrono::Duration::seconds(threshold as i64) {
+                if age.is_some_and(|age| age > chrono::Duration::seconds(threshold as i64)) {
                     *slot += 1;
                 }
             }
             match kind {
                 PendingKind::Resting => *resting.entry(bot).or_default() += 1,
                 PendingKind::Blocking => {
-                    keep_oldest(&mut oldest_blocking, &bot, row.created_at);
-                    if age > stuck_after {
+                    if let Some(created) = row.created_at {
+                        keep_oldest(&mut oldest_blocking, &bot, created);
+                    }
+                    if age.is_none_or(|age| age > stuck_after) {
                         *stuck.entry(bot).or_default() += 1;
                     }
                 }
@@ -696,7 +713,9 @@ impl Metrics {
         for (count, threshold) in over.iter().zip(AGE_THRESHOLDS) {
             self.pending_over_age.with_label_values(&[threshold.to_string().as_str()]).set(*count);
         }
-        for (gauge, counts) in [(&self.stuck_orders, &stuck), (&self.resting_orders, &resting)] {
+        for (gauge, counts) in
+            [(&self.stuck_orders, &stuck), (&self.resting_orders, &resting), (&self.unreadable_rows, &unreadable)]
+        {
             gauge.reset();
             for (bot, count) in counts {
                 gauge.with_label_values(&[bot.as_str()]).set(*count);
@@ -724,7 +743,8 @@ mod tests {
         TradeRow {
             order_id: OrderId::parse(id).unwrap(),
             status: "pending".into(),
-            created_at: now - chrono::Duration::minutes(minutes_old),
+            created_at: Some(now - chrono::Duration::minutes(minutes_old)),
+            created_raw: None,
             bot_id: Some(bot.into()),
             product_id: Some("AVNT-USD".into()),
         }
@@ -748,6 +768,18 @@ mod tests {
         assert!(text.contains("ordersync_oldest_pending_order_age_seconds{bot=\"alpha\"} 7200"), "{text}");
         assert!(text.contains("ordersync_oldest_blocking_order_age_seconds{bot=\"alpha\"} 60"), "{text}");
         assert!(!text.contains("ordersync_oldest_blocking_order_age_seconds{bot=\"beta\"}"), "{text}");
+    }
+
+    #[test]
+    fn a_row_whose_age_cannot_be_read_is_counted_and_stuck() {
+        let metrics = Metrics::standalone(Duration::from_secs(300));
+        let now = Utc::now();
+        let mut unreadable = row("a", "alpha", 0, now);
+        (unreadable.created_at, unreadable.created_raw) = (None, Some("soon".into()));
+        metrics.set_pending(&[(unreadable, PendingKind::Blocking)], now);
+        assert_eq!(metrics.unreadable_rows.with_label_values(&["alpha"]).get(), 1);
+        assert_eq!(metrics.stuck_orders.with_label_values(&["alpha"]).get(), 1, "age unknown: stuck");
+        assert_eq!(metrics.pending_over_age.with_label_values(&["60"]).get(), 0, "no age to place it by");
     }
 
     #[test]

@@ -41,16 +41,34 @@ pub struct TradeRow {
     pub order_id: OrderId,
     /// The status word exactly as the bot wrote it.
     pub status: String,
-    pub created_at: DateTime<Utc>,
+    /// When the bot placed the order; `None` when the value cannot be read as a time (its age is unknown,
+    /// and it counts as stuck).
+    pub created_at: Option<DateTime<Utc>>,
+    /// The creation time as the database holds it, when it could not be read.
+    pub created_raw: Option<String>,
     pub bot_id: Option<String>,
     pub product_id: Option<String>,
 }
 
-/// Parse a timestamp as SQLite or PostgreSQL write it: `2025-01-01 10:00:00` (SQLite `datetime('now')`,
-/// UTC), ISO-8601 `2025-01-01T10:00:00.123Z`, and PostgreSQL's text form `2025-01-01 10:00:00.5+00`.
-/// A value with no offset is UTC.
+impl TradeRow {
+    /// How long ago the bot placed the order; `None` when unknown.
+    pub fn age(&self, now: DateTime<Utc>) -> Option<chrono::Duration> {
+        self.created_at.map(|at| now - at)
+    }
+}
+
+/// Julian day of the Unix epoch.
+const UNIX_EPOCH_JULIAN_DAY: f64 = 2_440_587.5;
+
+/// Parse a timestamp as SQLite or PostgreSQL give it: `2025-01-01 10:00:00` (SQLite `datetime('now')`,
+/// UTC), ISO-8601 `2025-01-01T10:00:00.123Z`, PostgreSQL's text form `2025-01-01 10:00:00.5+00`, and the
+/// numbers SQLite's date functions use: Unix epoch seconds (integer or real; milliseconds when above
+/// 10^11) and Julian day numbers (below 10^7, e.g. `julianday('now')`). A value with no offset is UTC.
 pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
     let text = text.trim();
+    if let Ok(number) = text.parse::<f64>() {
+        return from_number(number).ok_or_else(|| format!("{text:?} is not a time: a number out of range"));
+    }
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
     }
@@ -67,6 +85,24 @@ pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
         }
     }
     Err(format!("{text:?} is not a timestamp: expected e.g. 2025-01-01 10:00:00 or 2025-01-01T10:00:00Z"))
+}
+
+/// A number as SQLite's date functions read it: a Julian day (the epoch is day 2440587.5), Unix seconds,
+/// or Unix milliseconds, told apart by size (a Julian day of year 2000 is 2.45e6; Unix seconds of 1970-04
+/// are 1e7; Unix milliseconds of 1973 are 1e11).
+fn from_number(number: f64) -> Option<DateTime<Utc>> {
+    if !number.is_finite() || number <= 0.0 {
+        return None;
+    }
+    let seconds = if number < 1e7 {
+        (number - UNIX_EPOCH_JULIAN_DAY) * 86_400.0
+    } else if number < 1e11 {
+        number
+    } else {
+        number / 1000.0
+    };
+    let millis = (seconds * 1000.0).round();
+    (millis.abs() < 1e15).then(|| DateTime::from_timestamp_millis(millis as i64)).flatten()
 }
 
 /// The text form ordersync writes into SQLite: what `datetime('now')` writes, plus milliseconds,
@@ -115,8 +151,19 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_guess() {
-        for bad in ["", "yesterday", "2025-13-01 00:00:00", "1735700000"] {
+        for bad in ["", "yesterday", "2025-13-01 00:00:00", "-5", "0", "NaN", "inf", "1e300"] {
             assert!(parse_timestamp(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The numbers SQLite's own functions give for 2025-01-02 03:04:05 UTC: `strftime('%s', …)` and
+    /// `unixepoch(…)` (1735787045), with milliseconds, and `julianday(…)` (2460677.627835648).
+    #[test]
+    fn sqlite_numbers_read_as_unix_seconds_milliseconds_or_julian_days() {
+        let expected = Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap();
+        for text in ["1735787045", "1735787045.0", "1735787045000", "2460677.627835648"] {
+            let at = parse_timestamp(text).unwrap();
+            assert!((at - expected).num_milliseconds().abs() < 5, "{text}: {at}");
         }
     }
 

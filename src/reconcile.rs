@@ -59,8 +59,10 @@ pub struct Checked {
     pub bot_id: Option<String>,
     pub product_id: Option<String>,
     pub db_status: String,
-    pub created_at: DateTime<Utc>,
-    pub age_seconds: i64,
+    /// `None` when the row's creation time cannot be read (`created_raw` then holds it as stored).
+    pub created_at: Option<DateTime<Utc>>,
+    pub created_raw: Option<String>,
+    pub age_seconds: Option<i64>,
     /// The exchange's status word, when it gave one.
     pub exchange_status: Option<String>,
     /// `in_sync`, `settled_by_bot`, `waiting`, `mismatch`, `unresolved`, `flagged`, `terminal_conflict`,
@@ -413,7 +415,8 @@ impl Reconciler {
             self.metrics.bot_label(row.bot_id.as_deref());
         }
         let cutoff = Utc::now() - chrono_duration(self.settings.grace);
-        let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) = rows.into_iter().partition(|r| r.created_at <= cutoff);
+        let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) =
+            rows.into_iter().partition(|r| r.created_at.is_none_or(|at| at <= cutoff));
         let mut report = PassReport { too_young: young.len(), ..PassReport::default() };
         let mut certain = 0usize;
         let mut unresolved_mismatches = 0;
@@ -751,7 +754,8 @@ impl Reconciler {
             product_id: row.product_id.clone(),
             db_status: row.status.clone(),
             created_at: row.created_at,
-            age_seconds: (now - row.created_at).num_seconds(),
+            created_raw: row.created_raw.clone(),
+            age_seconds: row.age(now).map(|age| age.num_seconds()),
             exchange_status: exchange_status.clone(),
             verdict: action.verdict_word(),
             result: "unchanged",

@@ -22,7 +22,7 @@ use crate::config::{StatusWords, TradesSchema};
 use crate::decide::{late, EndSource, Fill, SettledBy, Terminal};
 use crate::order::{parse_timestamp, OrderId, TradeRow};
 
-pub use sql::BoundSchema;
+pub use sql::{BoundSchema, Column, PgType};
 
 /// Which database the store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +50,8 @@ pub enum StoreError {
     },
     #[error("table {table} does not exist in the database {url}: create it, or set trades.table to the bot's table")]
     MissingTable { table: String, url: String },
-    #[error(
-        "table {table} has no column {column}: set trades.{key} in the config file to the column that holds {what}"
-    )]
-    MissingColumn { table: String, column: String, key: &'static str, what: &'static str },
+    #[error("the bot's table {table} does not fit the [trades] mapping:{}", problems.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+    Schema { table: String, problems: Vec<String> },
     #[error("ordersync migration {version} ({name}) failed: {source}")]
     Migrate {
         version: i64,
@@ -269,7 +267,7 @@ impl Store {
     /// Connect and check that the bot's table has the mapped columns.
     ///
     /// # Errors
-    /// `Connect` when the database cannot be reached, `MissingTable`/`MissingColumn` naming what to fix.
+    /// `Connect` when the database cannot be reached, `MissingTable`/`Schema` naming what to fix.
     pub async fn connect(url: &str, schema: &TradesSchema) -> Result<Store, StoreError> {
         let shown = redact_url(url);
         let connect_error = |source| StoreError::Connect { url: shown.clone(), source };
@@ -310,7 +308,17 @@ impl Store {
             Pool::Postgres(_) => Backend::Postgres,
         };
         let columns = table_columns(&pool, schema).await?;
-        let bound = BoundSchema::bind(schema, backend, columns.as_deref(), &shown)?;
+        let mut bound = BoundSchema::bind(schema, backend, columns.as_deref(), &shown)?;
+        if bound.created_is_untyped() {
+            let sample = bound.select_created_sample();
+            let found: Option<(String, String)> = match &pool {
+                Pool::Sqlite(pool) => sqlx::query_as(&sample).fetch_optional(pool).await?,
+                Pool::Postgres(pool) => sqlx::query_as(&sample).fetch_optional(pool).await?,
+            };
+            if let Some((kind, text)) = found {
+                bound.set_created_form(sql::CreatedForm::of(&kind, &text));
+            }
+        }
         let store = Store { pool, schema: Arc::new(bound), url: shown, watched_since: Arc::default() };
         store.read_watched_since().await;
         Ok(store)
@@ -413,20 +421,24 @@ impl Store {
         // Streamed: each row is parsed as it arrives, so only the parsed rows are ever held at once.
         let mut rows: Vec<TradeRow> = Vec::new();
         on_pool!(self, pool => {
-            let mut stream = sqlx::query(sql).bind(&pending).fetch(pool);
+            let mut stream = sqlx::query(&sql).bind(&pending).fetch(pool);
             while let Some(row) = stream.try_next().await? {
                 rows.extend(RawTrade::read(&row)?.parse_or_warn());
             }
         });
+        // Oldest first; a row whose age is unknown comes before all (`None` sorts first).
         rows.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.order_id.cmp(&b.order_id)));
         Ok(rows)
     }
 
     /// One row of the bot's table by order id, whatever its status.
     pub async fn trade(&self, order_id: &OrderId) -> Result<Option<TradeRow>, StoreError> {
+        if !self.schema.can_hold(order_id.as_str()) {
+            return Ok(None);
+        }
         let sql = self.schema.select_by_id();
         let raw: Option<RawTrade> = on_pool!(self, pool => {
-            match sqlx::query(sql).bind(order_id.as_str()).fetch_optional(pool).await? {
+            match sqlx::query(&sql).bind(order_id.as_str()).fetch_optional(pool).await? {
                 Some(row) => Some(RawTrade::read(&row)?),
                 None => None,
             }
@@ -494,7 +506,7 @@ impl Store {
                                     let latency = (applied_at - fill.ended_at).to_std().unwrap_or_default();
                                     Applied::Written { applied_at, latency, backlog: self.backlog(fill.ended_at) }
                                 } else {
-                                    let now = sqlx::query(schema.select_status_by_id())
+                                    let now = sqlx::query(&schema.select_status_by_id())
                                         .bind(row.order_id.as_str())
                                         .fetch_optional(&mut *savepoint)
                                         .await?
@@ -770,6 +782,7 @@ impl Store {
     /// The rows of these order ids, whatever their status (absent: not in the bot's table).
     pub async fn trades(&self, ids: &[OrderId]) -> Result<HashMap<OrderId, TradeRow>, StoreError> {
         let mut trades = HashMap::with_capacity(ids.len());
+        let ids: Vec<&OrderId> = ids.iter().filter(|id| self.schema.can_hold(id.as_str())).collect();
         for chunk in ids.chunks(500) {
             let sql = self.schema.select_by_ids(chunk.len());
             on_pool!(self, pool => {
@@ -806,26 +819,46 @@ impl Store {
     }
 }
 
-/// The columns of the bot's table, `None` when it does not exist.
-async fn table_columns(pool: &Pool, schema: &TradesSchema) -> Result<Option<Vec<String>>, StoreError> {
+/// The columns of the bot's table with their types, `None` when it does not exist.
+async fn table_columns(pool: &Pool, schema: &TradesSchema) -> Result<Option<Vec<Column>>, StoreError> {
     let (schema_name, table) = BoundSchema::table_parts(schema);
-    let columns: Vec<String> = match pool {
+    let columns: Vec<Column> = match pool {
         Pool::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT name FROM pragma_table_info($1, $2)")
+            let names: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info($1, $2)")
                 .bind(table)
                 .bind(schema_name.unwrap_or("main"))
                 .fetch_all(pool)
-                .await?
+                .await?;
+            names.into_iter().map(|name| Column { name, pg: None }).collect()
         }
         Pool::Postgres(pool) => {
-            sqlx::query_scalar(
-                "SELECT column_name::text FROM information_schema.columns \
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT column_name::text, data_type::text, udt_schema::text, udt_name::text \
+                 FROM information_schema.columns \
                  WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
             )
             .bind(schema_name)
             .bind(table)
             .fetch_all(pool)
-            .await?
+            .await?;
+            let mut columns = Vec::with_capacity(rows.len());
+            for (name, data_type, udt_schema, udt_name) in rows {
+                let enum_labels: Vec<String> = if data_type == "USER-DEFINED" {
+                    sqlx::query_scalar(
+                        "SELECT e.enumlabel::text FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid \
+                         JOIN pg_namespace n ON n.oid = t.typnamespace \
+                         WHERE n.nspname = $1 AND t.typname = $2 ORDER BY e.enumsortorder",
+                    )
+                    .bind(&udt_schema)
+                    .bind(&udt_name)
+                    .fetch_all(pool)
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                columns.push(Column { name, pg: Some(PgType { data_type, udt_schema, udt_name, enum_labels }) });
+            }
+            columns
         }
     };
     Ok((!columns.is_empty()).then_some(columns))
@@ -855,17 +888,19 @@ impl RawTrade {
         })
     }
 
+    /// The row, with its creation time when it can be read (a row whose time cannot be read is still
+    /// reconciled: its age is unknown). `None` only for an id that cannot be an order id.
     fn parse_or_warn(self) -> Option<TradeRow> {
         let raw_id = self.order_id.unwrap_or_default();
-        let parsed = OrderId::parse(&raw_id).and_then(|order_id| {
-            let created_at = parse_timestamp(self.created_at.as_deref().unwrap_or(""))?;
-            Ok(TradeRow {
-                order_id,
-                status: self.status.unwrap_or_default(),
-                created_at,
-                bot_id: self.bot_id,
-                product_id: self.product_id,
-            })
+        let raw_created = self.created_at.unwrap_or_default();
+        let created_at = parse_timestamp(&raw_created).ok();
+        let parsed = OrderId::parse(&raw_id).map(|order_id| TradeRow {
+            order_id,
+            status: self.status.unwrap_or_default(),
+            created_raw: created_at.is_none().then_some(raw_created),
+            created_at,
+            bot_id: self.bot_id,
+            product_id: self.product_id,
         });
         match parsed {
             Ok(row) => Some(row),

@@ -104,87 +104,257 @@ pub(super) fn select_events(one_order: bool) -> String {
     )
 }
 
-/// The mapping after checking it against the real table: optional columns the table lacks are dropped.
+/// A column of the bot's table as the catalogue describes it. `pg` is PostgreSQL's type (SQLite has none
+/// that matters: it compares and stores what it is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub pg: Option<PgType>,
+}
+
+/// A PostgreSQL column type: `information_schema.columns.data_type`, the underlying type's schema and name,
+/// and an enum's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgType {
+    pub data_type: String,
+    pub udt_schema: String,
+    pub udt_name: String,
+    pub enum_labels: Vec<String>,
+}
+
+/// What a mapped column holds, for the type its parameters are cast to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    OrderId,
+    Status,
+    Time,
+    Figure,
+}
+
+/// How ordersync compares with and writes a column: the SQL type a text parameter is cast to on
+/// PostgreSQL (`None` on SQLite, which takes text as it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cast {
+    to: Option<String>,
+    /// A `uuid` column: only UUIDs can be looked up in it.
+    uuid: bool,
+    /// A time kept as text: compared as text in the form ordersync writes.
+    text_time: bool,
+}
+
+impl Cast {
+    const SQLITE: Cast = Cast { to: None, uuid: false, text_time: false };
+
+    /// The type a column of `pg` type takes for `role`, or what is wrong with it.
+    fn of(pg: &PgType, role: Role) -> Result<Cast, String> {
+        let text = matches!(pg.data_type.as_str(), "text" | "character varying" | "character");
+        let cast = |to: &str| Cast { to: Some(to.to_string()), uuid: false, text_time: false };
+        match (role, pg.data_type.as_str()) {
+            (Role::OrderId, "uuid") => Ok(Cast { uuid: true, ..cast("UUID") }),
+            (Role::OrderId, _) if text => Ok(cast("TEXT")),
+            (Role::OrderId, other) => {
+                Err(format!("a {other} column cannot hold Coinbase order ids (use text, varchar or uuid)"))
+            }
+            (Role::Status, _) if text => Ok(cast("TEXT")),
+            (Role::Status, "USER-DEFINED") if !pg.enum_labels.is_empty() => {
+                Ok(cast(&format!("{}.{}", quote(&pg.udt_schema), quote(&pg.udt_name))))
+            }
+            (Role::Status, other) => Err(format!(
+                "a {other} column ({}) cannot hold status words (use text, varchar or an enum)",
+                pg.udt_name
+            )),
+            // A text parameter with an explicit UTC offset, cast to timestamptz, is stored right in a
+            // `timestamp` column too (the session's time zone is UTC).
+            (Role::Time, "timestamp with time zone" | "timestamp without time zone") => Ok(cast("TIMESTAMPTZ")),
+            (Role::Time, _) if text => Ok(Cast { text_time: true, ..cast("TEXT") }),
+            (Role::Time, other) => {
+                Err(format!("a {other} column cannot hold a time of day (use timestamptz, timestamp or text)"))
+            }
+            (Role::Figure, "numeric") => Ok(cast("NUMERIC")),
+            (Role::Figure, "double precision" | "real") => Ok(cast("DOUBLE PRECISION")),
+            (Role::Figure, _) if text => Ok(cast("TEXT")),
+            (Role::Figure, other) => Err(format!(
+                "a {other} column cannot hold a price or size exactly (use numeric, double precision or text)"
+            )),
+        }
+    }
+
+    /// `$n` as the column compares and stores it.
+    fn param(&self, n: usize) -> String {
+        match &self.to {
+            Some(to) => format!("CAST(${n} AS {to})"),
+            None => format!("${n}"),
+        }
+    }
+
+    /// A text expression (a column of ordersync's own tables) as this column compares it.
+    fn cast_text(&self, expr: &str) -> String {
+        match &self.to {
+            Some(to) => format!("CAST({expr} AS {to})"),
+            None => expr.to_string(),
+        }
+    }
+}
+
+/// How a SQLite table keeps `created_at`, read off a row at start, so a cut-off compares in the same form
+/// (and through the bot's index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreatedForm {
+    /// `2025-01-02 03:04:05` (what `datetime('now')` writes; also PostgreSQL text columns).
+    Text,
+    /// `2025-01-02T03:04:05…`
+    IsoText,
+    UnixSeconds,
+    UnixMillis,
+    JulianDay,
+}
+
+impl CreatedForm {
+    /// The form of one stored value (`typeof` and its text).
+    pub fn of(sqlite_type: &str, text: &str) -> CreatedForm {
+        match (sqlite_type, text.parse::<f64>()) {
+            ("integer" | "real", Ok(n)) if n < 1e7 => CreatedForm::JulianDay,
+            ("integer" | "real", Ok(n)) if n >= 1e11 => CreatedForm::UnixMillis,
+            ("integer" | "real", Ok(_)) => CreatedForm::UnixSeconds,
+            _ if text.contains('T') => CreatedForm::IsoText,
+            _ => CreatedForm::Text,
+        }
+    }
+
+    /// `at` in this form.
+    pub fn format(&self, at: chrono::DateTime<chrono::Utc>) -> String {
+        match self {
+            CreatedForm::Text => sqlite_timestamp(at),
+            CreatedForm::IsoText => at.format("%Y-%m-%dT%H:%M:%S%.3f").to_string(),
+            CreatedForm::UnixSeconds => at.timestamp().to_string(),
+            CreatedForm::UnixMillis => at.timestamp_millis().to_string(),
+            CreatedForm::JulianDay => format!("{:.8}", at.timestamp_millis() as f64 / 86_400_000.0 + 2_440_587.5),
+        }
+    }
+}
+
+/// A catalogue name as a quoted SQL identifier (names from the catalogue, never from input).
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The mapping after checking it against the real table: optional columns the table lacks are dropped, and
+/// each mapped column is compared and written through its own type.
 #[derive(Debug, Clone)]
 pub struct BoundSchema {
     config: TradesSchema,
     backend: Backend,
     bot_id: Option<SqlIdent>,
     product_id: Option<SqlIdent>,
-    filled_price: Option<SqlIdent>,
-    filled_size: Option<SqlIdent>,
-    select_by_status: String,
-    select_by_id: String,
-    select_status_by_id: String,
-    /// `… FROM {table} t`, the row columns qualified by `t.` (for queries that join ordersync's tables).
-    qualified_columns: String,
+    filled_price: Option<(SqlIdent, Cast)>,
+    filled_size: Option<(SqlIdent, Cast)>,
+    order_id: Cast,
+    status: Cast,
+    created_at: Cast,
+    filled_at: Cast,
+    /// The row columns, qualified by `t.`.
+    columns: String,
+    /// How `created_at` is kept, where it is kept as text or numbers (SQLite, PostgreSQL text).
+    created_form: CreatedForm,
 }
 
 impl BoundSchema {
-    /// Check the mapping against the table's columns (`None`: the table does not exist).
+    /// Check the mapping against the table's columns (`None`: the table does not exist). Every problem is
+    /// reported at once.
     pub(super) fn bind(
         config: &TradesSchema,
         backend: Backend,
-        columns: Option<&[String]>,
+        columns: Option<&[Column]>,
         url: &str,
     ) -> Result<BoundSchema, StoreError> {
         let table = config.table.as_str().to_string();
         let columns = columns.ok_or_else(|| StoreError::MissingTable { table: table.clone(), url: url.to_string() })?;
         // SQLite compares column names without case; PostgreSQL's quoted names are exact.
-        let has = |name: &SqlIdent| {
-            columns.iter().any(|column| match backend {
-                Backend::Sqlite => column.eq_ignore_ascii_case(name.as_str()),
-                Backend::Postgres => column == name.as_str(),
+        let find = |name: &SqlIdent| {
+            columns.iter().find(|column| match backend {
+                Backend::Sqlite => column.name.eq_ignore_ascii_case(name.as_str()),
+                Backend::Postgres => column.name == name.as_str(),
             })
         };
-        let required = [
-            (&config.order_id, "order_id", "the exchange order id"),
-            (&config.status, "status", "the order status word"),
-            (&config.created_at, "created_at", "when the bot placed the order"),
-            (&config.filled_at, "filled_at", "when the order filled"),
-        ];
-        for (column, key, what) in required {
-            if !has(column) {
-                return Err(StoreError::MissingColumn { table, column: column.to_string(), key, what });
+        let mut problems = Vec::new();
+        let typed = |ident: &SqlIdent, key: &str, what: &str, role: Role, problems: &mut Vec<String>| match find(ident)
+        {
+            None => {
+                problems.push(format!("no column {ident}: set trades.{key} to the column that holds {what}"));
+                None
+            }
+            Some(Column { pg: None, .. }) => Some(Cast::SQLITE),
+            Some(Column { pg: Some(pg), .. }) => match Cast::of(pg, role) {
+                Ok(cast) => Some(cast),
+                Err(why) => {
+                    problems.push(format!("column {ident} (trades.{key}): {why}"));
+                    None
+                }
+            },
+        };
+        let order_id = typed(&config.order_id, "order_id", "the exchange order id", Role::OrderId, &mut problems);
+        let status = typed(&config.status, "status", "the order status word", Role::Status, &mut problems);
+        let created_at =
+            typed(&config.created_at, "created_at", "when the bot placed the order", Role::Time, &mut problems);
+        let filled_at = typed(&config.filled_at, "filled_at", "when the order filled", Role::Time, &mut problems);
+        let mut optional = |column: &Option<OptionalColumn>, key: &str, what: &str, role: Option<Role>| match column {
+            None => None,
+            Some(column) if find(&column.name).is_some() => match role {
+                None => Some((column.name.clone(), Cast::SQLITE)),
+                Some(role) => typed(&column.name, key, what, role, &mut problems).map(|c| (column.name.clone(), c)),
+            },
+            Some(column) if column.explicit => {
+                problems.push(format!("no column {}: set trades.{key} to the column that holds {what}", column.name));
+                None
+            }
+            Some(_) => None,
+        };
+        let bot_id = optional(&config.bot_id, "bot_id", "the bot's name (or set it to \"\")", None).map(|c| c.0);
+        let product_id =
+            optional(&config.product_id, "product_id", "the product, e.g. AVNT-USD (or set it to \"\")", None)
+                .map(|c| c.0);
+        let filled_price = optional(
+            &config.filled_price,
+            "filled_price",
+            "the average fill price (or set it to \"\")",
+            Some(Role::Figure),
+        );
+        let filled_size =
+            optional(&config.filled_size, "filled_size", "the filled size (or set it to \"\")", Some(Role::Figure));
+        if let Some(Column { pg: Some(pg), .. }) = find(&config.status) {
+            let words = &config.words;
+            let unknown: Vec<&str> =
+                [&words.pending, &words.completed, &words.cancelled, &words.expired, &words.failed]
+                    .into_iter()
+                    .map(String::as_str)
+                    .filter(|word| !pg.enum_labels.is_empty() && !pg.enum_labels.iter().any(|label| label == word))
+                    .collect();
+            if !unknown.is_empty() {
+                problems.push(format!(
+                    "status words {unknown:?} are not labels of the enum {} (its labels: {}): set \
+                     [trades.status_words] to the bot's words",
+                    pg.udt_name,
+                    pg.enum_labels.join(", ")
+                ));
             }
         }
-        let optional = |column: &Option<OptionalColumn>, key: &'static str, what: &'static str| match column {
-            None => Ok(None),
-            Some(column) if has(&column.name) => Ok(Some(column.name.clone())),
-            Some(column) if column.explicit => {
-                Err(StoreError::MissingColumn { table: table.clone(), column: column.name.to_string(), key, what })
-            }
-            Some(_) => Ok(None),
+        let (Some(order_id), Some(status), Some(created_at), Some(filled_at), true) =
+            (order_id, status, created_at, filled_at, problems.is_empty())
+        else {
+            return Err(StoreError::Schema { table, problems });
         };
-        let bot_id = optional(&config.bot_id, "bot_id", "the bot's name (or set it to \"\")")?;
-        let product_id = optional(&config.product_id, "product_id", "the product, e.g. AVNT-USD (or set it to \"\")")?;
-        let filled_price =
-            optional(&config.filled_price, "filled_price", "the average fill price (or set it to \"\")")?;
-        let filled_size = optional(&config.filled_size, "filled_size", "the filled size (or set it to \"\")")?;
         let config = config.clone();
-        let columns_with = |prefix: &str| {
-            let text = |column: &Option<SqlIdent>| match column {
-                Some(name) => format!("CAST({prefix}{} AS TEXT)", name.quoted()),
-                None => "CAST(NULL AS TEXT)".to_string(),
-            };
-            format!(
-                "CAST({prefix}{} AS TEXT), CAST({prefix}{} AS TEXT), CAST({prefix}{} AS TEXT), {}, {}",
-                config.order_id.quoted(),
-                config.status.quoted(),
-                config.created_at.quoted(),
-                text(&bot_id),
-                text(&product_id),
-            )
+        let text = |column: &Option<SqlIdent>| match column {
+            Some(name) => format!("CAST(t.{} AS TEXT)", name.quoted()),
+            None => "CAST(NULL AS TEXT)".to_string(),
         };
-        let columns = columns_with("");
-        let qualified_columns = columns_with("t.");
-        let table = config.table.quoted();
-        let select_by_status = format!("SELECT {columns} FROM {table} WHERE {} = $1", config.status.quoted());
-        let select_by_id = format!("SELECT {columns} FROM {table} WHERE {} = $1", config.order_id.quoted());
-        let select_status_by_id = format!(
-            "SELECT CAST({} AS TEXT) FROM {table} WHERE {} = $1",
+        let columns = format!(
+            "CAST(t.{} AS TEXT), CAST(t.{} AS TEXT), CAST(t.{} AS TEXT), {}, {}",
+            config.order_id.quoted(),
             config.status.quoted(),
-            config.order_id.quoted()
+            config.created_at.quoted(),
+            text(&bot_id),
+            text(&product_id),
         );
         Ok(BoundSchema {
             config,
@@ -193,11 +363,36 @@ impl BoundSchema {
             product_id,
             filled_price,
             filled_size,
-            select_by_status,
-            select_by_id,
-            select_status_by_id,
-            qualified_columns,
+            order_id,
+            status,
+            created_at,
+            filled_at,
+            columns,
+            created_form: CreatedForm::Text,
         })
+    }
+
+    /// Compare `created_at` in the form the table keeps it.
+    pub(super) fn set_created_form(&mut self, form: CreatedForm) {
+        self.created_form = form;
+    }
+
+    /// Whether `created_at` is kept as text or numbers (SQLite, or a PostgreSQL text column).
+    pub(super) fn created_is_untyped(&self) -> bool {
+        self.backend == Backend::Sqlite || self.created_at.text_time
+    }
+
+    /// A sample `created_at` value with its SQLite type, to learn its form.
+    pub(super) fn select_created_sample(&self) -> String {
+        let created_at = self.config.created_at.quoted();
+        let kind = match self.backend {
+            Backend::Sqlite => format!("typeof(t.{created_at})"),
+            Backend::Postgres => "'text'".to_string(),
+        };
+        format!(
+            "SELECT {kind}, CAST(t.{created_at} AS TEXT) FROM {} t WHERE t.{created_at} IS NOT NULL LIMIT 1",
+            self.config.table.quoted()
+        )
     }
 
     pub fn table(&self) -> &str {
@@ -218,34 +413,50 @@ impl BoundSchema {
 
     /// Which optional columns are in use, for the start-up log.
     pub fn optional_columns(&self) -> Vec<&str> {
-        [&self.bot_id, &self.product_id, &self.filled_price, &self.filled_size]
+        let figures = [&self.filled_price, &self.filled_size].map(|column| column.as_ref().map(|(name, _)| name));
+        [self.bot_id.as_ref(), self.product_id.as_ref()]
             .into_iter()
+            .chain(figures)
             .flatten()
             .map(SqlIdent::as_str)
             .collect()
     }
 
-    pub(super) fn select_by_status(&self) -> &str {
-        &self.select_by_status
+    /// Whether `id` can be an order id of this table (a `uuid` column holds only UUIDs): others are
+    /// not looked up, they are simply not there.
+    pub(super) fn can_hold(&self, id: &str) -> bool {
+        !self.order_id.uuid || uuid::Uuid::parse_str(id).is_ok()
     }
 
-    pub(super) fn select_by_id(&self) -> &str {
-        &self.select_by_id
+    fn select_rows(&self) -> String {
+        format!("SELECT {} FROM {} t", self.columns, self.config.table.quoted())
     }
 
-    pub(super) fn select_status_by_id(&self) -> &str {
-        &self.select_status_by_id
+    /// Rows whose status is `$1`.
+    pub(super) fn select_by_status(&self) -> String {
+        format!("{} WHERE t.{} = {}", self.select_rows(), self.config.status.quoted(), self.status.param(1))
+    }
+
+    /// The row of order `$1`.
+    pub(super) fn select_by_id(&self) -> String {
+        format!("{} WHERE t.{} = {}", self.select_rows(), self.config.order_id.quoted(), self.order_id.param(1))
+    }
+
+    /// The status of order `$1`, as text.
+    pub(super) fn select_status_by_id(&self) -> String {
+        format!(
+            "SELECT CAST(t.{} AS TEXT) FROM {} t WHERE t.{} = {}",
+            self.config.status.quoted(),
+            self.config.table.quoted(),
+            self.config.order_id.quoted(),
+            self.order_id.param(1)
+        )
     }
 
     /// The rows of `count` order ids (`$1…$count`), whatever their status.
     pub(super) fn select_by_ids(&self, count: usize) -> String {
-        format!(
-            "SELECT {} FROM {} t WHERE CAST(t.{} AS TEXT) IN ({})",
-            self.qualified_columns,
-            self.config.table.quoted(),
-            self.config.order_id.quoted(),
-            placeholders(count)
-        )
+        let ids: Vec<String> = (1..=count).map(|n| self.order_id.param(n)).collect();
+        format!("{} WHERE t.{} IN ({})", self.select_rows(), self.config.order_id.quoted(), ids.join(", "))
     }
 
     /// Terminal rows created since `$1` that are neither settled nor a known conflict at their present
@@ -253,42 +464,44 @@ impl BoundSchema {
     /// conflict was recorded comes back, so it is checked again. A row the exchange gave no settling answer
     /// for is left out until `$8` (its last check is older), and for good after `$7` such checks in a row.
     pub(super) fn select_terminal_candidates(&self) -> String {
-        let since = match self.backend {
-            Backend::Sqlite => "$1",
-            Backend::Postgres => "CAST($1 AS TIMESTAMPTZ)",
-        };
         let (order_id, status, created_at) =
             (self.config.order_id.quoted(), self.config.status.quoted(), self.config.created_at.quoted());
+        let words: Vec<String> = (2..=5).map(|n| self.status.param(n)).collect();
         format!(
-            "SELECT {columns} FROM {table} t WHERE t.{status} IN ($2, $3, $4, $5) AND t.{created_at} >= {since} \
+            "{from} WHERE t.{status} IN ({words}) AND t.{created_at} >= {since} \
              AND NOT EXISTS (SELECT 1 FROM ordersync_settlements s WHERE s.order_id = CAST(t.{order_id} AS TEXT)) \
              AND NOT EXISTS (SELECT 1 FROM ordersync_conflicts c WHERE c.order_id = CAST(t.{order_id} AS TEXT) \
              AND c.row_status = CAST(t.{status} AS TEXT)) \
              AND NOT EXISTS (SELECT 1 FROM ordersync_order_checks k WHERE k.order_id = CAST(t.{order_id} AS TEXT) \
              AND k.unresolved_in_a_row > 0 AND (k.unresolved_in_a_row >= $7 OR k.last_checked_at > $8)) \
              ORDER BY t.{created_at} LIMIT $6",
-            columns = self.qualified_columns,
-            table = self.config.table.quoted(),
+            from = self.select_rows(),
+            words = words.join(", "),
+            since = self.created_at.param(1),
         )
     }
 
-    /// Recorded conflicts whose row still holds the status they were found with.
+    /// Recorded conflicts whose row still holds the status they were found with (looked up by the row's
+    /// own key, so the bot's index serves it).
     pub(super) fn select_conflicts(&self) -> String {
         format!(
             "SELECT c.order_id, c.bot_id, c.product_id, c.row_status, c.exchange_status, c.filled_size, c.found_at \
-             FROM ordersync_conflicts c JOIN {table} t ON CAST(t.{order_id} AS TEXT) = c.order_id \
+             FROM ordersync_conflicts c JOIN {table} t ON t.{order_id} = {key} \
              AND CAST(t.{status} AS TEXT) = c.row_status ORDER BY c.found_at, c.order_id",
             table = self.config.table.quoted(),
             order_id = self.config.order_id.quoted(),
+            key = self.order_id.cast_text("c.order_id"),
             status = self.config.status.quoted(),
         )
     }
 
-    /// The cut-off of `select_terminal_candidates` as the database compares it.
+    /// A time as this table's `created_at` compares it: in the form it is kept in (text or a number) where
+    /// it is untyped, RFC 3339 for a PostgreSQL timestamp.
     pub(super) fn since_text(&self, at: chrono::DateTime<chrono::Utc>) -> String {
-        match self.backend {
-            Backend::Sqlite => sqlite_timestamp(at),
-            Backend::Postgres => at.to_rfc3339(),
+        if self.created_is_untyped() {
+            self.created_form.format(at)
+        } else {
+            at.to_rfc3339()
         }
     }
 
@@ -296,36 +509,33 @@ impl BoundSchema {
     /// values, then the order id and the pending word. Fill figures the exchange did not give, or the
     /// table has no column for, are left untouched.
     pub(super) fn update(&self, fill: &Fill) -> (String, Vec<String>) {
-        let mut sets = vec![format!("{} = $1", self.config.status.quoted())];
+        let mut sets = vec![format!("{} = {}", self.config.status.quoted(), self.status.param(1))];
         let mut values = Vec::new();
         let mut next = 2;
-        // SQLite takes text and lets the column's affinity convert it; PostgreSQL needs the type spelt out.
-        let param = |n: usize, pg_type: &str| match self.backend {
-            Backend::Sqlite => format!("${n}"),
-            Backend::Postgres => format!("CAST(${n} AS {pg_type})"),
-        };
         if let Some(at) = fill.time {
-            sets.push(format!("{} = {}", self.config.filled_at.quoted(), param(next, "TIMESTAMPTZ")));
-            values.push(match self.backend {
-                Backend::Sqlite => sqlite_timestamp(at),
-                Backend::Postgres => at.to_rfc3339(),
+            sets.push(format!("{} = {}", self.config.filled_at.quoted(), self.filled_at.param(next)));
+            values.push(if self.backend == Backend::Sqlite || self.filled_at.text_time {
+                sqlite_timestamp(at)
+            } else {
+                at.to_rfc3339()
             });
             next += 1;
         }
         for (column, value) in [(&self.filled_price, fill.price), (&self.filled_size, fill.size)] {
-            if let (Some(column), Some(value)) = (column, value) {
-                sets.push(format!("{} = {}", column.quoted(), param(next, "NUMERIC")));
+            if let (Some((column, cast)), Some(value)) = (column, value) {
+                sets.push(format!("{} = {}", column.quoted(), cast.param(next)));
                 values.push(value.to_string());
                 next += 1;
             }
         }
         let sql = format!(
-            "UPDATE {} SET {} WHERE {} = ${next} AND {} = ${}",
+            "UPDATE {} SET {} WHERE {} = {} AND {} = {}",
             self.config.table.quoted(),
             sets.join(", "),
             self.config.order_id.quoted(),
+            self.order_id.param(next),
             self.config.status.quoted(),
-            next + 1
+            self.status.param(next + 1)
         );
         (sql, values)
     }
@@ -338,67 +548,121 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use rust_decimal::Decimal;
 
-    fn bound(backend: Backend, columns: &[&str]) -> Result<BoundSchema, StoreError> {
-        let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-        BoundSchema::bind(&TradesSchema::default(), backend, Some(&columns), "sqlite://x.db")
+    fn sqlite(columns: &[&str]) -> Vec<Column> {
+        columns.iter().map(|name| Column { name: name.to_string(), pg: None }).collect()
+    }
+
+    fn pg_type(data_type: &str, udt_name: &str, labels: &[&str]) -> Option<PgType> {
+        Some(PgType {
+            data_type: data_type.into(),
+            udt_schema: "public".into(),
+            udt_name: udt_name.into(),
+            enum_labels: labels.iter().map(|l| l.to_string()).collect(),
+        })
+    }
+
+    /// A production table: uuid ids, an enum status, timestamptz and a plain timestamp, numeric and
+    /// double precision figures.
+    fn production() -> Vec<Column> {
+        let words = ["pending", "completed", "cancelled", "expired", "failed"];
+        [
+            ("order_id", pg_type("uuid", "uuid", &[])),
+            ("status", pg_type("USER-DEFINED", "trade_status", &words)),
+            ("created_at", pg_type("timestamp with time zone", "timestamptz", &[])),
+            ("filled_at", pg_type("timestamp without time zone", "timestamp", &[])),
+            ("bot_id", pg_type("text", "text", &[])),
+            ("product_id", pg_type("character varying", "varchar", &[])),
+            ("filled_price", pg_type("numeric", "numeric", &[])),
+            ("filled_size", pg_type("double precision", "float8", &[])),
+        ]
+        .into_iter()
+        .map(|(name, pg)| Column { name: name.into(), pg })
+        .collect()
+    }
+
+    fn bound(backend: Backend, columns: &[Column]) -> Result<BoundSchema, StoreError> {
+        BoundSchema::bind(&TradesSchema::default(), backend, Some(columns), "sqlite://x.db")
     }
 
     const ALL: [&str; 8] =
         ["order_id", "status", "created_at", "filled_at", "bot_id", "product_id", "filled_price", "filled_size"];
 
-    #[test]
-    fn the_update_only_touches_rows_still_pending() {
-        let schema = bound(Backend::Postgres, &ALL).unwrap();
-        let at = Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap();
-        let fill = Fill {
+    fn fill(at: chrono::DateTime<Utc>) -> Fill {
+        Fill {
             time: Some(at),
             price: Some(Decimal::new(8373, 4)),
             size: Some(Decimal::from(100)),
             ended_at: at,
             end_source: EndSource::LastFillTime,
             missing: Vec::new(),
-        };
-        let (sql, values) = schema.update(&fill);
+        }
+    }
+
+    #[test]
+    fn the_update_casts_to_each_columns_own_type_and_only_touches_rows_still_pending() {
+        let schema = bound(Backend::Postgres, &production()).unwrap();
+        let at = Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap();
+        let (sql, values) = schema.update(&fill(at));
         assert_eq!(
             sql,
-            "UPDATE \"trades\" SET \"status\" = $1, \"filled_at\" = CAST($2 AS TIMESTAMPTZ), \
-             \"filled_price\" = CAST($3 AS NUMERIC), \"filled_size\" = CAST($4 AS NUMERIC) \
-             WHERE \"order_id\" = $5 AND \"status\" = $6"
+            "UPDATE \"trades\" SET \"status\" = CAST($1 AS \"public\".\"trade_status\"), \
+             \"filled_at\" = CAST($2 AS TIMESTAMPTZ), \"filled_price\" = CAST($3 AS NUMERIC), \
+             \"filled_size\" = CAST($4 AS DOUBLE PRECISION) \
+             WHERE \"order_id\" = CAST($5 AS UUID) AND \"status\" = CAST($6 AS \"public\".\"trade_status\")"
         );
         assert_eq!(values, vec!["2025-10-01T10:00:03+00:00", "0.8373", "100"]);
+        assert!(schema.select_by_status().ends_with("WHERE t.\"status\" = CAST($1 AS \"public\".\"trade_status\")"));
+        assert!(schema.select_by_ids(2).ends_with("IN (CAST($1 AS UUID), CAST($2 AS UUID))"));
+        assert!(schema.select_conflicts().contains("t.\"order_id\" = CAST(c.order_id AS UUID)"), "the bot's index");
+        assert!(!schema.can_hold("batch") && schema.can_hold("d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10"));
+    }
+
+    #[test]
+    fn sqlite_takes_text_as_it_is() {
+        let schema = bound(Backend::Sqlite, &sqlite(&ALL)).unwrap();
+        let (sql, _) = schema.update(&fill(Utc::now()));
+        assert!(!sql.contains("CAST"), "{sql}");
+        assert!(schema.can_hold("any-text-id"));
     }
 
     #[test]
     fn figures_the_exchange_did_not_give_are_left_alone() {
-        let schema = bound(Backend::Sqlite, &ALL[..4]).unwrap();
-        let fill = Fill {
-            time: None,
-            price: Some(Decimal::ONE),
-            size: Some(Decimal::ONE),
-            ended_at: Utc::now(),
-            end_source: EndSource::SeenPoll,
-            missing: Vec::new(),
-        };
+        let schema = bound(Backend::Sqlite, &sqlite(&ALL[..4])).unwrap();
+        let fill = Fill { time: None, price: Some(Decimal::ONE), size: Some(Decimal::ONE), ..fill(Utc::now()) };
         let (sql, values) = schema.update(&fill);
         assert_eq!(sql, "UPDATE \"trades\" SET \"status\" = $1 WHERE \"order_id\" = $2 AND \"status\" = $3");
         assert!(values.is_empty());
     }
 
     #[test]
-    fn a_missing_table_or_required_column_is_named() {
+    fn every_problem_with_the_table_is_named_at_once() {
         let missing = BoundSchema::bind(&TradesSchema::default(), Backend::Sqlite, None, "sqlite://x.db").unwrap_err();
         assert!(missing.to_string().starts_with("table trades does not exist"), "{missing}");
-        let error = bound(Backend::Sqlite, &["order_id", "status", "filled_at"]).unwrap_err();
+        let error = bound(Backend::Sqlite, &sqlite(&["order_id", "status"])).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "table trades has no column created_at: set trades.created_at in the config file to the column that \
-             holds when the bot placed the order"
+            "the bot's table trades does not fit the [trades] mapping:\n  \
+             - no column created_at: set trades.created_at to the column that holds when the bot placed the order\n  \
+             - no column filled_at: set trades.filled_at to the column that holds when the order filled"
         );
+        let mut odd = production();
+        odd[0].pg = pg_type("integer", "int4", &[]);
+        odd[1].pg = pg_type("USER-DEFINED", "trade_status", &["open", "done"]);
+        odd[6].pg = pg_type("bytea", "bytea", &[]);
+        let error = bound(Backend::Postgres, &odd).unwrap_err().to_string();
+        assert!(
+            error.contains("column order_id (trades.order_id): a integer column cannot hold Coinbase order ids"),
+            "{error}"
+        );
+        assert!(error.contains("are not labels of the enum trade_status (its labels: open, done)"), "{error}");
+        assert!(error.contains("\"pending\", \"completed\""), "{error}");
+        assert!(error.contains("column filled_price (trades.filled_price): a bytea column"), "{error}");
     }
 
     #[test]
     fn default_optional_columns_the_table_lacks_are_not_used() {
-        let schema = bound(Backend::Sqlite, &["ORDER_ID", "status", "created_at", "filled_at", "bot_id"]).unwrap();
+        let schema =
+            bound(Backend::Sqlite, &sqlite(&["ORDER_ID", "status", "created_at", "filled_at", "bot_id"])).unwrap();
         assert_eq!(schema.optional_columns(), vec!["bot_id"]);
         assert!(schema.select_by_status().contains("CAST(NULL AS TEXT)"));
     }
@@ -409,8 +673,7 @@ mod tests {
             product_id: Some(OptionalColumn { name: SqlIdent::parse("symbol").unwrap(), explicit: true }),
             ..TradesSchema::default()
         };
-        let columns: Vec<String> = ALL.iter().map(|c| c.to_string()).collect();
-        let error = BoundSchema::bind(&config, Backend::Postgres, Some(&columns), "postgres://x").unwrap_err();
-        assert!(error.to_string().contains("has no column symbol: set trades.product_id"), "{error}");
+        let error = BoundSchema::bind(&config, Backend::Postgres, Some(&production()), "postgres://x").unwrap_err();
+        assert!(error.to_string().contains("no column symbol: set trades.product_id"), "{error}");
     }
 }

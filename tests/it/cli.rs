@@ -15,7 +15,7 @@ use crate::harness::{incident, sandbox_http, Backend, TestDb, INCIDENT};
 const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
 
 /// The binary with a clean `ORDERSYNC_*` environment.
-fn ordersync() -> Command {
+pub fn ordersync() -> Command {
     let mut command = Command::new(BIN);
     for (name, _) in std::env::vars() {
         if name.starts_with("ORDERSYNC_") {
@@ -26,13 +26,13 @@ fn ordersync() -> Command {
     command
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-async fn run(command: &mut Command) -> Run {
+pub async fn run(command: &mut Command) -> Run {
     let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await.expect("finished").unwrap();
     Run {
         code: output.status.code().unwrap_or(-1),
@@ -98,9 +98,9 @@ async fn help_teaches_every_command_with_an_example_and_names_the_environment() 
 }
 
 /// A bot database with the incident, the simulator over HTTP, and a key file: what a user points ordersync at.
-struct Setup {
-    db: TestDb,
-    url: String,
+pub struct Setup {
+    pub db: TestDb,
+    pub url: String,
     key_file: tempfile::NamedTempFile,
     key_line: String,
     _token: CancellationToken,
@@ -110,8 +110,13 @@ async fn setup(backend: Backend) -> Setup {
     let db = TestDb::with_trades(backend).await;
     let sandbox = Sandbox::new(1);
     incident(&db, &sandbox).await;
+    setup_on(db, &sandbox).await
+}
+
+/// As `setup`, on a database and simulator the test has filled.
+pub async fn setup_on(db: TestDb, sandbox: &Sandbox) -> Setup {
     let token = CancellationToken::new();
-    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let (url, key) = sandbox_http(sandbox, None, &token).await;
     let pem = key.to_pem().unwrap();
     let key_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(key_file.path(), pem.expose_secret()).unwrap();
@@ -120,7 +125,7 @@ async fn setup(backend: Backend) -> Setup {
 }
 
 impl Setup {
-    fn command(&self) -> Command {
+    pub fn command(&self) -> Command {
         let mut command = ordersync();
         command
             .env("ORDERSYNC_DATABASE_URL", &self.db.url)

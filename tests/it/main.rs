@@ -10,6 +10,7 @@ mod grafana;
 mod http;
 mod reconcile;
 mod report;
+mod schema;
 mod sli;
 mod tidy;
 mod websocket;
