@@ -213,7 +213,7 @@ impl App {
         let tracker = TaskTracker::new();
         // Every known bot's counters exist at 0 before anything can increment them: the bots ordersync has
         // settled orders of, and (through the first refresh) the bots with pending orders.
-        match self.state.store.known_bots().await {
+        match self.state.store.known_bots(crate::metrics::MAX_LABEL_VALUES + 1).await {
             Ok(bots) => {
                 for bot in bots {
                     self.state.metrics.bot_label(bot.as_deref());

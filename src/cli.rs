@@ -186,22 +186,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Audit every pending order: bot, product, age, Coinbase status and verdict. Writes nothing
+    /// Audit every pending order (bot, product, age, Coinbase status, verdict) and the terminal conflicts (rows
+    /// the bot ended with another position than Coinbase). Writes nothing
     #[command(
-        after_help = "Examples:\n  ordersync audit\n  ordersync audit --json --fail-on-mismatch  # exit 3 if any mismatch"
+        after_help = "Examples:\n  ordersync audit\n  ordersync audit --json --fail-on-mismatch  # exit 3 on a mismatch or a terminal conflict"
     )]
     Audit {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
-        /// Exit with code 3 when any pending order has ended on the exchange
+        /// Exit with code 3 when a pending order has ended on the exchange, or a terminal row conflicts with it
         #[arg(long)]
         fail_on_mismatch: bool,
     },
     /// Create or update ordersync's own tables (ordersync_*) in the bot's database; the bot's tables are untouched
     #[command(after_help = "Example:\n  ORDERSYNC_DATABASE_URL=sqlite://bot.db ordersync migrate")]
     Migrate,
-    /// SLA report from the event log: accuracy against 99.9%, sync latency, corrections, per bot and day
+    /// SLA report from the settled orders: bot and effective accuracy per order against 99.9%, sync latency of
+    /// corrections, corrections, per bot and day
     #[command(
         after_help = "Examples:\n  ordersync report --since 30d\n  ordersync report --since 7d --format html --output sla.html"
     )]
@@ -239,7 +241,11 @@ pub enum Command {
         faults: Option<String>,
     },
     /// The embedded default: SQLite, the simulator and simulated bots, no credentials needed
-    #[command(after_help = "Example:\n  ordersync demo   # then open the printed metrics and sync-status URLs")]
+    #[command(
+        after_help = "The demo's own defaults, unless set: --poll-interval 5s, --stuck-after 1m, --grace 2s.\n\n\
+                            Example:\n  ordersync demo   # then open the printed metrics and sync-status URLs\n  \
+                            ordersync report --since 1d --database-url sqlite://ordersync-demo.db   # afterwards"
+    )]
     Demo {
         /// The demo's SQLite database (created if missing)
         #[arg(long, default_value = "ordersync-demo.db")]
@@ -399,11 +405,23 @@ async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool) -> an
         if dry_run {
             return Err(UsageError("--dry-run needs --once: a dry run is one pass".into()).into());
         }
+        // Orders found ended less than `grace` ago are checked again as the grace period ends, as in serve.
+        let due = reconciler.clone();
+        let due_token = token.clone();
+        let due_checks = tokio::spawn(async move { due.run_due(due_token).await });
         reconciler.run(token).await;
+        let _ = due_checks.await;
         return Ok(0);
     }
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    let report = reconciler.pass(mode, &token).await.context("reconcile pass failed")?;
+    let mut report = reconciler.pass(mode, &token).await.context("reconcile pass failed")?;
+    // Orders that ended less than `grace` ago are checked once the bot had its grace period.
+    for checked in reconciler.finish_due(&token).await {
+        match report.checked.iter_mut().find(|c| c.order_id == checked.order_id) {
+            Some(earlier) => *earlier = checked,
+            None => report.checked.push(checked),
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
     } else {

@@ -83,16 +83,24 @@ pub enum SettledBy {
     Bot,
     /// ordersync had to write it: a correction, the mismatch the SLI is about.
     Ordersync,
+    /// The bot's row ended it with another position (`position_conflict`): never written by ordersync, a
+    /// miss of the bot, and late (the row is not right).
+    Conflict,
 }
 
 impl SettledBy {
-    pub const ALL: [SettledBy; 2] = [SettledBy::Bot, SettledBy::Ordersync];
+    pub const ALL: [SettledBy; 3] = [SettledBy::Bot, SettledBy::Ordersync, SettledBy::Conflict];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             SettledBy::Bot => "bot",
             SettledBy::Ordersync => "ordersync",
+            SettledBy::Conflict => "conflict",
         }
+    }
+
+    pub fn parse(word: &str) -> Option<SettledBy> {
+        SettledBy::ALL.into_iter().find(|by| by.as_str() == word)
     }
 }
 
@@ -177,13 +185,14 @@ impl Unresolved {
 pub enum Verdict {
     /// The row is pending and the order is live on the exchange.
     InSync,
-    /// The row already holds the terminal status the exchange ended the order with: settled by the bot.
+    /// The row is terminal and agrees with how the exchange ended the order: settled by the bot.
     SettledByBot,
     /// The exchange ended the order less than `grace` ago: the bot is given until `until` to write it.
     Waiting { until: DateTime<Utc> },
     /// No certain answer. `flagged` once it has happened `flag_after` times in a row.
     Unresolved { why: Unresolved, flagged: bool },
-    /// The row is terminal and the exchange ended the order otherwise: a terminal row is never moved.
+    /// The row is terminal and the exchange ended the order with another position (`position_conflict`): a
+    /// terminal row is never written; the conflict is reported.
     TerminalConflict,
     /// The row holds a word ordersync does not manage.
     NotManaged,
@@ -396,6 +405,19 @@ fn fill_of(order: &ExchangeOrder, context: &Context) -> Fill {
     }
 }
 
+/// Whether a terminal row and the exchange's end disagree about the bot's position: the row says the order
+/// ended without a fill (cancelled, expired, failed) and Coinbase FILLED it (a position the bot does not
+/// know about), or the row says completed and Coinbase ended it with nothing filled (a position the bot
+/// thinks it has). Other differences in the terminal word (cancelled against EXPIRED, completed against a
+/// partly filled CANCELLED) leave the bot's position as it believes: the order is settled by the bot.
+pub fn position_conflict(row: Terminal, exchange: Terminal, filled: Decimal) -> bool {
+    match (row, exchange) {
+        (Terminal::Cancelled | Terminal::Expired | Terminal::Failed, Terminal::Completed) => true,
+        (Terminal::Completed, Terminal::Cancelled | Terminal::Expired | Terminal::Failed) => filled.is_zero(),
+        _ => false,
+    }
+}
+
 /// Decide what to do with one order.
 pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
     let unresolved = |why: Unresolved| {
@@ -423,8 +445,10 @@ pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
                 Action::Correct { to, fill }
             }
         }
-        (DbStatus::Terminal(row), Some(exchange)) if row == exchange => Action::Keep(Verdict::SettledByBot),
-        (DbStatus::Terminal(_), Some(_)) => Action::Keep(Verdict::TerminalConflict),
+        (DbStatus::Terminal(row), Some(exchange)) if position_conflict(row, exchange, order.filled()) => {
+            Action::Keep(Verdict::TerminalConflict)
+        }
+        (DbStatus::Terminal(_), Some(_)) => Action::Keep(Verdict::SettledByBot),
         (DbStatus::Terminal(_), None) => {
             Action::Keep(Verdict::Unresolved { why: Unresolved::StillLive(order.status.to_string()), flagged: false })
         }
@@ -527,10 +551,13 @@ mod tests {
                             },
                         }
                     }
-                    (DbStatus::Terminal(row), Some(exchange), _) if row == exchange => {
-                        Action::Keep(Verdict::SettledByBot)
-                    }
-                    (DbStatus::Terminal(_), Some(_), _) => Action::Keep(Verdict::TerminalConflict),
+                    // The answer has 100 filled: only a row that says no fill against FILLED is a conflict.
+                    (
+                        DbStatus::Terminal(Terminal::Cancelled | Terminal::Expired | Terminal::Failed),
+                        Some(Terminal::Completed),
+                        _,
+                    ) => Action::Keep(Verdict::TerminalConflict),
+                    (DbStatus::Terminal(_), Some(_), _) => Action::Keep(Verdict::SettledByBot),
                     (DbStatus::Terminal(_), None, true) => Action::Keep(Verdict::Unresolved {
                         why: Unresolved::StillLive(status.as_str().into()),
                         flagged: false,
@@ -698,6 +725,35 @@ mod tests {
         assert_eq!(pending_filled.outcome(), Outcome::Mismatch);
         assert_eq!(conflict.outcome(), Outcome::Mismatch);
         assert_eq!(conflict, Action::Keep(Verdict::TerminalConflict));
+    }
+
+    /// Every pair of a terminal row and a terminal exchange status, with and without a fill.
+    #[test]
+    fn a_conflict_is_a_position_the_bot_does_not_know_or_thinks_it_has() {
+        use Terminal::*;
+        for row in Terminal::ALL {
+            for exchange in Terminal::ALL {
+                for filled in [Decimal::ZERO, Decimal::from(4)] {
+                    let expected = match (row, exchange) {
+                        (Cancelled | Expired | Failed, Completed) => true,
+                        (Completed, Cancelled | Expired | Failed) => filled.is_zero(),
+                        _ => false,
+                    };
+                    assert_eq!(position_conflict(row, exchange, filled), expected, "{row:?} {exchange:?} {filled}");
+                }
+            }
+        }
+        let cancelled_nothing = Answer::Order(order(ExchangeStatus::Cancelled, "0", None));
+        assert_eq!(
+            decide(DbStatus::Terminal(Terminal::Completed), &cancelled_nothing, &context()),
+            Action::Keep(Verdict::TerminalConflict)
+        );
+        let expired = Answer::Order(order(ExchangeStatus::Expired, "0", None));
+        assert_eq!(
+            decide(DbStatus::Terminal(Terminal::Cancelled), &expired, &context()),
+            Action::Keep(Verdict::SettledByBot),
+            "no position either way"
+        );
     }
 
     #[test]

@@ -129,7 +129,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             None => "unknown: the database is not reachable".into(),
         },
     });
-    let (exchange_ok, message) = match state.metrics.exchange_health() {
+    let (exchange_ok, message) = match state.metrics.exchange_health(state.exchange_stale_after) {
         ExchangeHealth::NotContacted => (true, "not contacted yet".to_string()),
         ExchangeHealth::NeverAnswered => {
             (false, "no authenticated answer from the exchange yet: every request so far failed".to_string())
@@ -143,6 +143,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
         ExchangeHealth::Answered(since) => {
             (false, format!("no answer for {}s (bound {}s)", since.as_secs(), state.exchange_stale_after.as_secs()))
         }
+        ExchangeHealth::RestFailing(failing) => (
+            false,
+            format!(
+                "every REST request has failed for {}s (the user channel still answers; bound {}s)",
+                failing.as_secs(),
+                state.exchange_stale_after.as_secs()
+            ),
+        ),
     };
     checks.push(ReadyCheck { name: "exchange", ok: exchange_ok, message });
     let ready = checks.iter().all(|check| check.ok);

@@ -147,6 +147,8 @@ struct ExchangeContact {
     answered: Option<Instant>,
     /// A request was sent at least once.
     attempted: bool,
+    /// Since when every REST request has failed (none answered since).
+    rest_failing_since: Option<Instant>,
     /// The last answer was 401/403: the key was refused.
     rejected: Option<String>,
 }
@@ -162,6 +164,8 @@ pub enum ExchangeHealth {
     Rejected(String),
     /// The last authenticated answer came this long ago.
     Answered(Duration),
+    /// The user channel still answers, but every REST request has failed for this long.
+    RestFailing(Duration),
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -232,9 +236,9 @@ impl Metrics {
             terminal_conflicts: IntGaugeVec::new(
                 opts(
                     "ordersync_terminal_conflicts",
-                    "Rows the bot marked terminal that the exchange ended otherwise (cancelled by the bot, FILLED on \
-                     Coinbase), found within ORDERSYNC_VERIFY_WINDOW and still so, by bot: a position the bot does not \
-                     know about. Never written by ordersync.",
+                    "Rows the bot marked terminal that the exchange ended with another position (cancelled by the \
+                     bot, FILLED on Coinbase; or completed, CANCELLED with nothing filled), by bot, until the bot's \
+                     row changes: ordersync never writes them.",
                 ),
                 &["bot"],
             )?,
@@ -243,15 +247,18 @@ impl Metrics {
                     "ordersync_orders_settled_total",
                     "Ended orders (FILLED, CANCELLED, EXPIRED, FAILED) settled, each exactly once, by bot and by whom: \
                      by=\"bot\" when the bot's row was already right (or the bot wrote it within the grace period), \
-                     by=\"ordersync\" when ordersync corrected it. Bot accuracy = by=\"bot\" / all.",
+                     by=\"ordersync\" when ordersync corrected it, by=\"conflict\" when the bot's terminal row \
+                     ended it with another position. Bot accuracy = by=\"bot\" / all. Orders that ended before \
+                     ordersync first ran on the database (backlog) are not counted.",
                 ),
                 &["bot", "by"],
             )?,
             settled_late: IntCounterVec::new(
                 opts(
                     "ordersync_orders_settled_late_total",
-                    "Ended orders whose row became right more than 2 minutes (the latency goal) after the order ended \
-                     on the exchange, by bot. Effective accuracy = 1 - late / ordersync_orders_settled_total.",
+                    "Ended orders whose row was not right within 2 minutes (the latency goal) of the order ending on \
+                     the exchange (late corrections, and terminal conflicts), by bot. Effective accuracy = \
+                     1 - late / ordersync_orders_settled_total.",
                 ),
                 &["bot"],
             )?,
@@ -320,8 +327,8 @@ impl Metrics {
             )?,
             exchange_up: IntGauge::with_opts(opts(
                 "ordersync_exchange_up",
-                "1 if the exchange's last answer was authenticated (even a 404), 0 if it failed or refused the \
-                 credentials (401/403).",
+                "1 if the exchange's last REST answer was authenticated (even a 404), 0 if the request failed or \
+                 the credentials were refused (401/403).",
             ))?,
             database_up: IntGauge::with_opts(opts(
                 "ordersync_database_up",
@@ -566,21 +573,23 @@ impl Metrics {
             }
             None if answered => {
                 contact.rejected = None;
+                contact.rest_failing_since = None;
                 contact.answered = Some(Instant::now());
                 self.exchange_up.set(1);
             }
-            None => self.exchange_up.set(0),
+            None => {
+                contact.rest_failing_since.get_or_insert_with(Instant::now);
+                self.exchange_up.set(0);
+            }
         }
     }
 
-    /// An authenticated message from the exchange outside REST (a user-channel heartbeat).
+    /// An authenticated message from the exchange outside REST (a user-channel heartbeat): the exchange is
+    /// alive and takes the key. `ordersync_exchange_up` stays about REST.
     pub fn exchange_heard(&self) {
         let mut contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
         contact.answered = Some(Instant::now());
         contact.attempted = true;
-        if contact.rejected.is_none() {
-            self.exchange_up.set(1);
-        }
     }
 
     /// How long ago the exchange last gave an authenticated answer; `None` if it never has.
@@ -588,14 +597,17 @@ impl Metrics {
         self.exchange.lock().unwrap_or_else(|p| p.into_inner()).answered.map(|at| at.elapsed())
     }
 
-    /// Where the exchange stands, for readiness.
-    pub fn exchange_health(&self) -> ExchangeHealth {
+    /// Where the exchange stands, for readiness: REST failing for `failing_after` is not ready even while
+    /// the user channel's heartbeats come (the figures ordersync writes come from REST).
+    pub fn exchange_health(&self, failing_after: Duration) -> ExchangeHealth {
         let contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
-        match (&contact.rejected, contact.answered, contact.attempted) {
-            (Some(why), _, _) => ExchangeHealth::Rejected(why.clone()),
-            (None, Some(at), _) => ExchangeHealth::Answered(at.elapsed()),
-            (None, None, true) => ExchangeHealth::NeverAnswered,
-            (None, None, false) => ExchangeHealth::NotContacted,
+        let failing = contact.rest_failing_since.map(|since| since.elapsed()).filter(|d| *d >= failing_after);
+        match (&contact.rejected, contact.answered, contact.attempted, failing) {
+            (Some(why), _, _, _) => ExchangeHealth::Rejected(why.clone()),
+            (None, None, true, _) => ExchangeHealth::NeverAnswered,
+            (None, _, _, Some(failing)) => ExchangeHealth::RestFailing(failing),
+            (None, Some(at), _, None) => ExchangeHealth::Answered(at.elapsed()),
+            (None, None, false, None) => ExchangeHealth::NotContacted,
         }
     }
 
@@ -806,20 +818,27 @@ mod tests {
     #[test]
     fn readiness_follows_what_the_exchange_last_said() {
         let metrics = Metrics::standalone(Duration::from_secs(300));
-        assert_eq!(metrics.exchange_health(), ExchangeHealth::NotContacted);
+        let health = || metrics.exchange_health(Duration::ZERO);
+        assert_eq!(health(), ExchangeHealth::NotContacted);
         metrics.exchange_request("get_order", "transient", Duration::ZERO, false, None);
-        assert_eq!(metrics.exchange_health(), ExchangeHealth::NeverAnswered);
+        assert_eq!(health(), ExchangeHealth::NeverAnswered);
         assert_eq!(metrics.exchange_up.get(), 0);
         metrics.exchange_request("get_order", "ok", Duration::ZERO, true, None);
-        assert!(matches!(metrics.exchange_health(), ExchangeHealth::Answered(_)));
+        assert!(matches!(health(), ExchangeHealth::Answered(_)));
         assert_eq!(metrics.exchange_up.get(), 1);
         metrics.exchange_request("get_order", "unauthorized", Duration::ZERO, false, Some("HTTP 401"));
-        assert_eq!(metrics.exchange_health(), ExchangeHealth::Rejected("HTTP 401".into()));
+        assert_eq!(health(), ExchangeHealth::Rejected("HTTP 401".into()));
         assert_eq!(metrics.exchange_up.get(), 0);
         metrics.exchange_heard();
         assert_eq!(metrics.exchange_up.get(), 0, "a heartbeat does not make refused credentials work");
         metrics.exchange_request("get_order", "ok", Duration::ZERO, true, None);
         assert_eq!(metrics.exchange_up.get(), 1);
+        // REST fails while heartbeats keep coming: not ready once it has failed for the bound.
+        metrics.exchange_request("list_orders", "transient", Duration::ZERO, false, None);
+        metrics.exchange_heard();
+        assert!(matches!(health(), ExchangeHealth::RestFailing(_)), "{:?}", health());
+        assert!(matches!(metrics.exchange_health(Duration::from_secs(60)), ExchangeHealth::Answered(_)));
+        assert_eq!(metrics.exchange_up.get(), 0, "about REST, whatever the heartbeats say");
     }
 
     #[test]

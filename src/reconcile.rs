@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{Applied, CheckRecord, CheckState, Correction, Source, Store, StoreError, Write, Written};
 use crate::decide::{
     complete_with_fills, decide, ended_at, ends_order, late, needs_fills, Action, Answer, Context, DbStatus, EndSource,
-    Verdict,
+    SettledBy, Verdict,
 };
 use crate::exchange::{Exchange, ExchangeError, ExchangeOrder};
 use crate::metrics::Metrics;
@@ -30,6 +30,9 @@ pub const TERMINAL_RECHECK_AFTER: Duration = Duration::from_secs(300);
 /// ... and given up after this many such answers in a row (ordersync never writes a terminal row; only the
 /// count of the bot's own settlements and conflict detection are lost for it).
 pub const TERMINAL_GIVE_UP_AFTER: u32 = 3;
+/// Wake-ups (a WebSocket gap, a reconnect, a stall, a manual request) start at most one extra pass per this
+/// long, however many arrive.
+pub const WAKE_COALESCE: Duration = Duration::from_secs(5);
 /// At most this many recent terminal rows are checked in one pass (the rest in the next ones).
 pub const TERMINAL_CHECKS_PER_PASS: usize = 1000;
 
@@ -552,13 +555,27 @@ impl Reconciler {
     /// those the bot already wrote (from the news alone), and looks up the rest through the shared limiter,
     /// in batches: what is written comes from List Orders or Get Order, never from the WebSocket message.
     pub async fn run_due(&self, token: CancellationToken) {
+        self.due_checks_until(&token, false).await;
+    }
+
+    /// Run the due checks until none is left (each falls due within `grace`), for a one-shot pass; returns
+    /// what they did.
+    pub async fn finish_due(&self, token: &CancellationToken) -> Vec<Checked> {
+        self.due_checks_until(token, true).await
+    }
+
+    async fn due_checks_until(&self, token: &CancellationToken, until_empty: bool) -> Vec<Checked> {
+        let mut done = Vec::new();
         loop {
             let next = self.due.next_due();
+            if until_empty && next.is_none() {
+                return done;
+            }
             let now = Utc::now();
             if next.is_none_or(|at| at > now) {
                 let pause = next.map_or(Duration::from_secs(3600), |at| (at - now).to_std().unwrap_or_default());
                 tokio::select! {
-                    () = token.cancelled() => return,
+                    () = token.cancelled() => return done,
                     () = tokio::time::sleep(pause) => {}
                     () = self.due.changed.notified() => {}
                 }
@@ -567,22 +584,25 @@ impl Reconciler {
             // Wait for the rate limit's turn first, then take everything due by then: what falls due while
             // waiting rides in the same request instead of waiting for the next turn.
             tokio::select! {
-                () = token.cancelled() => return,
+                () = token.cancelled() => return done,
                 () = self.exchange.reserve() => {}
             }
             let (taken, _) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
-            self.check_due(taken).await;
+            let checked = self.check_due(taken).await;
+            if until_empty {
+                done.extend(checked);
+            }
         }
     }
 
-    async fn check_due(&self, taken: Vec<(OrderId, Due)>) {
+    async fn check_due(&self, taken: Vec<(OrderId, Due)>) -> Vec<Checked> {
         let ids: Vec<OrderId> = taken.iter().map(|(id, _)| id.clone()).collect();
         let rows = match self.store.trades(&ids).await {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(%error, orders = ids.len(), "reading rows for due checks failed; the poller will see them");
                 self.metrics.store_errors.inc();
-                return;
+                return Vec::new();
             }
         };
         let words = self.store.words();
@@ -604,6 +624,7 @@ impl Reconciler {
         }
         let checked_ids: Vec<OrderId> = answers.keys().cloned().collect();
         let states = self.check_states(&checked_ids).await;
+        let mut checked = Vec::new();
         for source in [Source::Websocket, Source::Poll] {
             let items: Vec<Item> = taken
                 .iter()
@@ -618,9 +639,10 @@ impl Reconciler {
                 })
                 .collect();
             if !items.is_empty() {
-                self.check_many(&items, Mode::Apply, source).await;
+                checked.extend(self.check_many(&items, Mode::Apply, source).await);
             }
         }
+        checked
     }
 
     /// THE apply path: decide on each item, write every outcome in one batch (unless dry-run), then count,
@@ -651,8 +673,9 @@ impl Reconciler {
                     self.metrics.mismatch(plan.row, plan.label);
                     // A backlog order's latency is the time before ordersync ran, not ordersync's.
                     self.metrics.correction(plan.row, *to, to.word(words), source, latency, backlog);
-                    if let Some(by) = settled {
-                        self.metrics.settled(bot, by, !backlog && late(latency.as_secs_f64()));
+                    // A backlog order ended before ordersync first ran here: outside both SLIs.
+                    if let (Some(by), false) = (settled, backlog) {
+                        self.metrics.settled(bot, by, late(latency.as_secs_f64()));
                     }
                     if !fill.missing.is_empty() {
                         self.metrics.incomplete_fills.inc();
@@ -689,7 +712,7 @@ impl Reconciler {
                 }
                 (Action::Keep(verdict), Some(Ok(Written::Check { settled }))) => {
                     if let Some(by) = settled {
-                        self.metrics.settled(bot, by, false);
+                        self.metrics.settled(bot, by, by == SettledBy::Conflict);
                     }
                     if let Verdict::Waiting { until } = verdict {
                         let seen = plan.seen.unwrap_or((now, seen_by(source)));
@@ -824,10 +847,18 @@ impl Reconciler {
             self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
             let interval = self.settings.poll_interval.as_secs_f64();
             let pause = Duration::from_secs_f64(interval * rand::thread_rng().gen_range(0.9..=1.1));
-            tokio::select! {
+            let woken = tokio::select! {
                 () = token.cancelled() => break,
-                () = tokio::time::sleep(pause) => {}
-                () = self.wake.notified() => {}
+                () = tokio::time::sleep(pause) => false,
+                () = self.wake.notified() => true,
+            };
+            if woken {
+                // However many wake-ups arrive, at most one extra pass per WAKE_COALESCE.
+                let rest = WAKE_COALESCE.saturating_sub(started.elapsed());
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(rest) => {}
+                }
             }
         }
     }

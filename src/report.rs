@@ -10,8 +10,10 @@
 //!   late means ordersync's correction came more than 2 minutes after the order ended. No settled order:
 //!   no figure;
 //! - latency is from the order's end on the exchange to ordersync's commit, for corrections;
+//! - a terminal conflict (the bot's row ended the order with another position) counts against both: not
+//!   settled by the bot, and never right;
 //! - backlog: orders that ended before ordersync first ran on the database (its first migration) and that
-//!   ordersync corrected: settled by ordersync (the bot did miss them), never late, left out of latency;
+//!   ordersync corrected: counted among the corrections, outside both accuracies and the latency figures;
 //! - percentiles are nearest-rank: the p-th is the ceil(p·n)-th smallest latency;
 //! - a day or a window holds the orders settled in it.
 //!
@@ -33,14 +35,16 @@ pub const LATENCY_GOAL_AVERAGE_SECONDS: f64 = 30.0;
 /// The per-order SLI of a set of settled orders.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Accuracy {
-    /// Ended orders settled.
+    /// Ended orders settled (backlog aside).
     pub settled: i64,
     pub by_bot: i64,
     pub by_ordersync: i64,
-    /// Settled by ordersync more than 2 minutes after the order ended.
+    /// Terminal conflicts: the bot's row ended the order with another position than Coinbase did.
+    pub by_conflict: i64,
+    /// Not right within 2 minutes of ending on the exchange: late corrections, and conflicts.
     pub late: i64,
-    /// Corrected by ordersync, but ended before ordersync first ran on this database: never late, and left
-    /// out of the latency figures (that wait was not ordersync's).
+    /// Corrected by ordersync, but ended before ordersync first ran on this database: outside both
+    /// accuracies and the latency figures (that wait was not ordersync's).
     pub backlog: i64,
     /// by_bot / settled; `None` without any.
     pub bot_accuracy: Option<f64>,
@@ -117,16 +121,21 @@ struct Tally {
 
 impl Tally {
     fn settled(&mut self, settlement: &SettlementRow) {
+        if settlement.settled_by == SettledBy::Ordersync {
+            *self.by_status.entry(settlement.exchange_status.clone()).or_default() += 1;
+        }
+        if settlement.backlog {
+            self.accuracy.backlog += 1;
+            return;
+        }
         self.accuracy.settled += 1;
         match settlement.settled_by {
             SettledBy::Bot => self.accuracy.by_bot += 1,
+            SettledBy::Conflict => self.accuracy.by_conflict += 1,
             SettledBy::Ordersync => {
                 self.accuracy.by_ordersync += 1;
-                *self.by_status.entry(settlement.exchange_status.clone()).or_default() += 1;
-                match settlement.latency_seconds {
-                    _ if settlement.backlog => self.accuracy.backlog += 1,
-                    Some(latency) => self.latencies.push(latency),
-                    None => {}
+                if let Some(latency) = settlement.latency_seconds {
+                    self.latencies.push(latency);
                 }
             }
         }
@@ -227,17 +236,18 @@ pub fn text(report: &Report) -> String {
     let a = &o.accuracy;
     let _ = writeln!(
         out,
-        "Bot accuracy:       {} against {}: {} ({} of {} ended orders settled by the bot itself; {} corrected by ordersync)",
+        "Bot accuracy:       {} against {}: {} ({} of {} ended orders settled by the bot itself; {} corrected by ordersync, {} terminal conflicts)",
         percent(a.bot_accuracy),
         percent(Some(report.accuracy_target)),
         verdict(report.bot_accuracy_met),
         a.by_bot,
         a.settled,
-        a.by_ordersync
+        a.by_ordersync,
+        a.by_conflict
     );
     let _ = writeln!(
         out,
-        "Effective accuracy: {} against {}: {} ({} of {} right within 2 min of ending on the exchange; {} late)",
+        "Effective accuracy: {} against {}: {} ({} of {} right within 2 min of ending on the exchange; {} late or in conflict)",
         percent(a.effective_accuracy),
         percent(Some(report.accuracy_target)),
         verdict(report.effective_accuracy_met),
@@ -258,12 +268,12 @@ pub fn text(report: &Report) -> String {
         verdict(report.latency_goals_met)
     );
     let statuses: Vec<String> = o.corrections_by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    let _ = writeln!(out, "Corrected: {} orders ({})", a.by_ordersync, statuses.join(", "));
+    let _ = writeln!(out, "Corrected: {} orders ({})", a.by_ordersync + a.backlog, statuses.join(", "));
     if a.backlog > 0 {
         let _ = writeln!(
             out,
-            "Backlog:   {} of them ended before ordersync first ran on this database: settled by ordersync, never \
-             counted late, left out of the latency figures",
+            "Backlog:   {} of them ended before ordersync first ran on this database: corrected, but outside both \
+             accuracies and the latency figures",
             a.backlog
         );
     }
@@ -378,9 +388,9 @@ pub fn html(report: &Report) -> String {
          (its row was right) or by ordersync (a correction). Effective accuracy counts the orders whose row was right within \
          2 minutes of the end.</p><div class=\"cards\">\
          <div class=\"card\"><div>Bot accuracy (target {})</div><div class=\"big {}\">{}</div><div>{} of {} ended orders settled by the bot itself</div></div>\
-         <div class=\"card\"><div>Effective accuracy (target {})</div><div class=\"big {}\">{}</div><div>{} of {} right within 2 min; {} late</div></div>\
+         <div class=\"card\"><div>Effective accuracy (target {})</div><div class=\"big {}\">{}</div><div>{} of {} right within 2 min; {} late or in conflict</div></div>\
          <div class=\"card\"><div>Sync latency of corrections p50 / p99</div><div class=\"big {}\">{} / {}</div><div>mean {}; {} within 30 s, {} within 2 min</div></div>\
-         <div class=\"card\"><div>Orders corrected</div><div class=\"big\">{}</div></div></div>\
+         <div class=\"card\"><div>Orders corrected</div><div class=\"big\">{}</div><div>{} of them backlog: ended before ordersync first ran, outside the accuracies and latency</div></div></div>\
          {}{}{}{}</body></html>\n",
         report.since.format("%Y-%m-%d %H:%M UTC"),
         report.until.format("%Y-%m-%d %H:%M UTC"),
@@ -401,7 +411,8 @@ pub fn html(report: &Report) -> String {
         seconds(o.latency.mean_seconds),
         percent(o.latency.within_30s),
         percent(o.latency.within_2m),
-        a.by_ordersync,
+        a.by_ordersync + a.backlog,
+        a.backlog,
         bar_chart("Sync latency of corrections (orders per band)", &latency_bars, latency_max),
         bar_chart("Daily bot accuracy", &daily(|a| a.bot_accuracy), 1.0),
         bar_chart("Daily effective accuracy", &daily(|a| a.effective_accuracy), 1.0),
@@ -458,8 +469,8 @@ mod tests {
     }
 
     /// A known history, figures worked out by hand: alpha ends 10 orders, 7 settled by the bot and 3
-    /// corrected (12 s, 20 s, 300 s: one late); beta ends 2, both by the bot; one order of alpha settled
-    /// before the window is left out.
+    /// corrected (12 s, 20 s, 300 s: one late); beta ends 3, 2 by the bot and 1 in a terminal conflict;
+    /// one order of alpha settled before the window and one backlog correction of beta are left out.
     #[test]
     fn figures_on_a_known_history() {
         use chrono::TimeZone;
@@ -471,8 +482,9 @@ mod tests {
         rows.push(settlement("c3", "alpha", SettledBy::Ordersync, Some(300.0), day + chrono::Duration::days(1)));
         rows.push(settlement("b1", "beta", SettledBy::Bot, None, day));
         rows.push(settlement("b2", "beta", SettledBy::Bot, None, day));
+        rows.push(SettlementRow { late: true, ..settlement("k1", "beta", SettledBy::Conflict, None, day) });
         rows.push(settlement("old", "alpha", SettledBy::Ordersync, Some(1.0), day - chrono::Duration::days(9)));
-        // Ended 3 hours before ordersync first ran: settled by ordersync, but not late and no latency.
+        // Ended 3 hours before ordersync first ran: a correction, outside both accuracies and latency.
         rows.push(SettlementRow {
             late: false,
             backlog: true,
@@ -480,26 +492,32 @@ mod tests {
         });
         let report = build(&rows, day - chrono::Duration::days(1), day + chrono::Duration::days(2));
         let o = &report.overall.accuracy;
-        assert_eq!((o.settled, o.by_bot, o.by_ordersync, o.late, o.backlog), (13, 9, 4, 1, 1));
+        assert_eq!((o.settled, o.by_bot, o.by_ordersync, o.by_conflict, o.late, o.backlog), (13, 9, 3, 1, 2, 1));
         assert_eq!(o.bot_accuracy, Some(9.0 / 13.0));
-        assert_eq!(o.effective_accuracy, Some(12.0 / 13.0));
+        assert_eq!(o.effective_accuracy, Some(11.0 / 13.0));
         assert_eq!((report.bot_accuracy_met, report.effective_accuracy_met), (Some(false), Some(false)));
         let alpha = &report.per_bot["alpha"].accuracy;
         assert_eq!((alpha.settled, alpha.bot_accuracy, alpha.effective_accuracy), (10, Some(0.7), Some(0.9)));
-        assert_eq!(report.per_bot["beta"].accuracy.effective_accuracy, Some(1.0), "backlog is never late");
-        assert_eq!(report.per_bot["beta"].accuracy.bot_accuracy, Some(2.0 / 3.0), "but the bot did miss it");
+        let beta = &report.per_bot["beta"].accuracy;
+        assert_eq!((beta.settled, beta.backlog), (3, 1), "the backlog order is outside the SLI");
+        assert_eq!(
+            (beta.bot_accuracy, beta.effective_accuracy),
+            (Some(2.0 / 3.0), Some(2.0 / 3.0)),
+            "a conflict is a miss"
+        );
         assert_eq!(report.per_day["2026-03-02"].accuracy.settled, 12);
         assert_eq!(report.per_day["2026-03-03"].accuracy.late, 1);
         let latency = &report.overall.latency;
         assert_eq!((latency.count, latency.p50_seconds, latency.max_seconds), (3, Some(20.0), Some(300.0)));
         assert_eq!(latency.mean_seconds, Some(332.0 / 3.0));
         assert_eq!(report.latency_goals_met, Some(false));
-        assert_eq!(report.overall.corrections_by_status["FILLED"], 4);
+        assert_eq!(report.overall.corrections_by_status["FILLED"], 4, "the backlog correction is a correction");
         let shown = text(&report);
         assert!(shown.contains("Bot accuracy:       69.231% against 99.900%: MISSED (9 of 13"), "{shown}");
-        assert!(shown.contains("Effective accuracy: 92.308% against 99.900%: MISSED (12 of 13"), "{shown}");
-        assert!(shown.contains("Backlog:   1 of them"), "{shown}");
+        assert!(shown.contains("3 corrected by ordersync, 1 terminal conflicts"), "{shown}");
+        assert!(shown.contains("Effective accuracy: 84.615% against 99.900%: MISSED (11 of 13"), "{shown}");
+        assert!(shown.contains("Corrected: 4 orders") && shown.contains("Backlog:   1 of them"), "{shown}");
         let page = html(&report);
-        assert!(page.contains("69.231%") && page.contains("92.308%"));
+        assert!(page.contains("69.231%") && page.contains("84.615%") && page.contains("1 of them backlog"));
     }
 }

@@ -664,6 +664,24 @@ impl Store {
                                         .await?;
                                 }
                                 if let Some(filled_size) = &check.conflict {
+                                    // The order ended; the bot's row says otherwise: settled once, as a
+                                    // conflict (a miss of the bot, and late), whatever happens to the row later.
+                                    let (ended_at, end_source) = check.ended.unzip();
+                                    let inserted = sqlx::query(sql::INSERT_SETTLEMENT)
+                                        .bind(row.order_id.as_str())
+                                        .bind(row.bot_id.as_deref())
+                                        .bind(SettledBy::Conflict.as_str())
+                                        .bind(check.exchange_status.unwrap_or_default())
+                                        .bind(ended_at)
+                                        .bind(end_source.map(|s| s.as_str()))
+                                        .bind(check.at)
+                                        .bind(None::<f64>)
+                                        .bind(true)
+                                        .bind(false)
+                                        .execute(&mut *savepoint)
+                                        .await?
+                                        .rows_affected();
+                                    settled = (inserted > 0).then_some(SettledBy::Conflict);
                                     sqlx::query(sql::UPSERT_CONFLICT)
                                         .bind(row.order_id.as_str())
                                         .bind(row.bot_id.as_deref())
@@ -719,11 +737,21 @@ impl Store {
         Ok(rows)
     }
 
-    /// Every bot id ordersync has settled an order of (`None`: rows without one).
-    pub async fn known_bots(&self) -> Result<Vec<Option<String>>, StoreError> {
-        let bots = on_pool!(self, pool => {
+    /// Every bot id ordersync knows: those of the bot's table (at most `limit`) and those it has settled
+    /// orders of (`None`: rows without one).
+    pub async fn known_bots(&self, limit: usize) -> Result<Vec<Option<String>>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut bots = on_pool!(self, pool => {
             sqlx::query_scalar::<_, Option<String>>(sql::SELECT_KNOWN_BOTS).fetch_all(pool).await?
         });
+        if let Some(sql) = self.schema.select_bots() {
+            let table: Vec<Option<String>> = on_pool!(self, pool => {
+                sqlx::query_scalar::<_, Option<String>>(&sql).bind(limit).fetch_all(pool).await?
+            });
+            bots.extend(table);
+        }
+        bots.sort();
+        bots.dedup();
         Ok(bots)
     }
 
@@ -954,7 +982,7 @@ where
     Ok(SettlementRow {
         order_id: row.try_get(0)?,
         bot_id: row.try_get(1)?,
-        settled_by: if by == SettledBy::Bot.as_str() { SettledBy::Bot } else { SettledBy::Ordersync },
+        settled_by: SettledBy::parse(&by).unwrap_or(SettledBy::Ordersync),
         exchange_status: row.try_get(3)?,
         ended_at: row.try_get(4)?,
         end_source: row.try_get(5)?,

@@ -382,6 +382,13 @@ impl BoundSchema {
         self.backend == Backend::Sqlite || self.created_at.text_time
     }
 
+    /// The bot ids of the table (at most `$1`), when it has a bot column.
+    pub(super) fn select_bots(&self) -> Option<String> {
+        self.bot_id.as_ref().map(|bot| {
+            format!("SELECT DISTINCT CAST(t.{} AS TEXT) FROM {} t LIMIT $1", bot.quoted(), self.config.table.quoted())
+        })
+    }
+
     /// A sample `created_at` value with its SQLite type, to learn its form.
     pub(super) fn select_created_sample(&self) -> String {
         let created_at = self.config.created_at.quoted();
@@ -459,9 +466,9 @@ impl BoundSchema {
         format!("{} WHERE t.{} IN ({})", self.select_rows(), self.config.order_id.quoted(), ids.join(", "))
     }
 
-    /// Terminal rows created since `$1` that are neither settled nor a known conflict at their present
-    /// status, oldest first, at most `$6`; `$2…$5` are the terminal words. A row the bot changes after a
-    /// conflict was recorded comes back, so it is checked again. A row the exchange gave no settling answer
+    /// Terminal rows created since `$1` that are not settled yet, or whose conflict was recorded at another
+    /// status (the bot changed the row since: checked again), oldest first, at most `$6`; `$2…$5` are the
+    /// terminal words. A row the exchange gave no settling answer
     /// for is left out until `$8` (its last check is older), and for good after `$7` such checks in a row.
     pub(super) fn select_terminal_candidates(&self) -> String {
         let (order_id, status, created_at) =
@@ -469,9 +476,10 @@ impl BoundSchema {
         let words: Vec<String> = (2..=5).map(|n| self.status.param(n)).collect();
         format!(
             "{from} WHERE t.{status} IN ({words}) AND t.{created_at} >= {since} \
-             AND NOT EXISTS (SELECT 1 FROM ordersync_settlements s WHERE s.order_id = CAST(t.{order_id} AS TEXT)) \
-             AND NOT EXISTS (SELECT 1 FROM ordersync_conflicts c WHERE c.order_id = CAST(t.{order_id} AS TEXT) \
-             AND c.row_status = CAST(t.{status} AS TEXT)) \
+             AND ((NOT EXISTS (SELECT 1 FROM ordersync_settlements s WHERE s.order_id = CAST(t.{order_id} AS TEXT)) \
+             AND NOT EXISTS (SELECT 1 FROM ordersync_conflicts c WHERE c.order_id = CAST(t.{order_id} AS TEXT))) \
+             OR EXISTS (SELECT 1 FROM ordersync_conflicts c WHERE c.order_id = CAST(t.{order_id} AS TEXT) \
+             AND c.row_status <> CAST(t.{status} AS TEXT))) \
              AND NOT EXISTS (SELECT 1 FROM ordersync_order_checks k WHERE k.order_id = CAST(t.{order_id} AS TEXT) \
              AND k.unresolved_in_a_row > 0 AND (k.unresolved_in_a_row >= $7 OR k.last_checked_at > $8)) \
              ORDER BY t.{created_at} LIMIT $6",

@@ -320,7 +320,7 @@ async fn the_demo_report_reads_the_bots_misses_per_order() {
         assert!(corrected > 0, "{bot}: a bot with misses shows corrections");
     }
     let incident = &report["per_bot"]["incident"]["accuracy"];
-    assert_eq!((incident["settled"].as_i64(), incident["backlog"].as_i64()), (Some(3), Some(3)));
+    assert_eq!((incident["settled"].as_i64(), incident["backlog"].as_i64()), (Some(0), Some(3)));
     assert_eq!(incident["late"], 0);
     let overall = &report["overall"]["accuracy"];
     assert_eq!(overall["effective_accuracy"].as_f64(), Some(1.0), "{overall}");
@@ -351,3 +351,29 @@ async fn audit_lists_terminal_conflicts_and_fails_on_them(backend: Backend) {
     assert_eq!(recorded, 0, "audit only reads");
 }
 crate::both!(audit_lists_terminal_conflicts_and_fails_on_them);
+
+/// `reconcile --once` finds an order Coinbase cancelled a moment ago: the bot gets its grace period, then the
+/// same run checks it again and corrects it, a grace period after it was first seen ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_once_waits_out_the_grace_period_and_then_corrects() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    let id = crate::harness::open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(5)).await;
+    sandbox.end(&id, "CANCELLED").unwrap();
+    let setup = setup_on(db, &sandbox).await;
+    let started = std::time::Instant::now();
+    let out = run(setup.command().env("ORDERSYNC_GRACE", "2s").args(["reconcile", "--once"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("1 corrected"), "{}", out.stdout);
+    assert!(started.elapsed() >= Duration::from_secs(2), "the bot had its grace period");
+    assert_eq!(setup.db.trade(&id).await.status, "cancelled");
+    let event = setup
+        .db
+        .rows(&format!(
+            "SELECT CAST(latency_seconds AS TEXT), end_source FROM ordersync_events WHERE order_id = '{id}'"
+        ))
+        .await;
+    let latency: f64 = event[0][0].as_deref().unwrap().parse().unwrap();
+    assert!((2.0..10.0).contains(&latency), "from the first sighting, past the grace: {latency}");
+    assert_eq!(event[0][1].as_deref(), Some("seen_poll"));
+}

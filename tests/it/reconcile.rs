@@ -333,6 +333,7 @@ async fn one_refused_write_fails_alone_and_the_rest_of_the_batch_commits(backend
          created_at {timestamp} NOT NULL, filled_at {timestamp}, filled_price {number} CHECK (filled_price < 100), filled_size {number})"
     ))
     .await;
+    db.watched_since(Utc::now() - chrono::Duration::hours(1)).await;
     let sandbox = Sandbox::new(1);
     let mut ids = Vec::new();
     for price in ["0.84", "150", "0.22"] {

@@ -193,8 +193,8 @@ async fn an_expiry_hours_after_the_last_fill_is_not_an_hours_long_sync(backend: 
 both!(an_expiry_hours_after_the_last_fill_is_not_an_hours_long_sync);
 
 /// Rows the bot marked terminal are checked once: right ones are settled by the bot; one cancelled by the
-/// bot but FILLED on Coinbase, and one completed but CANCELLED with nothing filled, are conflicts, never
-/// written, not asked about again until the bot changes them.
+/// bot but FILLED on Coinbase, and one completed but CANCELLED with nothing filled, are conflicts (settled
+/// once, as misses), never written, not asked about again until the bot changes them.
 async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backend) {
     let db = TestDb::with_trades(backend).await;
     let sandbox = Sandbox::new(1);
@@ -226,7 +226,15 @@ async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backe
     assert_eq!(conflicts, expected);
     assert_eq!(db.trade(&unknown_position).await.status, "cancelled", "a terminal row is never written");
     assert_eq!(db.trade(&phantom_fill).await.status, "completed");
-    assert_eq!(settlements(&db).await, vec![(right.clone(), "bot".to_string())]);
+    let mut expected = vec![
+        (right.clone(), "bot".to_string()),
+        (unknown_position.clone(), "conflict".to_string()),
+        (phantom_fill.clone(), "conflict".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(settlements(&db).await, expected, "a conflict is settled once, as a miss of the bot");
+    assert_eq!(metrics.settled.with_label_values(&["alpha", "conflict"]).get(), 2);
+    assert_eq!(metrics.settled_late.with_label_values(&["alpha"]).get(), 2, "a conflict is never right");
     metrics.refresh_pending(reconciler.store()).await;
     assert_eq!(metrics.terminal_conflicts.with_label_values(&["alpha"]).get(), 2);
 
@@ -243,7 +251,15 @@ async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backe
         assert_eq!(report.verified.len(), usize::from(round < 2), "round {round}");
     }
 
-    // The bot puts its row right: checked again, settled as the bot's, the conflict gone.
+    // The bot changes the row, still wrong: checked again, still a conflict (now at its new status).
+    db.exec(&format!("UPDATE trades SET status = 'expired' WHERE order_id = '{unknown_position}'")).await;
+    let changed = reconciler.pass(Mode::Apply, &token).await.unwrap();
+    assert_eq!(changed.conflicts().count(), 1);
+    metrics.refresh_pending(reconciler.store()).await;
+    assert_eq!(metrics.terminal_conflicts.with_label_values(&["alpha"]).get(), 2, "it does not slip away");
+    assert_eq!(metrics.settled.with_label_values(&["alpha", "conflict"]).get(), 2, "still counted once");
+
+    // The bot puts its row right: checked again, the conflict gone; the order stays a miss.
     db.exec(&format!("UPDATE trades SET status = 'completed' WHERE order_id = '{unknown_position}'")).await;
     let fixed = reconciler.pass(Mode::Apply, &token).await.unwrap();
     assert_eq!(fixed.verified.len(), 1);
@@ -251,7 +267,13 @@ async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backe
     metrics.refresh_pending(reconciler.store()).await;
     assert_eq!(metrics.terminal_conflicts.with_label_values(&["alpha"]).get(), 1);
     assert_eq!(reconciler.store().conflicts().await.unwrap()[0].order_id, phantom_fill);
-    assert_eq!(metrics.settled.with_label_values(&["alpha", "bot"]).get(), 2);
+    assert_eq!(
+        metrics.settled.with_label_values(&["alpha", "bot"]).get(),
+        1,
+        "fixing a conflict by hand does not make it the bot's"
+    );
+    let after = reconciler.pass(Mode::Apply, &token).await.unwrap();
+    assert_eq!(after.verified.len(), 0, "a fixed conflict is not asked about again");
 }
 both!(terminal_rows_are_settled_or_conflicts_and_never_written);
 
@@ -389,7 +411,7 @@ async fn orders_that_ended_before_ordersync_first_ran_are_backlog(backend: Backe
         .iter()
         .map(|bot| metrics.settled.with_label_values(&[bot, "ordersync"]).get())
         .sum();
-    assert_eq!(settled_by_ordersync, 4);
+    assert_eq!(settled_by_ordersync, 1, "the backlog is outside the SLI");
     assert_eq!(metrics.settled_late.with_label_values(&["avnt-bot"]).get(), 0, "backlog is never late");
     assert_eq!(metrics.settled_late.with_label_values(&["alpha"]).get(), 1, "30 minutes after ordersync started");
     assert_eq!(metrics.sync_latency.with_label_values(&["poll"]).get_sample_count(), 1, "only the late one");
@@ -412,12 +434,16 @@ async fn known_bots_have_their_counters_at_zero_from_the_first_scrape() {
     )
     .await;
     db.insert_pending("x-2", "eta", "AVNT-USD", Utc::now() - chrono::Duration::minutes(1)).await;
+    // A bot with only an old, completed row in the table: known too.
+    db.insert_pending("x-3", "theta", "AVNT-USD", Utc::now() - chrono::Duration::days(30)).await;
+    db.exec("UPDATE trades SET status = 'completed' WHERE order_id = 'x-3'").await;
     let app = spawn_app_on(db, Sandbox::new(1), "poll_interval = \"1h\"\n[coinbase]\nwebsocket = false").await;
     let scrape = app.scrape().await;
-    for bot in ["zeta", "eta"] {
+    for bot in ["zeta", "eta", "theta"] {
         for series in [
             format!("ordersync_mismatches_total{{bot=\"{bot}\",exchange_status=\"FILLED\"}} 0"),
             format!("ordersync_orders_settled_total{{bot=\"{bot}\",by=\"ordersync\"}} 0"),
+            format!("ordersync_orders_settled_total{{bot=\"{bot}\",by=\"conflict\"}} 0"),
             format!("ordersync_orders_settled_late_total{{bot=\"{bot}\"}} 0"),
         ] {
             assert!(scrape.contains(&series), "{series} on the first scrape:\n{scrape}");
