@@ -109,8 +109,13 @@ async fn run(backend: &str, url: &str, seconds: u64, grace: &str) {
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after).unwrap();
     let exchange = ordersync::app::coinbase_client(&config, key.clone(), &metrics).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let parts =
-        AppParts { exchange: Some(exchange), listener: Some(listener), metrics: Some(metrics.clone()), key: Some(key) };
+    let parts = AppParts {
+        exchange: Some(exchange),
+        listener: Some(listener),
+        metrics: Some(metrics.clone()),
+        key: Some(key),
+        ..AppParts::default()
+    };
     let app = App::build(&config, parts).await.unwrap();
     let store = app.store().clone();
     let handle = tokio::spawn(app.run(token.clone()));

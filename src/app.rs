@@ -59,7 +59,9 @@ impl AppError {
             self,
             AppError::Config(_)
                 | AppError::Auth(_)
-                | AppError::Store(StoreError::MissingTable { .. } | StoreError::Schema { .. })
+                | AppError::Store(
+                    StoreError::MissingTable { .. } | StoreError::Schema { .. } | StoreError::NotMigrated { .. }
+                )
         )
     }
 }
@@ -120,6 +122,8 @@ pub struct AppParts {
     pub metrics: Option<Metrics>,
     /// The key for the user-channel WebSocket when `exchange` is given (otherwise the config's key).
     pub key: Option<CdpKey>,
+    /// Leave ordersync's tables as they are (`serve --no-migrate`): refuse to start unless they are current.
+    pub no_migrate: bool,
 }
 
 /// The running service's parts.
@@ -139,7 +143,7 @@ impl App {
     /// # Errors
     /// Configuration that cannot work, an unreachable database, a bad key, an address in use.
     pub async fn build(config: &Config, parts: AppParts) -> Result<App, AppError> {
-        let AppParts { exchange, listener, metrics, key } = parts;
+        let AppParts { exchange, listener, metrics, key, no_migrate } = parts;
         let listen_loopback =
             listener.as_ref().and_then(|l| l.local_addr().ok()).unwrap_or(config.listen).ip().is_loopback();
         if config.api_token.is_none() && !listen_loopback {
@@ -154,11 +158,7 @@ impl App {
             None => Metrics::new(Registry::new(), config.stuck_after)
                 .map_err(|e| AppError::Config(format!("registering metrics failed: {e}")))?,
         };
-        let store = connect_store(config).await?;
-        let applied = store.migrate().await?;
-        if !applied.is_empty() {
-            tracing::info!(migrations = ?applied, "applied ordersync migrations");
-        }
+        // Every configuration, credential and schema error is found before anything is written.
         let (exchange, key) = match exchange {
             Some(exchange) => (exchange, key),
             None => {
@@ -172,6 +172,17 @@ impl App {
                 .await
                 .map_err(|source| AppError::Listen { addr: config.listen, source })?,
         };
+        let store = connect_store(config).await?;
+        if no_migrate {
+            if !store.has_own_tables() {
+                return Err(StoreError::NotMigrated { url: store.url().to_string() }.into());
+            }
+        } else {
+            let applied = store.migrate().await?;
+            if !applied.is_empty() {
+                tracing::info!(migrations = ?applied, "applied ordersync migrations");
+            }
+        }
         let reconciler = Reconciler::new(store.clone(), exchange, metrics.clone(), settings(config));
         let websocket = key.filter(|_| config.coinbase.websocket).map(|key| {
             let settings = ListenerSettings {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, App, AppError};
 use crate::config::{self, Config, FileConfig, LogFormat, Overrides};
+use crate::db::StoreError;
 use crate::exchange::auth::{CdpKey, PublicKey};
 use crate::metrics::Metrics;
 use crate::reconcile::{Checked, Mode, PassReport, Reconciler};
@@ -168,8 +169,15 @@ pub enum ReportFormat {
 pub enum Command {
     /// Run the service: reconcile every poll interval, serve /metrics and the API, until SIGINT/SIGTERM
     #[command(after_help = "Example:\n  ORDERSYNC_DATABASE_URL=postgres://bot@db/trading \\\n  \
-                            ORDERSYNC_COINBASE_KEY_FILE=/etc/ordersync/cdp_api_key.json ordersync serve")]
-    Serve,
+                            ORDERSYNC_COINBASE_KEY_FILE=/etc/ordersync/cdp_api_key.json ordersync serve\n\n\
+                            serve creates or updates ordersync's own tables at start; with --no-migrate it leaves them\n\
+                            alone (run `ordersync migrate` with a role that may) and refuses to start if they are not\n\
+                            current.")]
+    Serve {
+        /// Do not create or update ordersync's tables; refuse to start unless they are current
+        #[arg(long)]
+        no_migrate: bool,
+    },
     /// Reconcile pending orders against Coinbase: one pass with --once, else every poll interval (no HTTP)
     #[command(
         after_help = "Examples:\n  ordersync reconcile --once --dry-run   # what would change, changes nothing\n  \
@@ -185,6 +193,9 @@ pub enum Command {
         /// Print the pass as JSON
         #[arg(long)]
         json: bool,
+        /// Do not create or update ordersync's tables; refuse to run unless they are current
+        #[arg(long)]
+        no_migrate: bool,
     },
     /// Audit every pending order (bot, product, age, Coinbase status, verdict) and the terminal conflicts (rows
     /// the bot ended with another position than Coinbase). Writes nothing
@@ -335,8 +346,10 @@ fn app_error(error: AppError) -> anyhow::Error {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let config = load_config(&cli.global)?;
     match cli.command {
-        Command::Serve => serve(&config).await.map(|()| 0),
-        Command::Reconcile { once, dry_run, json } => reconcile(&config, once, dry_run, json).await,
+        Command::Serve { no_migrate } => serve(&config, no_migrate).await.map(|()| 0),
+        Command::Reconcile { once, dry_run, json, no_migrate } => {
+            reconcile(&config, once, dry_run, json, no_migrate).await
+        }
         Command::Audit { json, fail_on_mismatch } => audit(&config, json, fail_on_mismatch).await,
         Command::Migrate => migrate(&config).await.map(|()| 0),
         Command::Report { since, format, output } => {
@@ -375,8 +388,8 @@ fn signal_token() -> CancellationToken {
     token
 }
 
-async fn serve(config: &Config) -> anyhow::Result<()> {
-    let app = App::build(config, app::AppParts::default()).await.map_err(app_error)?;
+async fn serve(config: &Config, no_migrate: bool) -> anyhow::Result<()> {
+    let app = App::build(config, app::AppParts { no_migrate, ..app::AppParts::default() }).await.map_err(app_error)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         revision = crate::metrics::REVISION,
@@ -390,16 +403,43 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     app.run(signal_token()).await.map_err(app_error)
 }
 
-async fn reconciler(config: &Config) -> anyhow::Result<Reconciler> {
-    let store = app::connect_store(config).await.map_err(app_error)?;
-    store.migrate().await.context("applying ordersync's migrations")?;
+/// What a command may do to ordersync's own tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tables {
+    /// Read-only commands: never create, alter or write anything (on a database never migrated they read
+    /// what they can).
+    ReadOnly,
+    /// Create or update them first.
+    Migrate,
+    /// They must be current already (`--no-migrate`).
+    Current,
+}
+
+async fn reconciler(config: &Config, tables: Tables) -> anyhow::Result<Reconciler> {
+    // The key and the exchange first: a credential error is found before anything is written.
     let metrics = Metrics::standalone(config.stuck_after);
     let exchange = app::coinbase_from_config(config, &metrics).map_err(app_error)?;
+    let store = app::connect_store(config).await.map_err(app_error)?;
+    match tables {
+        Tables::ReadOnly => {}
+        Tables::Migrate => {
+            store.migrate().await.context("applying ordersync's migrations")?;
+        }
+        Tables::Current if !store.has_own_tables() => {
+            return Err(app_error(StoreError::NotMigrated { url: store.url().to_string() }.into()));
+        }
+        Tables::Current => {}
+    }
     Ok(Reconciler::new(store, exchange, metrics, app::settings(config)))
 }
 
-async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool) -> anyhow::Result<i32> {
-    let reconciler = reconciler(config).await?;
+async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_migrate: bool) -> anyhow::Result<i32> {
+    let tables = match (dry_run, no_migrate) {
+        (true, _) => Tables::ReadOnly,
+        (false, true) => Tables::Current,
+        (false, false) => Tables::Migrate,
+    };
+    let reconciler = reconciler(config, tables).await?;
     let token = signal_token();
     if !once {
         if dry_run {
@@ -458,7 +498,7 @@ fn print_summary(report: &PassReport, dry_run: bool) {
 }
 
 async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::Result<i32> {
-    let reconciler = reconciler(config).await?;
+    let reconciler = reconciler(config, Tables::ReadOnly).await?;
     let token = signal_token();
     // A progress bar on a terminal (drawn on stderr, so --json output stays clean); nothing otherwise.
     let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
@@ -572,8 +612,8 @@ async fn report(
     output: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let window = config::parse_duration(since).map_err(|e| UsageError(format!("--since {since:?}: expected {e}")))?;
+    // Read-only: on a database never migrated, the report is simply empty.
     let store = app::connect_store(config).await.map_err(app_error)?;
-    store.migrate().await.context("applying ordersync's migrations")?;
     let until = chrono::Utc::now();
     let since = until - chrono::Duration::from_std(window).context("--since is too long")?;
     let settlements = store.settlements_since(since).await.context("reading settled orders")?;

@@ -100,7 +100,13 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
     let exchange = crate::app::coinbase_client(&config, key.clone(), &metrics)?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| AppError::Listen { addr: config.listen, source })?;
-    let parts = AppParts { exchange: Some(exchange), listener: Some(listener), metrics: Some(metrics), key: Some(key) };
+    let parts = AppParts {
+        exchange: Some(exchange),
+        listener: Some(listener),
+        metrics: Some(metrics),
+        key: Some(key),
+        ..AppParts::default()
+    };
     let app = App::build(&config, parts).await?;
     print_banner(app.addr(), sim_addr, &options);
 

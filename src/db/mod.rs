@@ -63,6 +63,11 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("database write failed, nothing of it kept: {0}")]
     Write(String),
+    #[error(
+        "ordersync's tables in {url} are missing or not at the current version: run `ordersync migrate` with a \
+         role that may create tables (or start serve without --no-migrate)"
+    )]
+    NotMigrated { url: String },
 }
 
 /// Where an answer came from, as recorded in the event log.
@@ -244,6 +249,9 @@ pub struct Store {
     /// When ordersync first ran on this database (its first migration): orders that ended before are
     /// backlog, never late.
     watched_since: Arc<std::sync::Mutex<Option<DateTime<Utc>>>>,
+    /// ordersync's own tables are at the current migration. Until they are, reading them finds nothing
+    /// (read-only commands work on a database never migrated) and nothing is written to them.
+    ours: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Store {
@@ -319,8 +327,11 @@ impl Store {
                 bound.set_created_form(sql::CreatedForm::of(&kind, &text));
             }
         }
-        let store = Store { pool, schema: Arc::new(bound), url: shown, watched_since: Arc::default() };
+        let store =
+            Store { pool, schema: Arc::new(bound), url: shown, watched_since: Arc::default(), ours: Arc::default() };
         store.read_watched_since().await;
+        let current = store.migrations_current().await.unwrap_or(false);
+        store.ours.store(current, std::sync::atomic::Ordering::Release);
         Ok(store)
     }
 
@@ -377,7 +388,13 @@ impl Store {
             applied
         });
         self.read_watched_since().await;
+        self.ours.store(true, std::sync::atomic::Ordering::Release);
         Ok(applied)
+    }
+
+    /// Whether ordersync's own tables are there, at the current migration.
+    pub fn has_own_tables(&self) -> bool {
+        self.ours.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Learn when ordersync first ran here (its first migration); unknown before it is migrated.
@@ -449,6 +466,9 @@ impl Store {
     /// Check state for the given orders (absent when never checked).
     pub async fn check_states(&self, ids: &[OrderId]) -> Result<HashMap<OrderId, CheckState>, StoreError> {
         let mut states = HashMap::with_capacity(ids.len());
+        if !self.has_own_tables() {
+            return Ok(states);
+        }
         for chunk in ids.chunks(500) {
             let sql = sql::select_checks(chunk.len());
             let rows: Vec<(String, CheckState)> = on_pool!(self, pool => {
@@ -475,6 +495,9 @@ impl Store {
     pub async fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<Written, StoreError>> {
         if writes.is_empty() {
             return Vec::new();
+        }
+        if !self.has_own_tables() {
+            return writes.iter().map(|_| Err(StoreError::NotMigrated { url: self.url.clone() })).collect();
         }
         let schema = &self.schema;
         let pending = schema.words().pending.clone();
@@ -725,6 +748,9 @@ impl Store {
 
     /// Settled orders since `since`, oldest first (for the report).
     pub async fn settlements_since(&self, since: DateTime<Utc>) -> Result<Vec<SettlementRow>, StoreError> {
+        if !self.has_own_tables() {
+            return Ok(Vec::new());
+        }
         let rows = on_pool!(self, pool => {
             sqlx::query(sql::SELECT_SETTLEMENTS_SINCE)
                 .bind(since)
@@ -741,9 +767,12 @@ impl Store {
     /// orders of (`None`: rows without one).
     pub async fn known_bots(&self, limit: usize) -> Result<Vec<Option<String>>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut bots = on_pool!(self, pool => {
-            sqlx::query_scalar::<_, Option<String>>(sql::SELECT_KNOWN_BOTS).fetch_all(pool).await?
-        });
+        let mut bots = Vec::new();
+        if self.has_own_tables() {
+            bots = on_pool!(self, pool => {
+                sqlx::query_scalar::<_, Option<String>>(sql::SELECT_KNOWN_BOTS).fetch_all(pool).await?
+            });
+        }
         if let Some(sql) = self.schema.select_bots() {
             let table: Vec<Option<String>> = on_pool!(self, pool => {
                 sqlx::query_scalar::<_, Option<String>>(&sql).bind(limit).fetch_all(pool).await?
@@ -757,6 +786,9 @@ impl Store {
 
     /// Terminal conflicts whose row still holds the status they were found with, oldest first.
     pub async fn conflicts(&self) -> Result<Vec<ConflictRow>, StoreError> {
+        if !self.has_own_tables() {
+            return Ok(Vec::new());
+        }
         let sql = self.schema.select_conflicts();
         let rows = on_pool!(self, pool => {
             sqlx::query(&sql)
@@ -789,7 +821,8 @@ impl Store {
         recheck_before: DateTime<Utc>,
         give_up_after: u32,
     ) -> Result<Vec<TradeRow>, StoreError> {
-        let sql = self.schema.select_terminal_candidates();
+        let ours = self.has_own_tables();
+        let sql = if ours { self.schema.select_terminal_candidates() } else { self.schema.select_terminal_rows() };
         let words = self.words();
         let since = self.schema.since_text(since);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -799,7 +832,11 @@ impl Store {
             for terminal in Terminal::ALL {
                 query = query.bind(terminal.word(words));
             }
-            let mut stream = query.bind(limit).bind(i64::from(give_up_after)).bind(recheck_before).fetch(pool);
+            query = query.bind(limit);
+            if ours {
+                query = query.bind(i64::from(give_up_after)).bind(recheck_before);
+            }
+            let mut stream = query.fetch(pool);
             while let Some(row) = stream.try_next().await? {
                 rows.extend(RawTrade::read(&row)?.parse_or_warn());
             }
@@ -830,6 +867,9 @@ impl Store {
 
     /// The event log, oldest first; only one order's events when `order_id` is given.
     pub async fn events(&self, order_id: Option<&OrderId>) -> Result<Vec<EventRow>, StoreError> {
+        if !self.has_own_tables() {
+            return Ok(Vec::new());
+        }
         let sql = sql::select_events(order_id.is_some());
         let rows = on_pool!(self, pool => {
             let mut query = sqlx::query(&sql);

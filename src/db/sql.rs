@@ -489,6 +489,19 @@ impl BoundSchema {
         )
     }
 
+    /// As `select_terminal_candidates` on a database without ordersync's tables (a read-only audit): every
+    /// terminal row created since `$1`, oldest first, at most `$6`.
+    pub(super) fn select_terminal_rows(&self) -> String {
+        let (status, created_at) = (self.config.status.quoted(), self.config.created_at.quoted());
+        let words: Vec<String> = (2..=5).map(|n| self.status.param(n)).collect();
+        format!(
+            "{from} WHERE t.{status} IN ({words}) AND t.{created_at} >= {since} ORDER BY t.{created_at} LIMIT $6",
+            from = self.select_rows(),
+            words = words.join(", "),
+            since = self.created_at.param(1),
+        )
+    }
+
     /// Recorded conflicts whose row still holds the status they were found with (looked up by the row's
     /// own key, so the bot's index serves it).
     pub(super) fn select_conflicts(&self) -> String {

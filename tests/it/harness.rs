@@ -410,7 +410,13 @@ pub async fn spawn_app_keyed(db: TestDb, sandbox: Sandbox, file: &str, foreign_k
     config.coinbase.ws_url = format!("ws{}{}", url.trim_start_matches("http"), server::WS_PATH);
     let exchange: Arc<dyn Exchange> = Arc::new(client(&url, key.clone(), &metrics));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let parts = AppParts { exchange: Some(exchange), listener: Some(listener), metrics: Some(metrics), key: Some(key) };
+    let parts = AppParts {
+        exchange: Some(exchange),
+        listener: Some(listener),
+        metrics: Some(metrics),
+        key: Some(key),
+        ..AppParts::default()
+    };
     let app = ordersync::app::App::build(&config, parts).await.unwrap();
     let addr = app.addr();
     let run_token = token.clone();

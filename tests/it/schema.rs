@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use ordersync::sandbox::{NewOrder, Sandbox};
 
 use crate::cli::{run, setup_on};
-use crate::harness::{dec, Backend, TestDb};
+use crate::harness::{dec, incident, Backend, TestDb};
 
 /// A bot's production table on PostgreSQL.
 const PRODUCTION: &str = "CREATE TYPE trade_status AS ENUM ('pending', 'completed', 'cancelled', 'expired', 'failed');
@@ -162,4 +162,105 @@ async fn sqlite_created_at_as_julian_day() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_created_at_that_is_no_time_at_all() {
     every_sqlite_timestamp_form("unreadable", "'soon'").await;
+}
+
+/// A role with nothing but SELECT on the bot's table runs audit, a dry run and the report on a database
+/// ordersync never migrated: they create, alter and write nothing. `migrate` is the one command that runs
+/// DDL, and says why it cannot, once. Granted SELECT on ordersync's tables later, the role reads them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_role_audits_dry_runs_and_reports_and_nothing_is_written() {
+    let db = TestDb::with_trades(Backend::Postgres).await;
+    let sandbox = Sandbox::new(1);
+    incident(&db, &sandbox).await;
+    let role = format!("ordersync_ro_{}", uuid::Uuid::new_v4().simple());
+    let database = db.url.rsplit('/').next().unwrap().to_string();
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT CONNECT ON DATABASE {database} TO {role}; \
+         GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT ON trades TO {role}"
+    ))
+    .await;
+    let read_only = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let setup = setup_on(db, &sandbox).await;
+    let as_reader = |args: &[&str]| {
+        let mut command = setup.command();
+        command.env("ORDERSYNC_DATABASE_URL", &read_only).args(args);
+        command
+    };
+    let ours = "SELECT CAST(COUNT(*) AS TEXT) FROM pg_tables WHERE tablename LIKE 'ordersync%'";
+
+    let audit = run(&mut as_reader(&["audit", "--json"])).await;
+    assert_eq!(audit.code, 0, "{}", audit.stderr);
+    let audited: serde_json::Value = serde_json::from_str(&audit.stdout).unwrap();
+    assert_eq!(audited["orders"].as_array().unwrap().len(), 3);
+    let dry = run(&mut as_reader(&["reconcile", "--once", "--dry-run"])).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(dry.stdout.contains("3 would be corrected"), "{}", dry.stdout);
+    let report = run(&mut as_reader(&["report", "--since", "1d"])).await;
+    assert_eq!(report.code, 0, "{}", report.stderr);
+    assert!(report.stdout.contains("no data"), "{}", report.stdout);
+    assert_eq!(setup.db.count(ours).await, 0, "nothing created");
+
+    let migrate = run(&mut as_reader(&["migrate"])).await;
+    assert_eq!(migrate.code, 1, "{}", migrate.stderr);
+    assert_eq!(migrate.stderr.matches("permission denied").count(), 1, "each cause once: {}", migrate.stderr);
+
+    let migrated = run(setup.command().arg("migrate")).await;
+    assert_eq!(migrated.code, 0, "{}", migrated.stderr);
+    setup.db.exec(&format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")).await;
+    let again = run(&mut as_reader(&["audit", "--fail-on-mismatch"])).await;
+    assert_eq!(again.code, 3, "reads ordersync's tables now: {}", again.stderr);
+    setup.db.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}
+
+/// `serve --no-migrate` refuses a database whose ordersync tables are not current, naming the fix; and a
+/// configuration error (no key) is found before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_finds_every_error_before_writing_anything() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let setup = setup_on(db, &Sandbox::new(1)).await;
+    let ours = "SELECT CAST(COUNT(*) AS TEXT) FROM sqlite_master WHERE name LIKE 'ordersync%'";
+
+    let no_key = run(setup
+        .command()
+        .env_remove("ORDERSYNC_COINBASE_KEY_FILE")
+        .env_remove("ORDERSYNC_COINBASE_KEY_NAME")
+        .args(["serve", "--listen", "127.0.0.1:0"]))
+    .await;
+    assert_eq!(no_key.code, 2, "{}", no_key.stderr);
+    assert!(no_key.stderr.contains("ORDERSYNC_COINBASE_KEY_FILE is not set"), "{}", no_key.stderr);
+    assert_eq!(setup.db.count(ours).await, 0, "no table created before the key error");
+
+    let refused = run(setup.command().args(["serve", "--no-migrate", "--listen", "127.0.0.1:0"])).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("run `ordersync migrate`"), "{}", refused.stderr);
+    assert_eq!(setup.db.count(ours).await, 0);
+    let dry = run(setup.command().args(["reconcile", "--once", "--no-migrate"])).await;
+    assert_eq!(dry.code, 2, "{}", dry.stderr);
+}
+
+/// The runtime role of the README, with exactly its GRANTs (UPDATE only on the columns ordersync writes),
+/// reconciles with `--no-migrate` after an owner ran `ordersync migrate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_runtime_grants_are_enough() {
+    let db = TestDb::with_trades(Backend::Postgres).await;
+    let sandbox = Sandbox::new(1);
+    incident(&db, &sandbox).await;
+    let setup = setup_on(db, &sandbox).await;
+    assert_eq!(run(setup.command().arg("migrate")).await.code, 0);
+    let role = format!("ordersync_rt_{}", uuid::Uuid::new_v4().simple());
+    let database = setup.db.url.rsplit('/').next().unwrap().to_string();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let grants = readme.split("```sql runtime").nth(1).and_then(|rest| rest.split("```").next()).expect("the grants");
+    setup.db.exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    setup.db.exec(&grants.replace("ordersync_runtime", &role).replace("trading", &database)).await;
+    let mut command = setup.command();
+    command.env("ORDERSYNC_DATABASE_URL", setup.db.url.replacen("postgres@", &format!("{role}@"), 1)).args([
+        "reconcile",
+        "--once",
+        "--no-migrate",
+    ]);
+    let out = run(&mut command).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("3 corrected"), "{}", out.stdout);
+    setup.db.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 }
