@@ -60,7 +60,11 @@ impl AppError {
             AppError::Config(_)
                 | AppError::Auth(_)
                 | AppError::Store(
-                    StoreError::MissingTable { .. } | StoreError::Schema { .. } | StoreError::NotMigrated { .. }
+                    StoreError::MissingTable { .. }
+                        | StoreError::Schema { .. }
+                        | StoreError::NotMigrated { .. }
+                        | StoreError::BadUrl { .. }
+                        | StoreError::MissingFile { .. }
                 )
         )
     }

@@ -467,6 +467,16 @@ async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_mi
     } else {
         print_summary(&report, dry_run);
     }
+    // Automation must be able to trust the exit code: a pass that checked nothing, or was cut short, failed.
+    if report.failed {
+        let why = report.checked.iter().find_map(|c| c.detail.clone()).unwrap_or_default();
+        eprintln!("error: no order could be checked: the exchange gave no certain answer for any ({why})");
+        return Ok(1);
+    }
+    if report.interrupted {
+        eprintln!("error: the pass was interrupted before every order was checked; what was written stands");
+        return Ok(1);
+    }
     Ok(0)
 }
 

@@ -428,13 +428,16 @@ impl Reconciler {
         let chunks: Vec<&[TradeRow]> = eligible.chunks(self.settings.batch_size.max(1)).collect();
         let mut next = chunks.first().map(|chunk| self.prefetch(chunk));
         for (index, chunk) in chunks.iter().enumerate() {
-            let Some(lookup) = next.take() else { break };
-            if token.is_cancelled() {
-                lookup.abort();
-                report.interrupted = true;
-                break;
-            }
-            let answers = lookup.await.unwrap_or_default();
+            let Some(mut lookup) = next.take() else { break };
+            // A request that hangs is abandoned when the pass is cancelled: only reads are in flight here.
+            let answers = tokio::select! {
+                answers = &mut lookup => answers.unwrap_or_default(),
+                () = token.cancelled() => {
+                    lookup.abort();
+                    report.interrupted = true;
+                    break;
+                }
+            };
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
             certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
             let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
@@ -500,7 +503,10 @@ impl Reconciler {
             let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
             // Only a positive answer settles a terminal row or shows a conflict: an order the batch did not
             // return is not confirmed one request at a time, it is asked about again later.
-            let answers = lookup_batch(self.exchange.as_ref(), &ids).await;
+            let answers = tokio::select! {
+                answers = lookup_batch(self.exchange.as_ref(), &ids) => answers,
+                () = token.cancelled() => break,
+            };
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
             let items: Vec<Item> = chunk
                 .iter()
@@ -588,14 +594,14 @@ impl Reconciler {
                 () = self.exchange.reserve() => {}
             }
             let (taken, _) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
-            let checked = self.check_due(taken).await;
+            let checked = self.check_due(taken, token).await;
             if until_empty {
                 done.extend(checked);
             }
         }
     }
 
-    async fn check_due(&self, taken: Vec<(OrderId, Due)>) -> Vec<Checked> {
+    async fn check_due(&self, taken: Vec<(OrderId, Due)>, token: &CancellationToken) -> Vec<Checked> {
         let ids: Vec<OrderId> = taken.iter().map(|(id, _)| id.clone()).collect();
         let rows = match self.store.trades(&ids).await {
             Ok(rows) => rows,
@@ -620,7 +626,10 @@ impl Reconciler {
             }
         }
         if !lookups.is_empty() {
-            answers.extend(lookup(self.exchange.as_ref(), &lookups).await);
+            tokio::select! {
+                found = lookup(self.exchange.as_ref(), &lookups) => answers.extend(found),
+                () = token.cancelled() => return Vec::new(),
+            }
         }
         let checked_ids: Vec<OrderId> = answers.keys().cloned().collect();
         let states = self.check_states(&checked_ids).await;

@@ -42,6 +42,10 @@ impl Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("the database URL {url} cannot be read: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("the SQLite database {path} does not exist: point ORDERSYNC_DATABASE_URL at the bot's database file")]
+    MissingFile { path: String },
     #[error("cannot connect to the database {url}: {source}")]
     Connect {
         url: String,
@@ -279,10 +283,15 @@ impl Store {
     pub async fn connect(url: &str, schema: &TradesSchema) -> Result<Store, StoreError> {
         let shown = redact_url(url);
         let connect_error = |source| StoreError::Connect { url: shown.clone(), source };
+        let bad_url = |source: sqlx::Error| StoreError::BadUrl { url: shown.clone(), why: source.to_string() };
         let pool = if url.starts_with("sqlite:") {
-            // Never create the bot's database: a missing file is a wrong URL.
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(connect_error)?
+            // Never create the bot's database: a missing file is a wrong URL (a configuration error).
+            let options = SqliteConnectOptions::from_str(url).map_err(bad_url)?;
+            let path = options.get_filename();
+            if path != std::path::Path::new(":memory:") && !path.exists() {
+                return Err(StoreError::MissingFile { path: path.display().to_string() });
+            }
+            let options = options
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(false)
                 // 1 MiB of page cache per connection (SQLite's default is 2 MiB): ordersync reads pending rows
@@ -296,7 +305,7 @@ impl Store {
                 .map_err(connect_error)?;
             Pool::Sqlite(pool)
         } else {
-            let options = PgConnectOptions::from_str(url).map_err(connect_error)?;
+            let options = PgConnectOptions::from_str(url).map_err(bad_url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(5))

@@ -380,3 +380,59 @@ async fn reconcile_once_waits_out_the_grace_period_and_then_corrects() {
     assert!((2.0..10.0).contains(&latency), "from the first sighting, past the grace: {latency}");
     assert_eq!(event[0][1].as_deref(), Some("seen_poll"));
 }
+
+/// Automation trusts the exit code: a pass in which no order could be checked exits 1 and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_that_checked_nothing_exits_1_and_says_why() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    incident(&db, &sandbox).await;
+    sandbox.set_faults(ordersync::sandbox::Faults { error_5xx_rate: 1.0, ..Default::default() });
+    let setup = setup_on(db, &sandbox).await;
+    let out = run(setup.command().args(["reconcile", "--once"])).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("no order could be checked"), "{}", out.stderr);
+    assert!(out.stderr.contains("transient exchange error: HTTP 50"), "says why: {}", out.stderr);
+}
+
+/// SIGTERM ends `reconcile` within seconds even while a request to the exchange hangs (the simulator
+/// answers after a minute); the cut-short pass exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_reconcile_while_a_request_hangs() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    incident(&db, &sandbox).await;
+    sandbox.set_faults(ordersync::sandbox::Faults { latency_rate: 1.0, latency_ms: 60_000, ..Default::default() });
+    let setup = setup_on(db, &sandbox).await;
+    for args in [&["reconcile", "--once"][..], &["reconcile"][..]] {
+        let mut child = setup.command().args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let sent = std::time::Instant::now();
+        signal(child.id().unwrap(), "TERM").await;
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("ended").unwrap();
+        assert!(sent.elapsed() < Duration::from_secs(5), "{args:?}: took {:?}", sent.elapsed());
+        if args.contains(&"--once") {
+            assert_eq!(status.code(), Some(1), "an interrupted pass is not a success");
+        }
+        for (order_id, _, _) in INCIDENT {
+            assert_eq!(setup.db.trade(order_id).await.status, "pending", "nothing half done");
+        }
+    }
+}
+
+/// A configuration error is exit 2 whatever its kind; a database unreachable at run time is exit 1.
+#[tokio::test]
+async fn database_errors_exit_2_for_configuration_and_1_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("sqlite://{}", dir.path().join("nope.db").display());
+    for (url, code, says) in [
+        (missing.as_str(), 2, "does not exist"),
+        ("postgres://bot@[::1", 2, "cannot be read"),
+        ("postgres://bot:s3cret@127.0.0.1:1/trading", 1, "cannot connect"),
+    ] {
+        let out = run(ordersync().args(["report", "--since", "1d"]).env("ORDERSYNC_DATABASE_URL", url)).await;
+        assert_eq!(out.code, code, "{url}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{url}: {}", out.stderr);
+        assert!(!out.stderr.contains("s3cret"), "the password is never shown: {}", out.stderr);
+    }
+}

@@ -257,7 +257,10 @@ async fn an_unreachable_database_is_a_clear_error_without_the_password() {
     assert!(error.starts_with("cannot connect to the database postgres://bot:***@127.0.0.1:1/trading"), "{error}");
     assert!(!error.contains("hunter2"));
     let error = Store::connect("sqlite:///nonexistent/dir/bot.db", &schema).await.unwrap_err().to_string();
-    assert!(error.contains("cannot connect to the database sqlite:///nonexistent/dir/bot.db"), "{error}");
+    assert!(
+        error.contains("the SQLite database /nonexistent/dir/bot.db does not exist: point ORDERSYNC_DATABASE_URL"),
+        "{error}"
+    );
 }
 
 /// An exchange that cancels the pass while answering about the second batch. The pass looks the second
