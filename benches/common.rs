@@ -29,11 +29,14 @@ pub async fn fill_trades(path: &Path, rows: usize, pending: usize) -> sqlx::Sqli
     pool
 }
 
-/// Place `count` orders `<prefix><n>` of 10 AVNT at 1 on the simulator, filled at once when `filled`.
+/// Place `count` orders of 10 AVNT at 1 on the simulator (UUIDs, distinct per `prefix`), filled at once when
+/// `filled`.
 pub fn place_orders(sandbox: &ordersync::sandbox::Sandbox, prefix: &str, count: usize, filled: bool) -> Vec<String> {
     (0..count)
         .map(|n| {
-            let id = format!("{prefix}{n}");
+            // Coinbase order ids are UUIDs; the prefix's bytes make them distinct per caller.
+            let seed = prefix.bytes().fold(0u32, |acc, b| acc.wrapping_mul(31).wrapping_add(u32::from(b)));
+            let id = format!("{seed:08x}-0000-4000-8000-{n:012x}");
             let new = ordersync::sandbox::NewOrder {
                 order_id: Some(id.clone()),
                 product_id: "AVNT-USD".into(),

@@ -27,6 +27,12 @@ impl OrderId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this can be a Coinbase order id (a UUID; a client order id, a path word like `batch` or `..`
+    /// is not): only such ids are ever put in a request.
+    pub fn is_exchange_id(&self) -> bool {
+        uuid::Uuid::parse_str(&self.0).is_ok()
+    }
 }
 
 impl fmt::Display for OrderId {
@@ -115,6 +121,16 @@ pub fn sqlite_timestamp(at: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn only_uuids_are_coinbase_order_ids() {
+        for id in ["d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10", "D1AAA054-747D-4F9A-8E3F-05FBF5E2CD10"] {
+            assert!(OrderId::parse(id).unwrap().is_exchange_id(), "{id}");
+        }
+        for id in ["..", "batch", "fills", "bot-1", "12345"] {
+            assert!(!OrderId::parse(id).unwrap().is_exchange_id(), "{id}");
+        }
+    }
 
     #[test]
     fn order_ids_are_validated() {

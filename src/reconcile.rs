@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -189,7 +190,53 @@ pub async fn lookup_batch(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<O
 
 async fn lookup_with(exchange: &dyn Exchange, ids: &[OrderId], confirm_absent: bool) -> HashMap<OrderId, Answer> {
     let mut answers = HashMap::with_capacity(ids.len());
-    match exchange.orders(ids).await {
+    // Only what can be a Coinbase order id is ever put in a request: a row holding `..`, `batch` or a client
+    // order id is listed (unresolved, and flagged in time), never sent.
+    let (sendable, unsendable): (Vec<OrderId>, Vec<OrderId>) = ids.iter().cloned().partition(OrderId::is_exchange_id);
+    for id in unsendable {
+        let why = format!("{:?} is not a Coinbase order id (a UUID): never sent to the exchange", id.as_str());
+        answers.insert(id, Answer::Ambiguous(why));
+    }
+    for (ids, result) in orders_isolating(exchange, &sendable).await {
+        answer_batch(exchange, &ids, result, confirm_absent, &mut answers).await;
+    }
+    complete_figures(exchange, &mut answers).await;
+    answers
+}
+
+/// The ids one List Orders request asked about, and what it answered.
+type BatchResult = (Vec<OrderId>, Result<crate::exchange::Batch, ExchangeError>);
+
+/// List Orders for `ids`; when the exchange rejects the request (a 4xx: an id it cannot parse, a URL too
+/// long), the halves are asked again until the ids it rejects are alone, so one bad order never poisons the
+/// others. A timeout or 5xx stays one ambiguous answer for the whole batch.
+fn orders_isolating<'a>(exchange: &'a dyn Exchange, ids: &'a [OrderId]) -> BoxFuture<'a, Vec<BatchResult>> {
+    Box::pin(async move {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        match exchange.orders(ids).await {
+            Err(ExchangeError::Rejected(why)) if ids.len() > 1 => {
+                tracing::debug!(orders = ids.len(), %why, "the exchange rejected a batch; asking its halves");
+                let (first, second) = ids.split_at(ids.len() / 2);
+                let mut results = orders_isolating(exchange, first).await;
+                results.extend(orders_isolating(exchange, second).await);
+                results
+            }
+            result => vec![(ids.to_vec(), result)],
+        }
+    })
+}
+
+/// The answers one List Orders result gives `ids`.
+async fn answer_batch(
+    exchange: &dyn Exchange,
+    ids: &[OrderId],
+    result: Result<crate::exchange::Batch, ExchangeError>,
+    confirm_absent: bool,
+    answers: &mut HashMap<OrderId, Answer>,
+) {
+    match result {
         Ok(batch) => {
             for order in batch.orders {
                 if ids.contains(&order.order_id) {
@@ -212,14 +259,16 @@ async fn lookup_with(exchange: &dyn Exchange, ids: &[OrderId], confirm_absent: b
                 }
             }
         }
+        Err(ExchangeError::Rejected(why)) if ids.len() == 1 => {
+            tracing::warn!(order_id = %ids[0], %why, "the exchange rejects this order id; the others were asked without it");
+            answers.insert(ids[0].clone(), Answer::Ambiguous(format!("the exchange rejects this order id: {why}")));
+        }
         Err(error) => {
             for id in ids {
                 answers.insert(id.clone(), Answer::Ambiguous(error.to_string()));
             }
         }
     }
-    complete_figures(exchange, &mut answers).await;
-    answers
 }
 
 /// Complete FILLED answers that lack the fill time, average price or size from List Fills (one request

@@ -253,6 +253,10 @@ impl Exchange for CoinbaseClient {
     }
 
     async fn order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError> {
+        // Only a UUID goes into the path: never `..`, `batch` or `fills`, which would ask another endpoint.
+        if !id.is_exchange_id() {
+            return Err(ExchangeError::Rejected(format!("{:?} is not a Coinbase order id (a UUID)", id.as_str())));
+        }
         let path = format!("{ORDERS_PATH}/{id}");
         let response: GetOrderResponse = self.get("get_order", &path, &[]).await?;
         let order = response.order.parse().map_err(ExchangeError::Malformed)?;

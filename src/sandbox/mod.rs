@@ -23,6 +23,11 @@ use crate::exchange::ws::WsOrder;
 use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeFill, ExchangeOrder};
 use crate::order::OrderId;
 
+/// Whether `id` is an order id as Coinbase writes them: a lowercase hyphenated UUID.
+pub fn is_order_id(id: &str) -> bool {
+    id.len() == 36 && uuid::Uuid::parse_str(id).is_ok() && !id.chars().any(|c| c.is_ascii_uppercase())
+}
+
 /// Page size of List Orders when the request names none, and the most it allows.
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
@@ -381,8 +386,8 @@ impl Sandbox {
             return Err(SandboxError::Invalid("base_size and limit_price must be greater than 0".into()));
         }
         let order_id = new.order_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        if OrderId::parse(&order_id).is_err() {
-            return Err(SandboxError::Invalid(format!("{order_id:?} is not a valid order id")));
+        if !is_order_id(&order_id) {
+            return Err(SandboxError::Invalid(format!("{order_id:?} is not a valid order id (a lowercase UUID)")));
         }
         let now = self.now();
         let order = SimOrder {
@@ -494,6 +499,10 @@ impl Sandbox {
 
     /// List Orders filtered by `ids`, newest first, one page from `cursor` (an offset, opaque to clients).
     pub fn list(&self, ids: &[String], limit: usize, cursor: &str) -> Result<ListOrdersResponse, SandboxError> {
+        // Like Coinbase: one id that is not an order id fails the whole request.
+        if let Some(bad) = ids.iter().find(|id| !is_order_id(id)) {
+            return Err(SandboxError::Invalid(format!("order_ids: {bad:?} is not a valid UUID")));
+        }
         let start: usize = match cursor {
             "" => 0,
             text => text.parse().map_err(|_| SandboxError::Invalid(format!("invalid cursor {text:?}")))?,

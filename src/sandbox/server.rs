@@ -144,6 +144,9 @@ async fn get_order(State(state): State<ServerState>, headers: HeaderMap, Path(or
         Ok(fault) => fault,
         Err(response) => return response,
     };
+    if !crate::sandbox::is_order_id(&order_id) {
+        return coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "order_id is not a valid UUID");
+    }
     match state.sandbox.wire_order(&order_id) {
         Some(order) => answer(&GetOrderResponse { order }, fault),
         None => coinbase_error(StatusCode::NOT_FOUND, "NOT_FOUND", "order with this orderID was not found"),

@@ -362,3 +362,40 @@ async fn one_refused_write_fails_alone_and_the_rest_of_the_batch_commits(backend
     assert_eq!(metrics.settled.with_label_values(&["alpha", "ordersync"]).get(), 2);
 }
 both!(one_refused_write_fails_alone_and_the_rest_of_the_batch_commits);
+
+/// Rows whose order id cannot be a Coinbase order id (`..`, `batch`, a client order id) are never sent; an
+/// id the exchange rejects (Coinbase writes ids in lowercase: the simulator answers 400 INVALID_ARGUMENT
+/// for an uppercase one, failing the whole List Orders request) is isolated by splitting the batch; every
+/// other order of the batch is settled.
+async fn one_bad_order_never_poisons_a_batch(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    incident(&db, &sandbox).await;
+    let shouting = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(30)).await;
+    sandbox.fill(&shouting, None, None, None).unwrap();
+    db.exec(&format!("UPDATE trades SET order_id = '{}' WHERE order_id = '{shouting}'", shouting.to_uppercase())).await;
+    for id in ["..", "batch", "bot-7-client-id"] {
+        db.insert_pending(id, "alpha", "AVNT-USD", Utc::now() - chrono::Duration::minutes(30)).await;
+    }
+    let token = CancellationToken::new();
+    let (url, key) = crate::harness::sandbox_http(&sandbox, None, &token).await;
+    let config = config(&db);
+    let store = Store::connect(&db.url, &config.trades).await.unwrap();
+    store.migrate().await.unwrap();
+    let metrics = Metrics::standalone(config.stuck_after);
+    let exchange: Arc<dyn Exchange> = Arc::new(crate::harness::client(&url, key, &metrics));
+    let reconciler = Reconciler::new(store, exchange, metrics, crate::harness::settings(&config));
+
+    let report = reconciler.pass(Mode::Apply, &token).await.unwrap();
+
+    assert_eq!(report.count("corrected"), 3, "the incident is settled: {report:?}");
+    let detail = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().detail.clone().unwrap();
+    for id in ["..", "batch", "bot-7-client-id"] {
+        assert!(detail(id).contains("is not a Coinbase order id (a UUID): never sent"), "{id}: {}", detail(id));
+    }
+    let upper = shouting.to_uppercase();
+    assert!(detail(&upper).contains("the exchange rejects this order id"), "{}", detail(&upper));
+    assert!(detail(&upper).contains("INVALID_ARGUMENT"), "{}", detail(&upper));
+    assert!(!report.failed);
+}
+both!(one_bad_order_never_poisons_a_batch);
