@@ -61,7 +61,7 @@ async fn main() {
             .env("ORDERSYNC_COINBASE_API_URL", format!("http://{sim}"))
             .env("ORDERSYNC_COINBASE_KEY_NAME", key.name())
             .env("ORDERSYNC_COINBASE_KEY_FILE", &key_file)
-            .env("ORDERSYNC_COINBASE_RATE_LIMIT", "1000")
+            .env("ORDERSYNC_COINBASE_RATE_LIMIT", "30")
             .env("ORDERSYNC_WEBSOCKET", "off")
             .env("ORDERSYNC_POLL_INTERVAL", "1h")
             .env("ORDERSYNC_LISTEN", format!("127.0.0.1:{port}"))

@@ -482,6 +482,19 @@ fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Re
     }
 }
 
+/// Coinbase's documented limit for private endpoints: about 30 requests per second per key.
+pub const COINBASE_PRIVATE_RATE_LIMIT: u32 = 30;
+
+fn parse_rate_limit(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(value) if (1..=COINBASE_PRIVATE_RATE_LIMIT).contains(&value) => Ok(value),
+        _ => Err(format!(
+            "a whole number from 1 to {COINBASE_PRIVATE_RATE_LIMIT} (Coinbase allows about \
+             {COINBASE_PRIVATE_RATE_LIMIT} private requests per second per key; more is answered 429)"
+        )),
+    }
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         duration if duration.is_zero() => Err("a duration greater than 0, e.g. 30s".into()),
@@ -522,7 +535,7 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
     let rate_limit = r.pick(
         ("--coinbase-rate-limit", ENV_COINBASE_RATE_LIMIT, over.coinbase_rate_limit.as_ref()),
         ("coinbase.rate_limit", file.coinbase.rate_limit.map(|v| v.to_string())),
-        parse_positive::<u32>,
+        parse_rate_limit,
     );
     let ws_url = r.pick(
         ("--coinbase-ws-url", ENV_COINBASE_WS_URL, over.coinbase_ws_url.as_ref()),

@@ -48,6 +48,38 @@ enum SessionEnd {
     Refused(String),
 }
 
+/// Gap detection over `sequence_num`, which Coinbase documents as counting messages so that a jump means
+/// one was lost. Captures differ on whether heartbeats share the counter with the user channel, and it
+/// restarts with each connection; so a jump is a gap only when it skips both the channel's own last number
+/// and the last number seen on any channel (a shared counter interleaves channels without gaps; separate
+/// counters run side by side), a repeat or a backward jump is a restart, never a gap, and a new connection
+/// starts a new tracker. A gap is a hint to resync (the reconciler coalesces wake-ups), never proof.
+/// `heartbeat_counter` is not used: a lost heartbeat loses no order.
+#[derive(Debug, Default)]
+pub struct Sequences {
+    last_any: Option<u64>,
+    last_by_channel: std::collections::HashMap<String, u64>,
+}
+
+impl Sequences {
+    /// Take one message's number; `Some(expected)` when it shows a gap.
+    pub fn observe(&mut self, channel: &str, sequence: u64) -> Option<u64> {
+        let own = self.last_by_channel.get(channel).copied();
+        let gap = match (own, self.last_any) {
+            (Some(own), Some(any)) if sequence > own + 1 && sequence > any + 1 => Some(own.max(any) + 1),
+            _ => None,
+        };
+        // A backward jump restarts the counter: follow it rather than stay blind until it passes the old top.
+        self.last_by_channel.insert(channel.to_string(), sequence);
+        self.last_any = Some(match self.last_any {
+            Some(any) if sequence < any && own.is_some_and(|own| sequence < own) => sequence,
+            Some(any) => any.max(sequence),
+            None => sequence,
+        });
+        gap
+    }
+}
+
 /// Listens to the user channel until cancelled, reconnecting with backoff.
 pub struct Listener {
     settings: ListenerSettings,
@@ -119,7 +151,7 @@ impl Listener {
             // Whatever happened while the socket was down is fetched by a full pass now.
             self.reconciler.wake();
         }
-        let mut last_sequence: Option<u64> = None;
+        let mut last_sequence = Sequences::default();
         let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + JWT_REFRESH, JWT_REFRESH);
         loop {
             let next = tokio::time::timeout(self.settings.stall_after, stream.next());
@@ -157,7 +189,7 @@ impl Listener {
     }
 
     /// Handle one message. `Err` only when the server refused us (an `error` message).
-    async fn handle(&self, text: &str, last_sequence: &mut Option<u64>) -> Result<(), String> {
+    async fn handle(&self, text: &str, last_sequence: &mut Sequences) -> Result<(), String> {
         let value: serde_json::Value = match serde_json::from_str(text) {
             Ok(value) => value,
             Err(error) => {
@@ -178,19 +210,11 @@ impl Listener {
                 return Ok(());
             }
         };
-        match *last_sequence {
-            Some(last) if envelope.sequence_num > last + 1 => {
-                self.metrics.websocket_sequence_gaps.inc();
-                tracing::warn!(
-                    expected = last + 1,
-                    got = envelope.sequence_num,
-                    "WebSocket messages were lost; resyncing"
-                );
-                self.reconciler.wake();
-            }
-            _ => {}
+        if let Some(expected) = last_sequence.observe(&envelope.channel, envelope.sequence_num) {
+            self.metrics.websocket_sequence_gaps.inc();
+            tracing::warn!(expected, got = envelope.sequence_num, "WebSocket messages were lost; resyncing");
+            self.reconciler.wake();
         }
-        *last_sequence = Some(last_sequence.map_or(envelope.sequence_num, |last| last.max(envelope.sequence_num)));
         match envelope.channel.as_str() {
             "user" => self.user_events(&envelope),
             "heartbeats" => {
@@ -237,5 +261,64 @@ impl Listener {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed a stream of `(channel, sequence_num)` as the captures show them; the gaps it finds.
+    fn gaps(stream: &[(&str, u64)]) -> Vec<u64> {
+        let mut sequences = Sequences::default();
+        stream.iter().filter_map(|(channel, n)| sequences.observe(channel, *n).map(|_| *n)).collect()
+    }
+
+    #[test]
+    fn interleaved_heartbeats_and_user_messages_on_one_counter_are_no_gap() {
+        let stream = [
+            ("subscriptions", 0),
+            ("user", 1),
+            ("heartbeats", 2),
+            ("heartbeats", 3),
+            ("user", 4),
+            ("heartbeats", 5),
+            ("user", 6),
+            ("user", 7),
+            ("heartbeats", 8),
+        ];
+        assert_eq!(gaps(&stream), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn channels_with_counters_of_their_own_are_no_gap() {
+        let stream =
+            [("heartbeats", 3049), ("user", 1), ("heartbeats", 3050), ("user", 2), ("heartbeats", 3051), ("user", 3)];
+        assert_eq!(gaps(&stream), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn a_lost_message_is_a_gap_once() {
+        let shared = [("user", 1), ("heartbeats", 2), ("heartbeats", 4), ("user", 5), ("heartbeats", 6)];
+        assert_eq!(gaps(&shared), vec![4], "message 3 was lost");
+        let own = [("heartbeats", 10), ("user", 20), ("heartbeats", 11), ("user", 25), ("user", 26)];
+        assert_eq!(gaps(&own), vec![25]);
+    }
+
+    /// Observed in a public client's logs: a heartbeat delivered twice under different numbers, and 397
+    /// followed by 152 on one connection.
+    #[test]
+    fn repeats_and_backward_jumps_cause_no_storm() {
+        let stream = [
+            ("heartbeats", 395),
+            ("user", 396),
+            ("heartbeats", 397),
+            ("heartbeats", 397),
+            ("heartbeats", 152),
+            ("user", 153),
+            ("heartbeats", 154),
+            ("heartbeats", 155),
+        ];
+        assert_eq!(gaps(&stream), Vec::<u64>::new());
     }
 }

@@ -25,6 +25,10 @@ pub const LIST_ORDERS_PATH: &str = "/api/v3/brokerage/orders/historical/batch";
 pub const LIST_FILLS_PATH: &str = "/api/v3/brokerage/orders/historical/fills";
 pub const KEY_PERMISSIONS_PATH: &str = "/api/v3/brokerage/key_permissions";
 
+/// The longest `Retry-After` obeyed: a longer one is waited for this long, then the request is retried (or
+/// the pass goes on without it).
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+
 /// How hard to try before giving up on a request.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -53,7 +57,7 @@ impl RetryPolicy {
         let ceiling = self.base_backoff.saturating_mul(2u32.saturating_pow(attempt)).min(self.max_backoff);
         let jittered = ceiling.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
         match hint {
-            Some(hint) => hint.min(self.max_backoff.max(hint)) + jittered / 10,
+            Some(hint) => hint.min(RETRY_AFTER_CAP) + jittered / 10,
             None => jittered,
         }
     }
@@ -316,5 +320,7 @@ mod tests {
         assert!(policy.backoff(10, None) <= Duration::from_secs(1));
         assert!(policy.backoff(10, None) >= Duration::from_millis(500));
         assert!(policy.backoff(0, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        let capped = policy.backoff(0, Some(Duration::from_secs(3600)));
+        assert!(capped >= RETRY_AFTER_CAP && capped < RETRY_AFTER_CAP + Duration::from_secs(1), "{capped:?}");
     }
 }

@@ -261,3 +261,65 @@ async fn with_faults_everything_ended_is_fixed_and_nothing_wrongly(backend: Back
     assert!(injected > 0, "faults were injected");
 }
 crate::both!(with_faults_everything_ended_is_fixed_and_nothing_wrongly);
+
+/// Never more than `rate_limit` requests in any one-second window, whatever the burst: a counting server
+/// records when each request arrives while 40 tasks ask at once, after a quiet spell (the worst case for a
+/// token bucket, which lets 2n - 1 through in that second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_in_every_one_second_window() {
+    use axum::routing::get;
+    let arrivals: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+    let seen = arrivals.clone();
+    let app = axum::Router::new().route(
+        ordersync::exchange::coinbase::KEY_PERMISSIONS_PATH,
+        get(move || {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(Instant::now());
+                axum::Json(serde_json::json!({"can_view": true, "can_trade": true, "can_transfer": false,
+                    "portfolio_uuid": "p", "portfolio_type": "DEFAULT"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+    let key = CdpKey::generate("organizations/test/apiKeys/test");
+    let client =
+        Arc::new(CoinbaseClient::new(&format!("http://{addr}"), key, NonZeroU32::new(5).unwrap(), metrics).unwrap());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.key_permissions().await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+
+    let mut times = arrivals.lock().unwrap().clone();
+    times.sort();
+    assert_eq!(times.len(), 40);
+    // The server sees them a little after the client lets them go: allow 50 ms of delivery jitter.
+    let busiest = times
+        .iter()
+        .map(|start| {
+            times.iter().filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_millis(950)).count()
+        })
+        .max()
+        .unwrap();
+    assert!(busiest <= 5, "{busiest} requests within one second (limit 5)");
+    let span = times.last().unwrap().duration_since(times[0]);
+    assert!(span >= Duration::from_millis(6900), "40 requests at 5/s take at least 7 s: {span:?}");
+}
+
+#[tokio::test]
+async fn a_rate_limit_above_coinbases_is_refused() {
+    let overrides = ordersync::config::Overrides { coinbase_rate_limit: Some("50".into()), ..Default::default() };
+    let file = ordersync::config::FileConfig::default();
+    let error = ordersync::config::resolve(&overrides, &file, "test.toml").unwrap_err().to_string();
+    assert!(error.contains("a whole number from 1 to 30"), "{error}");
+}
