@@ -41,12 +41,13 @@ async fn main() {
             .unwrap();
 
     let overrides = Overrides {
-        database_url: Some(format!("sqlite://{}", path.display())),
+        database_url: Some(format!("sqlite://{}", path.display()).into()),
         grace: Some("0s".into()),
         ..Overrides::default()
     };
     let config = ordersync::config::resolve(&overrides, &FileConfig::default(), "defaults").unwrap();
-    let store = Store::connect(config.database_url.as_deref().unwrap(), &config.trades).await.unwrap();
+    let url = format!("sqlite://{}", path.display());
+    let store = Store::connect(&url, &config.trades).await.unwrap();
     store.migrate().await.unwrap();
     let metrics = Metrics::standalone(config.stuck_after);
     let rate = NonZeroU32::new(config.coinbase.rate_limit).unwrap();

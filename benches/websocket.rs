@@ -98,7 +98,7 @@ async fn run(backend: &str, url: &str, seconds: u64, grace: &str) {
             .await
             .unwrap();
     let overrides = Overrides {
-        database_url: Some(url.to_string()),
+        database_url: Some(url.to_string().into()),
         poll_interval: Some("1h".into()),
         grace: Some(grace.into()),
         coinbase_api_url: Some(format!("http://{addr}")),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,7 +73,7 @@ impl AppError {
 
 /// Connect to the bot's database named in the config.
 pub async fn connect_store(config: &Config) -> Result<Store, AppError> {
-    let url = config.database_url.as_deref().ok_or_else(|| {
+    let url = config.database_url.as_ref().map(|url| url.expose_secret()).ok_or_else(|| {
         AppError::Config(format!(
             "{ENV_DATABASE_URL} is not set: point it at the bot's database, e.g. sqlite://trades.db or \
              postgres://user@host/db (or --database-url, or database_url in the config file)"
@@ -274,11 +275,13 @@ impl App {
             }
         });
         tracker.close();
-        let service = router(self.state.clone()).layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            REQUEST_TIMEOUT,
-        ));
-        let served = axum::serve(self.listener, service).with_graceful_shutdown(token.clone().cancelled_owned()).await;
+        let service = router(self.state.clone()).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)).layer(
+            tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                REQUEST_TIMEOUT,
+            ),
+        );
+        let served = serve(self.listener, service, &token).await;
         // The server only returns once the token is cancelled (or it failed): make sure the tasks stop too.
         token.cancel();
         match tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await {
@@ -308,6 +311,49 @@ async fn keep_exchange_proven(reconciler: Reconciler, metrics: Metrics, token: C
             () = tokio::time::sleep(EXCHANGE_PROBE_AFTER / 4) => {}
         }
     }
+}
+
+/// The most a request's headers may take (bytes), and its body.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A connection whose request headers take longer than this (a slow or idle client) is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve HTTP/1 until `token` is cancelled, then let requests in flight finish within `SHUTDOWN_GRACE`.
+/// hyper directly rather than `axum::serve`, which cannot bound how long a client may take to send its
+/// headers: 50 connections trickling a header each must not stay open forever.
+async fn serve(listener: TcpListener, service: axum::Router, token: &CancellationToken) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
+    let builder = builder.http1_only();
+    loop {
+        let (stream, _) = tokio::select! {
+            () = token.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: say so, breathe, go on.
+                Err(error) => {
+                    tracing::warn!(%error, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(service.clone());
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "HTTP connections still open at shutdown were dropped");
+    }
+    Ok(())
 }
 
 /// Wait for SIGINT or SIGTERM and say which.

@@ -12,6 +12,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use secrecy::SecretString;
+
 use crate::app::{self, App, AppError};
 use crate::config::{self, Config, FileConfig, LogFormat, Overrides};
 use crate::db::StoreError;
@@ -53,8 +55,8 @@ pub struct Global {
     #[arg(long, global = true, env = config::ENV_CONFIG, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The bot's database: sqlite://path/to/bot.db or postgres://user@host/db
-    #[arg(long, global = true, env = config::ENV_DATABASE_URL, value_name = "URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[arg(long, global = true, env = config::ENV_DATABASE_URL, value_name = "URL", hide_env_values = true, value_parser = parse_secret)]
+    pub database_url: Option<SecretString>,
     /// Coinbase API base URL [default: https://api.coinbase.com]
     #[arg(long, global = true, env = config::ENV_COINBASE_API_URL, value_name = "URL")]
     pub coinbase_api_url: Option<String>,
@@ -65,8 +67,8 @@ pub struct Global {
     #[arg(long, global = true, env = config::ENV_COINBASE_KEY_FILE, value_name = "FILE")]
     pub coinbase_key_file: Option<String>,
     /// The CDP private key itself, instead of a key file (needs --coinbase-key-name)
-    #[arg(long, global = true, env = config::ENV_COINBASE_PRIVATE_KEY, value_name = "KEY", hide_env_values = true)]
-    pub coinbase_private_key: Option<String>,
+    #[arg(long, global = true, env = config::ENV_COINBASE_PRIVATE_KEY, value_name = "KEY", hide_env_values = true, value_parser = parse_secret)]
+    pub coinbase_private_key: Option<SecretString>,
     /// Requests per second to Coinbase, shared by all tasks [default: 20]
     #[arg(long, global = true, env = config::ENV_COINBASE_RATE_LIMIT, value_name = "N")]
     pub coinbase_rate_limit: Option<String>,
@@ -106,8 +108,8 @@ pub struct Global {
     #[arg(long, global = true, env = config::ENV_METRICS_REFRESH, value_name = "DURATION")]
     pub metrics_refresh: Option<String>,
     /// Bearer token required on /api/ (required when listening beyond loopback)
-    #[arg(long, global = true, env = config::ENV_API_TOKEN, value_name = "TOKEN", hide_env_values = true)]
-    pub api_token: Option<String>,
+    #[arg(long, global = true, env = config::ENV_API_TOKEN, value_name = "TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub api_token: Option<SecretString>,
     /// SMTP server for e-mail alerts about stuck orders (e-mail is off unless set)
     #[arg(long, global = true, env = config::ENV_SMTP_HOST, value_name = "HOST", help_heading = "E-mail alerts")]
     pub smtp_host: Option<String>,
@@ -121,8 +123,8 @@ pub struct Global {
     #[arg(long, global = true, env = config::ENV_SMTP_USERNAME, value_name = "USER", help_heading = "E-mail alerts")]
     pub smtp_username: Option<String>,
     /// SMTP password (prefer the environment or --smtp-password-file)
-    #[arg(long, global = true, env = config::ENV_SMTP_PASSWORD, value_name = "PASSWORD", hide_env_values = true, help_heading = "E-mail alerts")]
-    pub smtp_password: Option<String>,
+    #[arg(long, global = true, env = config::ENV_SMTP_PASSWORD, value_name = "PASSWORD", hide_env_values = true, value_parser = parse_secret, help_heading = "E-mail alerts")]
+    pub smtp_password: Option<SecretString>,
     /// File holding the SMTP password
     #[arg(long, global = true, env = config::ENV_SMTP_PASSWORD_FILE, value_name = "FILE", help_heading = "E-mail alerts")]
     pub smtp_password_file: Option<String>,
@@ -274,6 +276,11 @@ pub enum Command {
         #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
         order_every: std::time::Duration,
     },
+}
+
+/// A secret from the command line or the environment, held redacted from the moment it is read.
+fn parse_secret(text: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(text.to_string()))
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {

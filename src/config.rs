@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 pub const ENV_CONFIG: &str = "ORDERSYNC_CONFIG";
@@ -282,7 +282,8 @@ pub struct EmailConfig {
 /// The typed configuration every command runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: Option<String>,
+    /// The bot's database; may carry a password, so it is held as a secret (`db::redact_url` to show it).
+    pub database_url: Option<SecretString>,
     pub coinbase: CoinbaseConfig,
     pub poll_interval: Duration,
     pub stuck_after: Duration,
@@ -306,11 +307,11 @@ pub struct Config {
 /// The values given as flags or environment variables (clap settles which of the two wins).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     pub coinbase_api_url: Option<String>,
     pub coinbase_key_name: Option<String>,
     pub coinbase_key_file: Option<String>,
-    pub coinbase_private_key: Option<String>,
+    pub coinbase_private_key: Option<SecretString>,
     pub coinbase_rate_limit: Option<String>,
     pub coinbase_ws_url: Option<String>,
     pub websocket: Option<String>,
@@ -323,12 +324,12 @@ pub struct Overrides {
     pub batch_size: Option<String>,
     pub listen: Option<String>,
     pub metrics_refresh: Option<String>,
-    pub api_token: Option<String>,
+    pub api_token: Option<SecretString>,
     pub smtp_host: Option<String>,
     pub smtp_port: Option<String>,
     pub smtp_tls: Option<String>,
     pub smtp_username: Option<String>,
-    pub smtp_password: Option<String>,
+    pub smtp_password: Option<SecretString>,
     pub smtp_password_file: Option<String>,
     pub email_from: Option<String>,
     pub email_to: Option<String>,
@@ -340,7 +341,7 @@ pub struct Overrides {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     pub poll_interval: Option<String>,
     pub stuck_after: Option<String>,
     pub grace: Option<String>,
@@ -349,7 +350,7 @@ pub struct FileConfig {
     pub batch_size: Option<usize>,
     pub listen: Option<String>,
     pub metrics_refresh: Option<String>,
-    pub api_token: Option<String>,
+    pub api_token: Option<SecretString>,
     #[serde(default)]
     pub coinbase: FileCoinbase,
     #[serde(default)]
@@ -512,11 +513,19 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 /// `ConfigError::Invalid` listing each key, its value and what is accepted.
 pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<Config, ConfigError> {
     let mut r = Resolver { file_name, bad: Vec::new() };
-    let database_url = r.pick(
-        ("--database-url", ENV_DATABASE_URL, over.database_url.as_ref()),
-        ("database_url", file.database_url.clone()),
-        parse_database_url,
-    );
+    // The URL may carry a password: exposed only to parse it here; an error shows it with the password hidden.
+    let exposed_url = over.database_url.as_ref().map(|url| url.expose_secret().to_string());
+    let bad_before = r.bad.len();
+    let database_url = r
+        .pick(
+            ("--database-url", ENV_DATABASE_URL, exposed_url.as_ref()),
+            ("database_url", file.database_url.as_ref().map(|url| url.expose_secret().to_string())),
+            parse_database_url,
+        )
+        .map(SecretString::from);
+    for bad in &mut r.bad[bad_before..] {
+        bad.value = crate::db::redact_url(&bad.value);
+    }
     let api_url = r.pick(
         ("--coinbase-api-url", ENV_COINBASE_API_URL, over.coinbase_api_url.as_ref()),
         ("coinbase.api_url", file.coinbase.api_url.clone()),
@@ -601,7 +610,7 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
             api_url: api_url.unwrap_or_else(|| DEFAULT_COINBASE_API_URL.to_string()),
             key_name,
             key_file,
-            private_key: over.coinbase_private_key.clone().map(SecretString::from),
+            private_key: over.coinbase_private_key.clone(),
             rate_limit: rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
             ws_url: ws_url.unwrap_or_else(|| crate::exchange::ws::DEFAULT_USER_WS_URL.to_string()),
             websocket: websocket.unwrap_or(true),
@@ -672,7 +681,7 @@ fn resolve_email(r: &mut Resolver<'_>, over: &Overrides, file: &FileEmail) -> Op
                 .map_err(|e| format!("a readable file ({e})"))
         },
     );
-    let password = over.smtp_password.clone().map(SecretString::from).or(password_file);
+    let password = over.smtp_password.clone().or(password_file);
     let from = r.pick(
         ("--email-from", ENV_EMAIL_FROM, over.email_from.as_ref()),
         ("email.from", file.from.clone()),
@@ -733,7 +742,7 @@ fn resolve_email(r: &mut Resolver<'_>, over: &Overrides, file: &FileEmail) -> Op
 /// The API token is checked like any value but never echoed: the error shows `<redacted>`.
 fn resolve_secret(
     r: &mut Resolver<'_>,
-    flag_env: (&str, &str, Option<&String>),
+    flag_env: (&str, &str, Option<&SecretString>),
     file: &FileConfig,
 ) -> Option<SecretString> {
     let (flag, env, override_value) = flag_env;
@@ -742,11 +751,11 @@ fn resolve_secret(
         (None, Some(value)) => (format!("api_token in {}", r.file_name), value),
         (None, None) => return None,
     };
-    if value.len() < 16 {
+    if value.expose_secret().len() < 16 {
         r.bad.push(BadValue { key, value: "<redacted>".into(), expected: "a token of at least 16 characters".into() });
         return None;
     }
-    Some(SecretString::from(value.clone()))
+    Some(value.clone())
 }
 
 fn resolve_trades(r: &mut Resolver<'_>, file: &FileTrades) -> TradesSchema {
@@ -966,6 +975,25 @@ mod tests {
     fn unknown_file_keys_are_refused() {
         let error = FileConfig::parse("pol_interval = \"5s\"", std::path::Path::new("x.toml")).unwrap_err();
         assert!(error.to_string().contains("pol_interval"), "{error}");
+    }
+
+    /// No struct that derives `Debug` holds a secret in clear.
+    #[test]
+    fn the_debug_form_of_the_configuration_shows_no_secret() {
+        let over = Overrides {
+            database_url: Some("postgres://bot:db-s3cret@db/trading".into()),
+            api_token: Some("api-token-s3cret-0123456789".into()),
+            coinbase_private_key: Some("key-s3cret".into()),
+            smtp_password: Some("smtp-s3cret".into()),
+            smtp_host: Some("mail".into()),
+            email_to: Some("ops@example.com".into()),
+            ..Overrides::default()
+        };
+        let config = resolve(&over, &FileConfig::default(), "test.toml").unwrap();
+        let shown = format!("{over:?} {config:?}");
+        for secret in ["db-s3cret", "api-token-s3cret", "key-s3cret", "smtp-s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
         .await
         .map_err(|e| AppError::Config(format!("cannot seed the demo database: {e}")))?;
 
-    config.database_url = Some(format!("sqlite://{}", options.database.display()));
+    config.database_url = Some(format!("sqlite://{}", options.database.display()).into());
     config.coinbase.api_url = format!("http://{sim_addr}");
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after)
         .map_err(|e| AppError::Config(format!("registering metrics failed: {e}")))?;

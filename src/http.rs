@@ -189,8 +189,12 @@ struct SyncStatusRow {
 
 async fn sync_status(
     State(state): State<AppState>,
-    Query(query): Query<SyncStatusQuery>,
+    query: Result<Query<SyncStatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // A bad query string is a JSON error like every other, not axum's plain text.
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::BadRequest(format!("{}; the query takes bot and min_age (e.g. 5m)", rejection.body_text()))
+    })?;
     let min_age = match query.min_age.as_deref() {
         Some(text) => {
             parse_duration(text).map_err(|e| ApiError::BadRequest(format!("min_age {text:?}: expected {e}")))?
@@ -255,6 +259,10 @@ async fn sync_status(
 }
 
 async fn reconcile_order(State(state): State<AppState>, Path(order_id): Path<String>) -> Result<Response, ApiError> {
+    if order_id.len() > 128 {
+        // Refused without echoing it: it could be anything.
+        return Err(ApiError::BadRequest(format!("an order id of {} characters is not an order id", order_id.len())));
+    }
     let order_id = OrderId::parse(&order_id).map_err(ApiError::BadRequest)?;
     match state.reconciler.reconcile_one(&order_id, Mode::Apply).await {
         Ok(checked) => Ok(Json(checked).into_response()),
@@ -267,7 +275,18 @@ async fn reconcile_order(State(state): State<AppState>, Path(order_id): Path<Str
     }
 }
 
+/// The header a request that changes something must carry when no token is configured: a browser cannot
+/// send it cross-site without a CORS preflight, which ordersync never grants.
+pub const CSRF_HEADER: &str = "x-ordersync-request";
+
 async fn require_token(State(state): State<AppState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if state.api_token.is_none() && request.method() != axum::http::Method::GET && !headers.contains_key(CSRF_HEADER) {
+        return ApiError::BadRequest(format!(
+            "a request that changes something needs the header {CSRF_HEADER}: 1 (or the API token): it keeps \
+             other web pages from sending it through a browser on this machine"
+        ))
+        .into_response();
+    }
     if let Some(expected) = &state.api_token {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));

@@ -436,3 +436,52 @@ async fn database_errors_exit_2_for_configuration_and_1_at_run_time() {
         assert!(!out.stderr.contains("s3cret"), "the password is never shown: {}", out.stderr);
     }
 }
+
+/// Known secrets (API token, SMTP password, the private key, the database password) and signed JWTs never
+/// reach any output, whatever the log level, in text and in JSON, for every command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_jwts_never_reach_the_output_even_at_trace() {
+    let setup = setup(Backend::Postgres).await;
+    let with_password = setup.db.url.replacen("postgres@", "postgres:dbp4ss-n0t-for-logs@", 1);
+    let (token, smtp_password) = ("api-t0ken-n0t-for-logs-123456", "smtp-p4ss-n0t-for-logs");
+    for format in ["text", "json"] {
+        for args in [
+            &["migrate"][..],
+            &["audit"][..],
+            &["reconcile", "--once", "--dry-run"][..],
+            &["reconcile", "--once"][..],
+            &["report", "--since", "1d"][..],
+            &["serve", "--listen", "127.0.0.1:0"][..],
+        ] {
+            let mut command = setup.command();
+            command
+                .env("ORDERSYNC_LOG", "trace")
+                .env("ORDERSYNC_LOG_FORMAT", format)
+                .env("ORDERSYNC_DATABASE_URL", &with_password)
+                .env("ORDERSYNC_API_TOKEN", token)
+                .env("ORDERSYNC_SMTP_HOST", "127.0.0.1")
+                .env("ORDERSYNC_SMTP_PORT", "1")
+                .env("ORDERSYNC_SMTP_TLS", "none")
+                .env("ORDERSYNC_SMTP_USERNAME", "ops")
+                .env("ORDERSYNC_SMTP_PASSWORD", smtp_password)
+                .env("ORDERSYNC_EMAIL_TO", "ops@example.com")
+                .args(args);
+            let output = if args[0] == "serve" {
+                let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                signal(child.id().unwrap(), "TERM").await;
+                let out =
+                    tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            } else {
+                let out = run(&mut command).await;
+                assert!(out.code == 0 || out.code == 3, "{args:?} ({format}): {}", out.stderr);
+                format!("{}{}", out.stdout, out.stderr)
+            };
+            assert!(output.contains("ordersync") || !output.is_empty(), "{args:?}: some output");
+            for secret in [token, smtp_password, "dbp4ss-n0t-for-logs", setup.key_line.as_str(), "eyJ"] {
+                assert!(!output.contains(secret), "{args:?} ({format}) shows {secret:?}:\n{output}");
+            }
+        }
+    }
+}

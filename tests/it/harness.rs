@@ -246,7 +246,7 @@ pub fn config(db: &TestDb) -> Config {
 /// As `config`, with a TOML file's text on top (a `grace` there replaces the tests' 0s).
 pub fn config_with(db: &TestDb, file: &str) -> Config {
     let grace = (!file.lines().any(|line| line.trim_start().starts_with("grace"))).then(|| "0s".to_string());
-    let overrides = Overrides { database_url: Some(db.url.clone()), grace, ..Overrides::default() };
+    let overrides = Overrides { database_url: Some(db.url.clone().into()), grace, ..Overrides::default() };
     let file = FileConfig::parse(file, std::path::Path::new("test.toml")).unwrap();
     ordersync::config::resolve(&overrides, &file, "test.toml").unwrap()
 }
@@ -423,5 +423,9 @@ pub async fn spawn_app_keyed(db: TestDb, sandbox: Sandbox, file: &str, foreign_k
     let handle = tokio::spawn(async move {
         app.run(run_token).await.unwrap();
     });
-    TestApp { addr, db, sandbox, token, handle, http: reqwest::Client::new() }
+    // As a script or a curl user would: the header every request that changes something must carry.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(ordersync::http::CSRF_HEADER, reqwest::header::HeaderValue::from_static("1"));
+    let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    TestApp { addr, db, sandbox, token, handle, http }
 }

@@ -167,13 +167,28 @@ async fn bad_ids_unknown_paths_and_wrong_methods_get_json_errors() {
         (app.http.post(app.url("/metrics")), 405),
         (app.http.get(app.url("/nope")), 404),
         (app.http.get(app.url("/api/v1/trades/sync-status?min_age=soon")), 400),
+        (app.http.get(app.url("/api/v1/trades/sync-status?unknown=1")), 400),
+        (app.http.post(app.url(&format!("/api/v1/orders/{}/reconcile", "x".repeat(5000)))), 400),
     ];
     for (request, status) in cases {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), status);
+        let content_type = response.headers()[reqwest::header::CONTENT_TYPE].to_str().unwrap().to_string();
+        assert!(content_type.starts_with("application/json"), "every error is JSON: {content_type}");
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(!body.to_string().contains(&"x".repeat(200)), "an over-long id is not echoed back: {body}");
     }
+    // A page in a browser cannot add the header: without it (and without a token) nothing is changed.
+    let cross_site = reqwest::Client::new()
+        .post(app.url("/api/v1/orders/0c5e2f39-0000-4000-8000-000000000000/reconcile"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 400);
+    let body: serde_json::Value = cross_site.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("x-ordersync-request"), "{body}");
     assert_eq!(app.get("/healthz").await.status(), 200);
 }
 
@@ -196,4 +211,35 @@ async fn shutdown_drains_and_the_server_stops() {
     app.token.cancel();
     tokio::time::timeout(Duration::from_secs(20), &mut app.handle).await.expect("the app stopped").unwrap();
     assert!(app.http.get(app.url("/healthz")).send().await.is_err(), "nothing listens any more");
+}
+
+/// Clients that trickle their headers (or say nothing) are cut off after HEADER_READ_TIMEOUT instead of
+/// holding a connection each forever; over-long headers and bodies are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_requests_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(Backend::Sqlite, "poll_interval = \"1h\"").await;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: ordersync\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(ordersync::app::HEADER_READ_TIMEOUT + Duration::from_secs(2)).await;
+    for mut stream in slow {
+        let mut buffer = [0u8; 512];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buffer)).await;
+        // Closed: end of stream (possibly after a 408), or reset.
+        let closed = match read {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 408"),
+            Err(_) => false,
+        };
+        assert!(closed, "a connection that never finished its headers is closed");
+    }
+    let huge = app.http.get(app.url("/healthz")).header("x-padding", "p".repeat(64 * 1024)).send().await;
+    assert!(huge.is_err() || huge.unwrap().status() == 431, "over-long headers are refused");
+    let body = app.http.post(app.url("/api/v1/orders/abc/reconcile")).body(vec![b'x'; 1024 * 1024]).send().await;
+    assert!(body.is_err() || body.unwrap().status().is_client_error());
+    assert_eq!(app.get("/healthz").await.status(), 200, "and the service goes on");
 }
