@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -399,3 +400,32 @@ async fn one_bad_order_never_poisons_a_batch(backend: Backend) {
     assert!(!report.failed);
 }
 both!(one_bad_order_never_poisons_a_batch);
+
+/// However many wake-ups arrive (gaps, reconnects, stalls, manual requests), at most one extra full pass
+/// starts per WAKE_COALESCE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_wake_ups_is_coalesced() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(5)).await;
+    let config = config_with(&db, "poll_interval = \"1h\"");
+    let (reconciler, metrics) = reconciler(&db, &sandbox, &config).await;
+    let token = CancellationToken::new();
+    let running = reconciler.clone();
+    let child = token.clone();
+    let handle = tokio::spawn(async move { running.run(child).await });
+    let passes = || metrics.reconcile_runs.with_label_values(&["success"]).get();
+    while passes() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..200 {
+        reconciler.wake();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 200 wake-ups over 2 s after the first pass: at most one more pass, at WAKE_COALESCE after the first.
+    assert!(passes() <= 1, "no pass before WAKE_COALESCE: {}", passes());
+    tokio::time::sleep(ordersync::reconcile::WAKE_COALESCE).await;
+    assert_eq!(passes(), 2, "one pass for the whole storm");
+    token.cancel();
+    handle.await.unwrap();
+}
