@@ -233,6 +233,38 @@ enum Pool {
     Postgres(PgPool),
 }
 
+/// A settlement to record: one per ended order, whoever settled it.
+struct NewSettlement<'a> {
+    row: &'a TradeRow,
+    by: SettledBy,
+    exchange_status: &'a str,
+    /// When the order ended on the exchange, and where that came from.
+    ended: Option<(DateTime<Utc>, EndSource)>,
+    settled_at: DateTime<Utc>,
+    latency: Option<f64>,
+    late: bool,
+    backlog: bool,
+}
+
+/// The insert of a `NewSettlement`, bound; a second settlement of the same order changes nothing. A macro
+/// so the same text serves both pool types inside `on_pool!`.
+macro_rules! insert_settlement {
+    ($settlement:expr) => {{
+        let s: &NewSettlement = $settlement;
+        sqlx::query(sql::INSERT_SETTLEMENT)
+            .bind(s.row.order_id.as_str())
+            .bind(s.row.bot_id.as_deref())
+            .bind(s.by.as_str())
+            .bind(s.exchange_status)
+            .bind(s.ended.map(|(at, _)| at))
+            .bind(s.ended.map(|(_, source)| source.as_str()))
+            .bind(s.settled_at)
+            .bind(s.latency)
+            .bind(s.late)
+            .bind(s.backlog)
+    }};
+}
+
 /// Run the same body on whichever pool the store holds. Both arms compile the body, so a query that does
 /// not work on one backend fails to build, not at run time.
 macro_rules! on_pool {
@@ -562,7 +594,7 @@ impl Store {
                                 if matches!(applied, Applied::Written { backlog: true, .. }) {
                                     notes.push(
                                         "the order ended before ordersync first ran on this database: backlog, \
-                                         not counted as late"
+                                         outside the accuracy and latency figures"
                                             .to_string(),
                                     );
                                 }
@@ -622,18 +654,17 @@ impl Store {
                                 };
                                 let mut settled = None;
                                 if let Some((by, settled_at, latency, backlog)) = settlement {
-                                    let is_late = !backlog && latency.is_some_and(late);
-                                    let inserted = sqlx::query(sql::INSERT_SETTLEMENT)
-                                        .bind(row.order_id.as_str())
-                                        .bind(row.bot_id.as_deref())
-                                        .bind(by.as_str())
-                                        .bind(correction.exchange_status)
-                                        .bind(fill.ended_at)
-                                        .bind(fill.end_source.as_str())
-                                        .bind(settled_at)
-                                        .bind(latency)
-                                        .bind(is_late)
-                                        .bind(backlog)
+                                    let settlement = NewSettlement {
+                                        row,
+                                        by,
+                                        exchange_status: correction.exchange_status,
+                                        ended: Some((fill.ended_at, fill.end_source)),
+                                        settled_at,
+                                        latency,
+                                        late: !backlog && latency.is_some_and(late),
+                                        backlog,
+                                    };
+                                    let inserted = insert_settlement!(&settlement)
                                         .execute(&mut *savepoint)
                                         .await?
                                         .rows_affected();
@@ -673,47 +704,37 @@ impl Store {
                                     .execute(&mut *savepoint)
                                     .await?;
                                 let mut settled = None;
-                                if check.settles {
-                                    let (ended_at, end_source) = check.ended.unzip();
-                                    let inserted = sqlx::query(sql::INSERT_SETTLEMENT)
-                                        .bind(row.order_id.as_str())
-                                        .bind(row.bot_id.as_deref())
-                                        .bind(SettledBy::Bot.as_str())
-                                        .bind(check.exchange_status.unwrap_or_default())
-                                        .bind(ended_at)
-                                        .bind(end_source.map(|s| s.as_str()))
-                                        .bind(check.at)
-                                        .bind(None::<f64>)
-                                        .bind(false)
-                                        .bind(false)
+                                // The bot's row was right (settled by the bot), or ended with another position
+                                // (a conflict: a miss of the bot, and late, whatever happens to the row later).
+                                let settles = match (check.settles, &check.conflict) {
+                                    (true, _) => Some((SettledBy::Bot, false)),
+                                    (false, Some(_)) => Some((SettledBy::Conflict, true)),
+                                    (false, None) => None,
+                                };
+                                if let Some((by, late)) = settles {
+                                    let settlement = NewSettlement {
+                                        row,
+                                        by,
+                                        exchange_status: check.exchange_status.unwrap_or_default(),
+                                        ended: check.ended,
+                                        settled_at: check.at,
+                                        latency: None,
+                                        late,
+                                        backlog: false,
+                                    };
+                                    let inserted = insert_settlement!(&settlement)
                                         .execute(&mut *savepoint)
                                         .await?
                                         .rows_affected();
-                                    settled = (inserted > 0).then_some(SettledBy::Bot);
+                                    settled = (inserted > 0).then_some(by);
+                                }
+                                if check.settles {
                                     sqlx::query(sql::DELETE_CONFLICT)
                                         .bind(row.order_id.as_str())
                                         .execute(&mut *savepoint)
                                         .await?;
                                 }
                                 if let Some(filled_size) = &check.conflict {
-                                    // The order ended; the bot's row says otherwise: settled once, as a
-                                    // conflict (a miss of the bot, and late), whatever happens to the row later.
-                                    let (ended_at, end_source) = check.ended.unzip();
-                                    let inserted = sqlx::query(sql::INSERT_SETTLEMENT)
-                                        .bind(row.order_id.as_str())
-                                        .bind(row.bot_id.as_deref())
-                                        .bind(SettledBy::Conflict.as_str())
-                                        .bind(check.exchange_status.unwrap_or_default())
-                                        .bind(ended_at)
-                                        .bind(end_source.map(|s| s.as_str()))
-                                        .bind(check.at)
-                                        .bind(None::<f64>)
-                                        .bind(true)
-                                        .bind(false)
-                                        .execute(&mut *savepoint)
-                                        .await?
-                                        .rows_affected();
-                                    settled = (inserted > 0).then_some(SettledBy::Conflict);
                                     sqlx::query(sql::UPSERT_CONFLICT)
                                         .bind(row.order_id.as_str())
                                         .bind(row.bot_id.as_deref())
