@@ -302,7 +302,12 @@ async fn keep_exchange_proven(reconciler: Reconciler, metrics: Metrics, token: C
     loop {
         let quiet = metrics.since_exchange_contact().is_none_or(|since| since >= EXCHANGE_PROBE_AFTER);
         if quiet {
-            if let Err(error) = reconciler.exchange().key_permissions().await {
+            // A probe that hangs must not hold up shutdown.
+            let probe = tokio::select! {
+                () = token.cancelled() => return,
+                probe = reconciler.exchange().key_permissions() => probe,
+            };
+            if let Err(error) = probe {
                 tracing::warn!(%error, "the exchange did not confirm the API key");
             }
         }

@@ -475,16 +475,22 @@ async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_mi
         print_summary(&report, dry_run);
     }
     // Automation must be able to trust the exit code: a pass that checked nothing, or was cut short, failed.
-    if report.failed {
-        let why = report.checked.iter().find_map(|c| c.detail.clone()).unwrap_or_default();
-        eprintln!("error: no order could be checked: the exchange gave no certain answer for any ({why})");
-        return Ok(1);
-    }
-    if report.interrupted {
-        eprintln!("error: the pass was interrupted before every order was checked; what was written stands");
+    if let Some(why) = pass_failure(&report) {
+        let written = if dry_run { "nothing was written" } else { "what was written stands" };
+        eprintln!("error: {why}; {written}");
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Exit 1, saying why on stderr, when a pass checked nothing or was cut short: its figures are not the
+/// truth, whatever `--fail-on-mismatch` would say.
+fn pass_failure(report: &PassReport) -> Option<String> {
+    if report.failed {
+        let why = report.checked.iter().find_map(|c| c.detail.clone()).unwrap_or_default();
+        return Some(format!("no order could be checked: the exchange gave no certain answer for any ({why})"));
+    }
+    report.interrupted.then(|| "the pass was interrupted before every order was checked".to_string())
 }
 
 fn print_summary(report: &PassReport, dry_run: bool) {
@@ -608,6 +614,10 @@ async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::R
             }
         }
         let _ = writeln!(out, "{} terminal conflicts", conflicts.len());
+    }
+    if let Some(why) = pass_failure(&report) {
+        eprintln!("error: {why}");
+        return Ok(1);
     }
     let found = report.mismatches() > 0 || !conflicts.is_empty();
     Ok(if fail_on_mismatch && found { EXIT_MISMATCH } else { 0 })

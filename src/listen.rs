@@ -50,32 +50,39 @@ enum SessionEnd {
 
 /// Gap detection over `sequence_num`, which Coinbase documents as counting messages so that a jump means
 /// one was lost. Captures differ on whether heartbeats share the counter with the user channel, and it
-/// restarts with each connection; so a jump is a gap only when it skips both the channel's own last number
-/// and the last number seen on any channel (a shared counter interleaves channels without gaps; separate
-/// counters run side by side), a repeat or a backward jump is a restart, never a gap, and a new connection
+/// restarts with each connection. Both forms are told apart as they come: a message on another channel
+/// numbered right after the one before is evidence of one shared counter; from then on a gap is a jump past
+/// the message before, whatever its channel. Until then each channel counts on its own, and a gap is a jump
+/// in the user channel's own numbers (a lost heartbeat loses no order, so `heartbeat_counter` and
+/// heartbeat jumps are not gaps). A repeat or a backward jump is a restart, never a gap; a new connection
 /// starts a new tracker. A gap is a hint to resync (the reconciler coalesces wake-ups), never proof.
-/// `heartbeat_counter` is not used: a lost heartbeat loses no order.
 #[derive(Debug, Default)]
 pub struct Sequences {
-    last_any: Option<u64>,
+    /// The message before: its channel and number.
+    previous: Option<(String, u64)>,
+    /// Evidence that the channels share one counter.
+    shared: bool,
     last_by_channel: std::collections::HashMap<String, u64>,
 }
 
 impl Sequences {
     /// Take one message's number; `Some(expected)` when it shows a gap.
     pub fn observe(&mut self, channel: &str, sequence: u64) -> Option<u64> {
-        let own = self.last_by_channel.get(channel).copied();
-        let gap = match (own, self.last_any) {
-            (Some(own), Some(any)) if sequence > own + 1 && sequence > any + 1 => Some(own.max(any) + 1),
-            _ => None,
+        if let Some((previous_channel, previous)) = &self.previous {
+            if previous_channel != channel && sequence == previous + 1 {
+                self.shared = true;
+            }
+        }
+        let gap = if self.shared {
+            self.previous.as_ref().map(|(_, previous)| previous + 1).filter(|expected| sequence > *expected)
+        } else {
+            self.last_by_channel
+                .get(channel)
+                .map(|own| own + 1)
+                .filter(|expected| sequence > *expected && channel != "heartbeats")
         };
-        // A backward jump restarts the counter: follow it rather than stay blind until it passes the old top.
         self.last_by_channel.insert(channel.to_string(), sequence);
-        self.last_any = Some(match self.last_any {
-            Some(any) if sequence < any && own.is_some_and(|own| sequence < own) => sequence,
-            Some(any) => any.max(sequence),
-            None => sequence,
-        });
+        self.previous = Some((channel.to_string(), sequence));
         gap
     }
 }
@@ -303,6 +310,13 @@ mod tests {
         assert_eq!(gaps(&shared), vec![4], "message 3 was lost");
         let own = [("heartbeats", 10), ("user", 20), ("heartbeats", 11), ("user", 25), ("user", 26)];
         assert_eq!(gaps(&own), vec![25]);
+        // Heartbeats numbered far ahead of the user channel (the reference's 3049), a user message lost.
+        let ahead =
+            [("heartbeats", 3049), ("user", 1), ("heartbeats", 3050), ("user", 2), ("heartbeats", 3051), ("user", 4)];
+        assert_eq!(gaps(&ahead), vec![4]);
+        // A lost heartbeat on a counter of its own loses no order.
+        let heartbeat = [("heartbeats", 3049), ("user", 1), ("heartbeats", 3052), ("user", 2)];
+        assert_eq!(gaps(&heartbeat), Vec::<u64>::new());
     }
 
     /// Observed in a public client's logs: a heartbeat delivered twice under different numbers, and 397

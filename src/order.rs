@@ -28,11 +28,31 @@ impl OrderId {
         &self.0
     }
 
-    /// Whether this can be a Coinbase order id (a UUID; a client order id, a path word like `batch` or `..`
-    /// is not): only such ids are ever put in a request.
-    pub fn is_exchange_id(&self) -> bool {
-        uuid::Uuid::parse_str(&self.0).is_ok()
+    /// A stand-in for a row whose id cannot be an order id (NULL, `../../accounts`, spaces, a newline, too
+    /// long): the raw value escaped and cut to 128 characters, so the row is still listed and checked (and
+    /// never sent), and a log line cannot be forged through it.
+    pub fn unreadable(raw: Option<&str>) -> OrderId {
+        let escaped = match raw {
+            None => "<null>".to_string(),
+            Some(raw) => raw.escape_debug().to_string(),
+        };
+        let mut shown: String = escaped.chars().take(120).collect();
+        if shown.len() < escaped.len() {
+            shown.push_str("...");
+        }
+        OrderId(shown)
     }
+
+    /// Whether this can be a Coinbase order id (a client order id, a path word like `batch` or `..`, an
+    /// uppercase or brace-wrapped UUID is not): only such ids are ever put in a request.
+    pub fn is_exchange_id(&self) -> bool {
+        is_coinbase_order_id(&self.0)
+    }
+}
+
+/// A Coinbase order id as Coinbase writes them: a lowercase, hyphenated UUID (36 characters).
+pub fn is_coinbase_order_id(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::parse_str(text).is_ok() && !text.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 impl fmt::Display for OrderId {
@@ -124,10 +144,17 @@ mod tests {
 
     #[test]
     fn only_uuids_are_coinbase_order_ids() {
-        for id in ["d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10", "D1AAA054-747D-4F9A-8E3F-05FBF5E2CD10"] {
-            assert!(OrderId::parse(id).unwrap().is_exchange_id(), "{id}");
-        }
-        for id in ["..", "batch", "fills", "bot-1", "12345"] {
+        assert!(OrderId::parse("d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10").unwrap().is_exchange_id());
+        for id in [
+            "..",
+            "batch",
+            "fills",
+            "bot-1",
+            "12345",
+            "D1AAA054-747D-4F9A-8E3F-05FBF5E2CD10",
+            "d1aaa054747d4f9a8e3f05fbf5e2cd10",
+            "urn:uuid:d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10",
+        ] {
             assert!(!OrderId::parse(id).unwrap().is_exchange_id(), "{id}");
         }
     }

@@ -183,7 +183,8 @@ pub async fn lookup(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId
     lookup_with(exchange, ids, true).await
 }
 
-/// As `lookup`, but an id the batch did not return is `Ambiguous` rather than confirmed with Get Order.
+/// As `lookup`, but an id the batch did not return is taken as `NotFound` rather than confirmed with Get
+/// Order (for terminal rows: only a positive answer matters there, and they are asked again later).
 pub async fn lookup_batch(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId, Answer> {
     lookup_with(exchange, ids, false).await
 }
@@ -250,11 +251,8 @@ async fn answer_batch(
             }
             for id in ids {
                 if !answers.contains_key(id) {
-                    let answer = if confirm_absent {
-                        answer_of(exchange.order(id).await)
-                    } else {
-                        Answer::Ambiguous("not returned by List Orders; asked again later".into())
-                    };
+                    // Without confirming, an absentee is taken as not found: unresolved, asked again later.
+                    let answer = if confirm_absent { answer_of(exchange.order(id).await) } else { Answer::NotFound };
                     answers.insert(id.clone(), answer);
                 }
             }
@@ -515,20 +513,27 @@ impl Reconciler {
                 break;
             }
         }
-        report.failed = !eligible.is_empty() && certain == 0 && !report.interrupted;
+        let mut asked = eligible.len();
         if !report.interrupted {
             self.metrics.unresolved_mismatches.set(unresolved_mismatches);
             let flagged = report.checked.iter().filter(|c| c.verdict == "flagged").count();
             self.metrics.flagged_orders.set(flagged as i64);
-            report.verified = self.verify_terminal(mode, token).await;
+            let (verified, answered) = self.verify_terminal(mode, token).await;
+            asked += verified.len();
+            certain += answered;
+            report.verified = verified;
+            report.interrupted = token.is_cancelled();
         }
+        // Orders were asked about and not one certain answer came (every request failed, a refused key).
+        report.failed = asked > 0 && certain == 0 && !report.interrupted;
         Ok(report)
     }
 
     /// Check recent terminal rows that are neither settled nor a known conflict: the bot's row right (settled
     /// by the bot), or ended otherwise on the exchange (a terminal conflict, never written). Rows without a
     /// settling answer are asked about again after `TERMINAL_RECHECK_AFTER`.
-    async fn verify_terminal(&self, mode: Mode, token: &CancellationToken) -> Vec<Checked> {
+    /// Returns what was checked, and how many certain answers (an order, or not found) came.
+    async fn verify_terminal(&self, mode: Mode, token: &CancellationToken) -> (Vec<Checked>, usize) {
         let now = Utc::now();
         let since = now - chrono_duration(self.settings.verify_window);
         let recheck = now - chrono_duration(TERMINAL_RECHECK_AFTER);
@@ -539,12 +544,13 @@ impl Reconciler {
             Err(error) => {
                 tracing::warn!(%error, "reading recent terminal rows failed; checking them next pass");
                 self.metrics.store_errors.inc();
-                return Vec::new();
+                return (Vec::new(), 0);
             }
         };
         let ids: Vec<OrderId> = rows.iter().map(|row| row.order_id.clone()).collect();
         let states = self.check_states(&ids).await;
         let mut checked = Vec::new();
+        let mut answered = 0;
         for chunk in rows.chunks(self.settings.batch_size.max(1)) {
             if token.is_cancelled() {
                 break;
@@ -556,6 +562,7 @@ impl Reconciler {
                 answers = lookup_batch(self.exchange.as_ref(), &ids) => answers,
                 () = token.cancelled() => break,
             };
+            answered += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
             let items: Vec<Item> = chunk
                 .iter()
@@ -568,7 +575,7 @@ impl Reconciler {
                 .collect();
             checked.extend(self.check_many(&items, mode, Source::Poll).await);
         }
-        checked
+        (checked, answered)
     }
 
     /// Start looking up a batch in the background.
@@ -640,7 +647,7 @@ impl Reconciler {
             // waiting rides in the same request instead of waiting for the next turn.
             tokio::select! {
                 () = token.cancelled() => return done,
-                () = self.exchange.reserve() => {}
+                () = self.exchange.ready() => {}
             }
             let (taken, _) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
             let checked = self.check_due(taken, token).await;

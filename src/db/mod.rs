@@ -52,7 +52,10 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("table {table} does not exist in the database {url}: create it, or set trades.table to the bot's table")]
+    #[error(
+        "table {table} does not exist in the database {url}: create it, or set trades.table to the bot's table \
+         (or this role may not read it: GRANT SELECT ON {table})"
+    )]
     MissingTable { table: String, url: String },
     #[error("the bot's table {table} does not fit the [trades] mapping:{}", problems.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
     Schema { table: String, problems: Vec<String> },
@@ -297,14 +300,32 @@ impl std::fmt::Debug for Store {
 }
 
 /// The URL with any password replaced, for logs and errors.
+/// The URL with any password hidden, for logs and errors: in the user part (`user:pw@`) and in the query
+/// (`?password=`, `sslpassword=`), also when the URL does not parse.
 pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
+    // The user part, by text: everything between "://" and the last '@' before the path.
+    let mut shown = url.to_string();
+    if let Some(start) = shown.find("://").map(|i| i + 3) {
+        let end = shown[start..].find(['/', '?']).map_or(shown.len(), |i| start + i);
+        if let Some(at) = shown[start..end].rfind('@').map(|i| start + i) {
+            if let Some(colon) = shown[start..at].find(':').map(|i| start + i) {
+                shown.replace_range(colon + 1..at, "***");
+            }
         }
-        _ => url.to_string(),
     }
+    // The query: the value of every parameter whose name mentions a password.
+    if let Some(query_start) = shown.find('?') {
+        let (head, query) = shown.split_at(query_start + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("password") => format!("{name}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        shown = format!("{head}{}", query.join("&"));
+    }
+    shown
 }
 
 impl Store {
@@ -987,26 +1008,27 @@ impl RawTrade {
     }
 
     /// The row, with its creation time when it can be read (a row whose time cannot be read is still
-    /// reconciled: its age is unknown). `None` only for an id that cannot be an order id.
+    /// reconciled: its age is unknown). A row whose id cannot be an order id is still listed, under an
+    /// escaped stand-in (`OrderId::unreadable`): checked, never sent, flagged in time.
     fn parse_or_warn(self) -> Option<TradeRow> {
-        let raw_id = self.order_id.unwrap_or_default();
         let raw_created = self.created_at.unwrap_or_default();
         let created_at = parse_timestamp(&raw_created).ok();
-        let parsed = OrderId::parse(&raw_id).map(|order_id| TradeRow {
+        let order_id = match self.order_id.as_deref().map(OrderId::parse) {
+            Some(Ok(order_id)) => order_id,
+            _ => {
+                let stand_in = OrderId::unreadable(self.order_id.as_deref());
+                tracing::debug!(order_id = %stand_in, "a row's order id cannot be an order id; listed, never sent");
+                stand_in
+            }
+        };
+        Some(TradeRow {
             order_id,
             status: self.status.unwrap_or_default(),
             created_raw: created_at.is_none().then_some(raw_created),
             created_at,
             bot_id: self.bot_id,
             product_id: self.product_id,
-        });
-        match parsed {
-            Ok(row) => Some(row),
-            Err(error) => {
-                tracing::warn!(order_id = %raw_id, %error, "skipping a row of the bot's table that cannot be read; it is left as it is");
-                None
-            }
-        }
+        })
     }
 }
 
@@ -1091,4 +1113,26 @@ where
         ended_at: row.try_get(15)?,
         end_source: row.try_get(16)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_hidden_wherever_the_url_holds_them() {
+        for (url, shown) in [
+            ("postgres://bot:s3cret@db:5432/trading", "postgres://bot:***@db:5432/trading"),
+            (
+                "postgres://bot@db/trading?password=s3cret&sslmode=require",
+                "postgres://bot@db/trading?password=***&sslmode=require",
+            ),
+            ("postgres://bot:s3cret@db:bad/x", "postgres://bot:***@db:bad/x"),
+            ("sqlite://x.db?password=s3cret", "sqlite://x.db?password=***"),
+            ("postgres://bot@db/trading", "postgres://bot@db/trading"),
+            ("postgres://a:p@ss@db/x?sslpassword=k", "postgres://a:***@db/x?sslpassword=***"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
 }

@@ -153,14 +153,14 @@ impl Cast {
             (Role::OrderId, "uuid") => Ok(Cast { uuid: true, ..cast("UUID") }),
             (Role::OrderId, _) if text => Ok(cast("TEXT")),
             (Role::OrderId, other) => {
-                Err(format!("a {other} column cannot hold Coinbase order ids (use text, varchar or uuid)"))
+                Err(format!("a column of type {other} cannot hold Coinbase order ids (use text, varchar or uuid)"))
             }
             (Role::Status, _) if text => Ok(cast("TEXT")),
             (Role::Status, "USER-DEFINED") if !pg.enum_labels.is_empty() => {
                 Ok(cast(&format!("{}.{}", quote(&pg.udt_schema), quote(&pg.udt_name))))
             }
             (Role::Status, other) => Err(format!(
-                "a {other} column ({}) cannot hold status words (use text, varchar or an enum)",
+                "a column of type {other} ({}) cannot hold status words (use text, varchar or an enum)",
                 pg.udt_name
             )),
             // A text parameter with an explicit UTC offset, cast to timestamptz, is stored right in a
@@ -168,13 +168,13 @@ impl Cast {
             (Role::Time, "timestamp with time zone" | "timestamp without time zone") => Ok(cast("TIMESTAMPTZ")),
             (Role::Time, _) if text => Ok(Cast { text_time: true, ..cast("TEXT") }),
             (Role::Time, other) => {
-                Err(format!("a {other} column cannot hold a time of day (use timestamptz, timestamp or text)"))
+                Err(format!("a column of type {other} cannot hold a time of day (use timestamptz, timestamp or text)"))
             }
             (Role::Figure, "numeric") => Ok(cast("NUMERIC")),
             (Role::Figure, "double precision" | "real") => Ok(cast("DOUBLE PRECISION")),
             (Role::Figure, _) if text => Ok(cast("TEXT")),
             (Role::Figure, other) => Err(format!(
-                "a {other} column cannot hold a price or size exactly (use numeric, double precision or text)"
+                "a column of type {other} cannot hold a price or size (use numeric, double precision or text)"
             )),
         }
     }
@@ -280,7 +280,10 @@ impl BoundSchema {
         let typed = |ident: &SqlIdent, key: &str, what: &str, role: Role, problems: &mut Vec<String>| match find(ident)
         {
             None => {
-                problems.push(format!("no column {ident}: set trades.{key} to the column that holds {what}"));
+                problems.push(format!(
+                    "no column {ident}: set trades.{key} to the column that holds {what} (a role that may not \
+                     read a column does not see it)"
+                ));
                 None
             }
             Some(Column { pg: None, .. }) => Some(Cast::SQLITE),
@@ -663,8 +666,10 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "the bot's table trades does not fit the [trades] mapping:\n  \
-             - no column created_at: set trades.created_at to the column that holds when the bot placed the order\n  \
-             - no column filled_at: set trades.filled_at to the column that holds when the order filled"
+             - no column created_at: set trades.created_at to the column that holds when the bot placed the order \
+             (a role that may not read a column does not see it)\n  \
+             - no column filled_at: set trades.filled_at to the column that holds when the order filled (a role \
+             that may not read a column does not see it)"
         );
         let mut odd = production();
         odd[0].pg = pg_type("integer", "int4", &[]);
@@ -672,12 +677,13 @@ mod tests {
         odd[6].pg = pg_type("bytea", "bytea", &[]);
         let error = bound(Backend::Postgres, &odd).unwrap_err().to_string();
         assert!(
-            error.contains("column order_id (trades.order_id): a integer column cannot hold Coinbase order ids"),
+            error
+                .contains("column order_id (trades.order_id): a column of type integer cannot hold Coinbase order ids"),
             "{error}"
         );
         assert!(error.contains("are not labels of the enum trade_status (its labels: open, done)"), "{error}");
         assert!(error.contains("\"pending\", \"completed\""), "{error}");
-        assert!(error.contains("column filled_price (trades.filled_price): a bytea column"), "{error}");
+        assert!(error.contains("column filled_price (trades.filled_price): a column of type bytea"), "{error}");
     }
 
     #[test]

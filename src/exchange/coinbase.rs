@@ -294,8 +294,8 @@ impl Exchange for CoinbaseClient {
         Err(ExchangeError::Malformed("List Fills kept answering with a cursor".into()))
     }
 
-    async fn reserve(&self) {
-        self.limiter.reserve().await;
+    async fn ready(&self) {
+        self.limiter.ready().await;
     }
 
     async fn key_permissions(&self) -> Result<(), ExchangeError> {

@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,55 +16,49 @@ pub struct Limiter {
     per_second: usize,
     /// When the requests of the last second were let through, oldest first.
     granted: Arc<Mutex<VecDeque<Instant>>>,
-    /// Turns taken by `reserve` and not yet used by a request.
-    reserved: Arc<AtomicU32>,
 }
 
 impl Limiter {
     pub fn per_second(per_second: NonZeroU32) -> Limiter {
         let per_second = usize::try_from(per_second.get()).unwrap_or(usize::MAX);
-        Limiter {
-            per_second,
-            granted: Arc::new(Mutex::new(VecDeque::with_capacity(per_second))),
-            reserved: Arc::default(),
-        }
+        Limiter { per_second, granted: Arc::new(Mutex::new(VecDeque::with_capacity(per_second))) }
     }
 
-    /// Take a turn if the last second has room for one; otherwise say how long until it has.
-    pub fn try_acquire(&self) -> Result<(), Duration> {
+    /// Whether the last second has room for a request now; `take` it if so. Otherwise how long until it has.
+    fn turn(&self, take: bool) -> Result<(), Duration> {
         let now = Instant::now();
         let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
         while granted.front().is_some_and(|at| now.duration_since(*at) >= WINDOW) {
             granted.pop_front();
         }
         if granted.len() < self.per_second {
-            granted.push_back(now);
+            if take {
+                granted.push_back(now);
+            }
             return Ok(());
         }
         let oldest = granted.front().copied().unwrap_or(now);
         Err((oldest + WINDOW).saturating_duration_since(now).max(Duration::from_millis(1)))
     }
 
-    async fn take_turn(&self) {
-        while let Err(wait) = self.try_acquire() {
+    /// Take a turn if the last second has room for one; otherwise say how long until it has.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.turn(true)
+    }
+
+    /// Wait for a turn and take it: the request goes out now.
+    pub async fn acquire(&self) {
+        while let Err(wait) = self.turn(true) {
             tokio::time::sleep(wait).await;
         }
     }
 
-    /// Wait for a turn (or use one taken by `reserve`).
-    pub async fn acquire(&self) {
-        let reserved = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        if reserved.is_err() {
-            self.take_turn().await;
-        }
-    }
-
-    /// Wait for a turn and keep it for the next `acquire`: at most one is kept, so a caller that reserves and
-    /// then sends nothing costs one turn, never a burst.
-    pub async fn reserve(&self) {
-        if self.reserved.load(Ordering::Acquire) == 0 {
-            self.take_turn().await;
-            self.reserved.fetch_add(1, Ordering::AcqRel);
+    /// Wait until a request could go out now, without taking the turn: a caller that gathers work over time
+    /// (the due checks) waits here, then gathers, then sends through `acquire` (which may wait again if
+    /// another task took the turn meanwhile). Sending nothing costs nothing.
+    pub async fn ready(&self) {
+        while let Err(wait) = self.turn(false) {
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -75,15 +68,16 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_reserved_turn_is_used_by_the_next_request_and_only_one_is_kept() {
+    async fn waiting_until_ready_takes_no_turn() {
         let limiter = Limiter::per_second(NonZeroU32::new(2).unwrap());
-        limiter.reserve().await;
-        limiter.reserve().await;
-        assert!(limiter.try_acquire().is_ok(), "one reservation took one turn; one is left");
+        limiter.ready().await;
+        limiter.ready().await;
+        assert!(limiter.try_acquire().is_ok() && limiter.try_acquire().is_ok(), "both turns are still there");
         assert!(limiter.try_acquire().is_err());
         let started = Instant::now();
-        limiter.acquire().await;
-        assert!(started.elapsed() < Duration::from_millis(50), "the reserved turn is used at once");
+        limiter.ready().await;
+        assert!(started.elapsed() >= Duration::from_millis(900), "ready waits for the window like a request");
+        assert!(limiter.try_acquire().is_ok());
     }
 
     #[test]

@@ -74,10 +74,10 @@ pub trait Exchange: Send + Sync {
         Err(ExchangeError::Rejected("this exchange does not list fills".into()))
     }
 
-    /// Wait until a request may be sent under the rate limit, and keep that turn for the next request of
-    /// this client (whoever sends it). A caller that gathers work over time (the due checks) waits here
-    /// first and gathers after, so the wait does not age what it gathers. No-op where there is no limit.
-    async fn reserve(&self) {}
+    /// Wait until a request could be sent under the rate limit now (taking no turn). A caller that gathers
+    /// work over time (the due checks) waits here first and gathers after, so the wait does not age what it
+    /// gathers. No-op where there is no limit.
+    async fn ready(&self) {}
 
     /// The cheapest authenticated call (Get API Key Permissions): proves the key still works when there is
     /// nothing else to ask.

@@ -23,10 +23,7 @@ use crate::exchange::ws::WsOrder;
 use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeFill, ExchangeOrder};
 use crate::order::OrderId;
 
-/// Whether `id` is an order id as Coinbase writes them: a lowercase hyphenated UUID.
-pub fn is_order_id(id: &str) -> bool {
-    id.len() == 36 && uuid::Uuid::parse_str(id).is_ok() && !id.chars().any(|c| c.is_ascii_uppercase())
-}
+pub use crate::order::is_coinbase_order_id as is_order_id;
 
 /// Page size of List Orders when the request names none, and the most it allows.
 pub const DEFAULT_PAGE: usize = 100;

@@ -393,6 +393,11 @@ async fn a_pass_that_checked_nothing_exits_1_and_says_why() {
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("no order could be checked"), "{}", out.stderr);
     assert!(out.stderr.contains("transient exchange error: HTTP 50"), "says why: {}", out.stderr);
+    // An audit that could check nothing is no clean bill of health either, whatever --fail-on-mismatch says.
+    let audit = run(setup.command().env("ORDERSYNC_LOG", "error").args(["audit", "--fail-on-mismatch"])).await;
+    assert_eq!(audit.code, 1, "{}{}", audit.stdout, audit.stderr);
+    assert!(audit.stderr.contains("no order could be checked"), "{}", audit.stderr);
+    assert!(!audit.stderr.contains("DEBUG") && !audit.stderr.contains("WARN"), "the log level holds: {}", audit.stderr);
 }
 
 /// SIGTERM ends `reconcile` within seconds even while a request to the exchange hangs (the simulator

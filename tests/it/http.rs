@@ -82,9 +82,15 @@ both!(a_reconcile_pass_moves_every_metric_and_promtool_is_content);
 async fn pending_gauges_show_stuck_orders_and_blocked_bots(backend: Backend) {
     let db = TestDb::with_trades(backend).await;
     let sandbox = Sandbox::new(1);
-    open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(20)).await;
-    open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(2)).await;
-    open_order(&db, &sandbox, "beta", chrono::Duration::hours(2)).await;
+    // Orders the exchange does not know (no certain answer): blocking, so stuck once older than stuck_after.
+    // (OPEN ones would be resting once checked: never stuck.)
+    for (bot, age) in [
+        ("alpha", chrono::Duration::minutes(20)),
+        ("alpha", chrono::Duration::minutes(2)),
+        ("beta", chrono::Duration::hours(2)),
+    ] {
+        db.insert_pending(&uuid::Uuid::new_v4().to_string(), bot, "AVNT-USD", Utc::now() - age).await;
+    }
     let app =
         spawn_app_on(db, sandbox, "poll_interval = \"1h\"\nmetrics_refresh = \"100ms\"\nstuck_after = \"10m\"").await;
 

@@ -364,39 +364,67 @@ async fn one_refused_write_fails_alone_and_the_rest_of_the_batch_commits(backend
 }
 both!(one_refused_write_fails_alone_and_the_rest_of_the_batch_commits);
 
-/// Rows whose order id cannot be a Coinbase order id (`..`, `batch`, a client order id) are never sent; an
-/// id the exchange rejects (Coinbase writes ids in lowercase: the simulator answers 400 INVALID_ARGUMENT
-/// for an uppercase one, failing the whole List Orders request) is isolated by splitting the batch; every
-/// other order of the batch is settled.
+/// An exchange whose List Orders rejects any request naming `poison` with a 400, as Coinbase does for an id
+/// it cannot parse (or a URL too long).
+struct RejectsOne {
+    inner: Sandbox,
+    poison: OrderId,
+    requests: AtomicUsize,
+}
+
+#[async_trait]
+impl Exchange for RejectsOne {
+    async fn orders(&self, ids: &[OrderId]) -> Result<Batch, ExchangeError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if ids.contains(&self.poison) {
+            return Err(ExchangeError::Rejected("HTTP 400: {\"error\":\"INVALID_ARGUMENT\"}".into()));
+        }
+        self.inner.orders(ids).await
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError> {
+        self.inner.order(id).await
+    }
+}
+
+/// Rows whose order id cannot be a Coinbase order id (`..`, `batch`, a client order id, an uppercase or
+/// unhyphenated UUID, a path) are listed and never sent; an id the exchange rejects (failing the whole List Orders request) is
+/// isolated by splitting the batch; every other order of the batch is settled.
 async fn one_bad_order_never_poisons_a_batch(backend: Backend) {
     let db = TestDb::with_trades(backend).await;
     let sandbox = Sandbox::new(1);
     incident(&db, &sandbox).await;
+    let poison = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(30)).await;
     let shouting = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(30)).await;
     sandbox.fill(&shouting, None, None, None).unwrap();
     db.exec(&format!("UPDATE trades SET order_id = '{}' WHERE order_id = '{shouting}'", shouting.to_uppercase())).await;
-    for id in ["..", "batch", "bot-7-client-id"] {
+    // `../../accounts` and `a b` are not even safe order-id text: listed under their escaped form.
+    let odd = ["..", "batch", "bot-7-client-id", "d1aaa054747d4f9a8e3f05fbf5e2cd10", "../../accounts", "a b"];
+    for id in odd {
         db.insert_pending(id, "alpha", "AVNT-USD", Utc::now() - chrono::Duration::minutes(30)).await;
     }
-    let token = CancellationToken::new();
-    let (url, key) = crate::harness::sandbox_http(&sandbox, None, &token).await;
     let config = config(&db);
     let store = Store::connect(&db.url, &config.trades).await.unwrap();
     store.migrate().await.unwrap();
+    let exchange = Arc::new(RejectsOne {
+        inner: sandbox.clone(),
+        poison: OrderId::parse(&poison).unwrap(),
+        requests: AtomicUsize::new(0),
+    });
     let metrics = Metrics::standalone(config.stuck_after);
-    let exchange: Arc<dyn Exchange> = Arc::new(crate::harness::client(&url, key, &metrics));
-    let reconciler = Reconciler::new(store, exchange, metrics, crate::harness::settings(&config));
+    let reconciler = Reconciler::new(store, exchange.clone(), metrics, crate::harness::settings(&config));
 
-    let report = reconciler.pass(Mode::Apply, &token).await.unwrap();
+    let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
     assert_eq!(report.count("corrected"), 3, "the incident is settled: {report:?}");
     let detail = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().detail.clone().unwrap();
-    for id in ["..", "batch", "bot-7-client-id"] {
+    for id in odd.iter().copied().chain([shouting.to_uppercase().as_str()]) {
         assert!(detail(id).contains("is not a Coinbase order id (a UUID): never sent"), "{id}: {}", detail(id));
     }
-    let upper = shouting.to_uppercase();
-    assert!(detail(&upper).contains("the exchange rejects this order id"), "{}", detail(&upper));
-    assert!(detail(&upper).contains("INVALID_ARGUMENT"), "{}", detail(&upper));
+    assert!(detail(&poison).contains("the exchange rejects this order id"), "{}", detail(&poison));
+    assert!(detail(&poison).contains("INVALID_ARGUMENT"), "{}", detail(&poison));
+    // One batch of four sendable ids: the whole, its halves, the poisoned half's halves.
+    assert_eq!(exchange.requests.load(Ordering::SeqCst), 5);
     assert!(!report.failed);
 }
 both!(one_bad_order_never_poisons_a_batch);

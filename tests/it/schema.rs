@@ -89,9 +89,9 @@ async fn a_mapping_that_does_not_fit_is_one_message_naming_every_problem() {
     assert_eq!(out.code, 2, "a configuration error: {}", out.stderr);
     for expected in [
         "does not fit the [trades] mapping",
-        "column order_id (trades.order_id): a integer column cannot hold Coinbase order ids",
+        "column order_id (trades.order_id): a column of type integer cannot hold Coinbase order ids",
         "status words [\"pending\", \"completed\"] are not labels of the enum bot_state",
-        "column filled_at (trades.filled_at): a date column cannot hold a time of day",
+        "column filled_at (trades.filled_at): a column of type date cannot hold a time of day",
     ] {
         assert!(out.stderr.contains(expected), "{expected:?} in {}", out.stderr);
     }
