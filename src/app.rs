@@ -64,6 +64,7 @@ impl AppError {
                     StoreError::MissingTable { .. }
                         | StoreError::Schema { .. }
                         | StoreError::NotMigrated { .. }
+                        | StoreError::MayNotMigrate { .. }
                         | StoreError::BadUrl { .. }
                         | StoreError::MissingFile { .. }
                 )

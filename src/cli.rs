@@ -430,7 +430,7 @@ async fn reconciler(config: &Config, tables: Tables) -> anyhow::Result<Reconcile
     match tables {
         Tables::ReadOnly => {}
         Tables::Migrate => {
-            store.migrate().await.context("applying ordersync's migrations")?;
+            store.migrate().await.map_err(|e| app_error(e.into()))?;
         }
         Tables::Current if !store.has_own_tables() => {
             return Err(app_error(StoreError::NotMigrated { url: store.url().to_string() }.into()));
@@ -659,7 +659,7 @@ async fn report(
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let store = app::connect_store(config).await.map_err(app_error)?;
-    let applied = store.migrate().await.context("applying ordersync's migrations")?;
+    let applied = store.migrate().await.map_err(|e| app_error(e.into()))?;
     if applied.is_empty() {
         println!("ordersync's tables are up to date in {}", store.url());
     } else {

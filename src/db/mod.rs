@@ -75,6 +75,11 @@ pub enum StoreError {
          role that may create tables (or start serve without --no-migrate)"
     )]
     NotMigrated { url: String },
+    #[error(
+        "this role may not create or update ordersync's tables in {url} ({why}): run `ordersync migrate` as the \
+         schema's owner, then run serve or reconcile with --no-migrate (README, Database roles)"
+    )]
+    MayNotMigrate { url: String, why: String },
 }
 
 /// Where an answer came from, as recorded in the event log.
@@ -423,7 +428,7 @@ impl Store {
     /// `Migrate` naming the migration that failed; nothing of it is kept.
     pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
         let backend = self.backend();
-        let applied = on_pool!(self, pool => {
+        let applied = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             if backend == Backend::Postgres {
                 sqlx::query(sql::PG_MIGRATION_LOCK).execute(&mut *tx).await?;
@@ -447,8 +452,13 @@ impl Store {
                 applied.push(format!("{:04}_{}", migration.version, migration.name));
             }
             tx.commit().await?;
-            applied
-        });
+            Ok::<_, StoreError>(applied)
+        }
+        .await)
+        .map_err(|error| match refused_permission(&error) {
+            true => StoreError::MayNotMigrate { url: self.url.clone(), why: error.to_string() },
+            false => error,
+        })?;
         self.read_watched_since().await;
         self.ours.store(true, std::sync::atomic::Ordering::Release);
         Ok(applied)
@@ -935,6 +945,18 @@ impl Store {
     /// Close the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Whether the database refused for lack of privilege (PostgreSQL 42501) or a read-only file (SQLite 8).
+fn refused_permission(error: &StoreError) -> bool {
+    let source = match error {
+        StoreError::Query(source) | StoreError::Migrate { source, .. } => source,
+        _ => return false,
+    };
+    match source {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("42501" | "8")),
+        _ => false,
     }
 }
 

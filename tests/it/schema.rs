@@ -201,8 +201,13 @@ async fn a_read_only_role_audits_dry_runs_and_reports_and_nothing_is_written() {
     assert_eq!(setup.db.count(ours).await, 0, "nothing created");
 
     let migrate = run(&mut as_reader(&["migrate"])).await;
-    assert_eq!(migrate.code, 1, "{}", migrate.stderr);
+    assert_eq!(migrate.code, 2, "a role without the privilege is a configuration matter: {}", migrate.stderr);
     assert_eq!(migrate.stderr.matches("permission denied").count(), 1, "each cause once: {}", migrate.stderr);
+    assert!(migrate.stderr.contains("run `ordersync migrate` as the schema's owner"), "{}", migrate.stderr);
+    // A runtime role started without --no-migrate is told the fix too.
+    let serve = run(&mut as_reader(&["reconcile", "--once"])).await;
+    assert_eq!(serve.code, 2, "{}", serve.stderr);
+    assert!(serve.stderr.contains("--no-migrate"), "{}", serve.stderr);
 
     let migrated = run(setup.command().arg("migrate")).await;
     assert_eq!(migrated.code, 0, "{}", migrated.stderr);
