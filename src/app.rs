@@ -66,6 +66,7 @@ impl AppError {
                         | StoreError::NotMigrated { .. }
                         | StoreError::MayNotMigrate { .. }
                         | StoreError::BadUrl { .. }
+                        | StoreError::Refused { .. }
                         | StoreError::MissingFile { .. }
                 )
         )

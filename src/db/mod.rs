@@ -44,6 +44,8 @@ impl Backend {
 pub enum StoreError {
     #[error("the database URL {url} cannot be read: {why}")]
     BadUrl { url: String, why: String },
+    #[error("the database server refused {url}: {why}: check the database name, the role and its password")]
+    Refused { url: String, why: String },
     #[error("the SQLite database {path} does not exist: point ORDERSYNC_DATABASE_URL at the bot's database file")]
     MissingFile { path: String },
     #[error("cannot connect to the database {url}: {source}")]
@@ -340,7 +342,14 @@ impl Store {
     /// `Connect` when the database cannot be reached, `MissingTable`/`Schema` naming what to fix.
     pub async fn connect(url: &str, schema: &TradesSchema) -> Result<Store, StoreError> {
         let shown = redact_url(url);
-        let connect_error = |source| StoreError::Connect { url: shown.clone(), source };
+        // The server answered and refused (no such database or role, a wrong password): configuration, not
+        // an outage.
+        let connect_error = |source: sqlx::Error| match &source {
+            sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("3D000" | "28000" | "28P01")) => {
+                StoreError::Refused { url: shown.clone(), why: db.message().to_string() }
+            }
+            _ => StoreError::Connect { url: shown.clone(), source },
+        };
         let bad_url = |source: sqlx::Error| StoreError::BadUrl { url: shown.clone(), why: source.to_string() };
         let pool = if url.starts_with("sqlite:") {
             // Never create the bot's database: a missing file is a wrong URL (a configuration error).

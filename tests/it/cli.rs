@@ -434,6 +434,7 @@ async fn database_errors_exit_2_for_configuration_and_1_at_run_time() {
         (missing.as_str(), 2, "does not exist"),
         ("postgres://bot@[::1", 2, "cannot be read"),
         ("postgres://bot:s3cret@127.0.0.1:1/trading", 1, "cannot connect"),
+        ("postgres://postgres:s3cret@127.0.0.1:5432/no_such_database_here", 2, "refused"),
     ] {
         let out = run(ordersync().args(["report", "--since", "1d"]).env("ORDERSYNC_DATABASE_URL", url)).await;
         assert_eq!(out.code, code, "{url}: {}", out.stderr);
