@@ -1,47 +1,43 @@
 //! The client-side rate limit, shared by every task that calls the exchange (the reconciler, due checks,
-//! manual reconciles, the key probe), so together they stay under Coinbase's limit. A sliding window, not a
-//! token bucket: never more than `per_second` requests in any one-second window, whatever the burst (a
-//! bucket of `n` tokens refilling at `n`/s lets `2n - 1` through in the second after a quiet spell).
+//! manual reconciles, the key probe), so together they stay under Coinbase's limit. Requests are spaced at
+//! least 1/`per_second` s apart: never more than `per_second` in any one-second window, whatever the burst
+//! (a bucket of `n` tokens refilling at `n`/s lets `2n - 1` through in the second after a quiet spell), and
+//! never a burst followed by a long wait (a plain sliding window lets `n` through at once, then starves
+//! whatever falls due for the rest of the second).
 
-use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WINDOW: Duration = Duration::from_secs(1);
-
-/// A shared limiter of `per_second` requests in any one-second window.
+/// A shared limiter of `per_second` requests in any one-second window, evenly spaced.
 #[derive(Clone)]
 pub struct Limiter {
-    per_second: usize,
-    /// When the requests of the last second were let through, oldest first.
-    granted: Arc<Mutex<VecDeque<Instant>>>,
+    spacing: Duration,
+    /// When the next request may go out.
+    next: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Limiter {
     pub fn per_second(per_second: NonZeroU32) -> Limiter {
-        let per_second = usize::try_from(per_second.get()).unwrap_or(usize::MAX);
-        Limiter { per_second, granted: Arc::new(Mutex::new(VecDeque::with_capacity(per_second))) }
+        Limiter { spacing: Duration::from_secs(1) / per_second.get(), next: Arc::default() }
     }
 
-    /// Whether the last second has room for a request now; `take` it if so. Otherwise how long until it has.
+    /// Whether a request may go out now; `take` the turn if so. Otherwise how long until one may.
     fn turn(&self, take: bool) -> Result<(), Duration> {
         let now = Instant::now();
-        let mut granted = self.granted.lock().unwrap_or_else(|p| p.into_inner());
-        while granted.front().is_some_and(|at| now.duration_since(*at) >= WINDOW) {
-            granted.pop_front();
-        }
-        if granted.len() < self.per_second {
-            if take {
-                granted.push_back(now);
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        match *next {
+            Some(at) if at > now => Err(at - now),
+            _ => {
+                if take {
+                    *next = Some(now + self.spacing);
+                }
+                Ok(())
             }
-            return Ok(());
         }
-        let oldest = granted.front().copied().unwrap_or(now);
-        Err((oldest + WINDOW).saturating_duration_since(now).max(Duration::from_millis(1)))
     }
 
-    /// Take a turn if the last second has room for one; otherwise say how long until it has.
+    /// Take a turn if a request may go out now; otherwise say how long until one may.
     pub fn try_acquire(&self) -> Result<(), Duration> {
         self.turn(true)
     }
@@ -72,21 +68,19 @@ mod tests {
         let limiter = Limiter::per_second(NonZeroU32::new(2).unwrap());
         limiter.ready().await;
         limiter.ready().await;
-        assert!(limiter.try_acquire().is_ok() && limiter.try_acquire().is_ok(), "both turns are still there");
+        assert!(limiter.try_acquire().is_ok(), "the turn is still there");
         assert!(limiter.try_acquire().is_err());
         let started = Instant::now();
         limiter.ready().await;
-        assert!(started.elapsed() >= Duration::from_millis(900), "ready waits for the window like a request");
+        assert!(started.elapsed() >= Duration::from_millis(450), "ready waits like a request");
         assert!(limiter.try_acquire().is_ok());
     }
 
     #[test]
-    fn a_burst_beyond_the_limit_is_told_to_wait_until_the_window_moves() {
+    fn requests_are_spaced_evenly() {
         let limiter = Limiter::per_second(NonZeroU32::new(5).unwrap());
-        for _ in 0..5 {
-            assert!(limiter.try_acquire().is_ok());
-        }
+        assert!(limiter.try_acquire().is_ok());
         let wait = limiter.try_acquire().unwrap_err();
-        assert!(wait > Duration::from_millis(900) && wait <= WINDOW, "until the first turn is a second old: {wait:?}");
+        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "1/5 s apart: {wait:?}");
     }
 }
