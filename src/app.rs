@@ -117,6 +117,9 @@ pub fn settings(config: &Config) -> Settings {
         flag_after: config.flag_after,
         batch_size: config.batch_size,
         verify_window: config.verify_window,
+        not_found: config.not_found,
+        brake: config.brake,
+        observe_only: config.observe_only,
     }
 }
 

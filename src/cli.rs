@@ -101,6 +101,19 @@ pub struct Global {
     /// Order ids per Coinbase List Orders request, 1 to 1000 [default: 100]
     #[arg(long, global = true, env = config::ENV_BATCH_SIZE, value_name = "N")]
     pub batch_size: Option<String>,
+    /// Hold every correction when a pass would correct more rows than this [default: 1000]
+    #[arg(long, global = true, env = config::ENV_MAX_CORRECTIONS_PER_PASS, value_name = "N")]
+    pub max_corrections_per_pass: Option<String>,
+    /// ... or more than this share of the pending rows, once over 10 corrections [default: 0.5]
+    #[arg(long, global = true, env = config::ENV_MAX_CORRECTION_SHARE, value_name = "SHARE")]
+    pub max_correction_share: Option<String>,
+    /// Check and export everything, write nothing to the bot's table: on or off [default: off]
+    #[arg(long, global = true, env = config::ENV_OBSERVE_ONLY, value_name = "ON|OFF", num_args = 0..=1, default_missing_value = "on")]
+    pub observe_only: Option<String>,
+    /// serve prunes check state of settled orders and settlements older than this, daily: 90d, or off
+    /// [default: 90d]
+    #[arg(long, global = true, env = config::ENV_RETENTION, value_name = "DURATION")]
+    pub retention: Option<String>,
     /// HTTP address for /metrics and the API [default: 127.0.0.1:9787]
     #[arg(long, global = true, env = config::ENV_LISTEN, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -318,6 +331,10 @@ impl Global {
             email_to: self.email_to.clone(),
             email_remind_every: self.email_remind_every.clone(),
             email_max_per_hour: self.email_max_per_hour.clone(),
+            max_corrections_per_pass: self.max_corrections_per_pass.clone(),
+            max_correction_share: self.max_correction_share.clone(),
+            observe_only: self.observe_only.clone(),
+            retention: self.retention.clone(),
         }
     }
 }
@@ -546,7 +563,13 @@ async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::R
     let now = chrono::Utc::now();
     for found in report.conflicts() {
         if !conflicts.iter().any(|c| c.order_id == found.order_id) {
+            let kind = match found.verdict {
+                "product_conflict" => crate::db::ConflictKind::Product,
+                _ => crate::db::ConflictKind::Position,
+            };
             conflicts.push(crate::db::ConflictRow {
+                kind,
+                exchange_product_id: None,
                 order_id: found.order_id.clone(),
                 bot_id: found.bot_id.clone(),
                 product_id: found.product_id.clone(),

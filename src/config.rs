@@ -42,6 +42,10 @@ pub const ENV_EMAIL_FROM: &str = "ORDERSYNC_EMAIL_FROM";
 pub const ENV_EMAIL_TO: &str = "ORDERSYNC_EMAIL_TO";
 pub const ENV_EMAIL_REMIND_EVERY: &str = "ORDERSYNC_EMAIL_REMIND_EVERY";
 pub const ENV_EMAIL_MAX_PER_HOUR: &str = "ORDERSYNC_EMAIL_MAX_PER_HOUR";
+pub const ENV_MAX_CORRECTIONS_PER_PASS: &str = "ORDERSYNC_MAX_CORRECTIONS_PER_PASS";
+pub const ENV_MAX_CORRECTION_SHARE: &str = "ORDERSYNC_MAX_CORRECTION_SHARE";
+pub const ENV_OBSERVE_ONLY: &str = "ORDERSYNC_OBSERVE_ONLY";
+pub const ENV_RETENTION: &str = "ORDERSYNC_RETENTION";
 pub const ENV_LOG: &str = "ORDERSYNC_LOG";
 pub const ENV_LOG_FORMAT: &str = "ORDERSYNC_LOG_FORMAT";
 
@@ -61,6 +65,15 @@ pub const DEFAULT_RATE_LIMIT: u32 = 20;
 /// Coinbase sends a heartbeat every second; this long without any message means the socket is deaf.
 pub const DEFAULT_WEBSOCKET_STALL_AFTER: Duration = Duration::from_secs(10);
 pub const DEFAULT_METRICS_REFRESH: Duration = Duration::from_secs(15);
+/// The mass-correction brake: a pass correcting more rows than this writes none.
+pub const DEFAULT_MAX_CORRECTIONS_PER_PASS: usize = 1000;
+/// ... or more than this share of the pending rows (above `reconcile::BRAKE_SHARE_FLOOR` corrections).
+pub const DEFAULT_MAX_CORRECTION_SHARE: f64 = 0.5;
+/// Check state of settled orders and settlements older than this are pruned daily by `serve`.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+/// The not-found policy's defaults, when `[not_found]` is present without them.
+pub const DEFAULT_NOT_FOUND_AFTER_CHECKS: u32 = 5;
+pub const DEFAULT_NOT_FOUND_AFTER: Duration = Duration::from_secs(3600);
 
 /// One bad configuration value: which key, what it was, and what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +315,15 @@ pub struct Config {
     pub api_token: Option<SecretString>,
     pub email: Option<EmailConfig>,
     pub trades: TradesSchema,
+    /// The mass-correction brake (`allowed` is set only by `reconcile --once --allow-mass-correction`).
+    pub brake: crate::reconcile::Brake,
+    /// Check and export everything; write nothing to the bot's table.
+    pub observe_only: bool,
+    /// What `serve` prunes daily, and `prune`'s default: check state of settled orders and settlements
+    /// older than this. `None`: never.
+    pub retention: Option<Duration>,
+    /// The opt-in policy for orders Coinbase never knew; `None` (off) unless `[not_found]` is configured.
+    pub not_found: Option<crate::decide::NotFoundPolicy>,
 }
 
 /// The values given as flags or environment variables (clap settles which of the two wins).
@@ -335,6 +357,10 @@ pub struct Overrides {
     pub email_to: Option<String>,
     pub email_remind_every: Option<String>,
     pub email_max_per_hour: Option<String>,
+    pub max_corrections_per_pass: Option<String>,
+    pub max_correction_share: Option<String>,
+    pub observe_only: Option<String>,
+    pub retention: Option<String>,
 }
 
 /// The TOML file. Every field is optional; unknown keys are an error so a typo never goes unnoticed.
@@ -351,12 +377,29 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub metrics_refresh: Option<String>,
     pub api_token: Option<SecretString>,
+    pub max_corrections_per_pass: Option<usize>,
+    pub max_correction_share: Option<f64>,
+    pub observe_only: Option<bool>,
+    /// A duration, or `off`.
+    pub retention: Option<String>,
+    /// Present: the not-found policy is on.
+    pub not_found: Option<FileNotFound>,
     #[serde(default)]
     pub coinbase: FileCoinbase,
     #[serde(default)]
     pub trades: FileTrades,
     #[serde(default)]
     pub email: FileEmail,
+}
+
+/// `[not_found]`: the opt-in policy for orders Coinbase never knew.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNotFound {
+    pub after_checks: Option<u32>,
+    pub after: Option<String>,
+    /// `failed`, `cancelled` or `expired`: the bot's word for it is written.
+    pub write: Option<String>,
 }
 
 /// `[email]`: the password comes from the environment or a file, never from this file.
@@ -597,6 +640,30 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         parse_positive_duration,
     );
     let api_token = resolve_secret(&mut r, ("--api-token", ENV_API_TOKEN, over.api_token.as_ref()), file);
+    let max_corrections = r.pick(
+        ("--max-corrections-per-pass", ENV_MAX_CORRECTIONS_PER_PASS, over.max_corrections_per_pass.as_ref()),
+        ("max_corrections_per_pass", file.max_corrections_per_pass.map(|v| v.to_string())),
+        parse_positive::<usize>,
+    );
+    let max_share = r.pick(
+        ("--max-correction-share", ENV_MAX_CORRECTION_SHARE, over.max_correction_share.as_ref()),
+        ("max_correction_share", file.max_correction_share.map(|v| v.to_string())),
+        |text| match text.trim().parse::<f64>() {
+            Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+            _ => Err("a share of the pending rows above 0 and at most 1, e.g. 0.5".to_string()),
+        },
+    );
+    let observe_only = r.pick(
+        ("--observe-only", ENV_OBSERVE_ONLY, over.observe_only.as_ref()),
+        ("observe_only", file.observe_only.map(|v| v.to_string())),
+        parse_switch,
+    );
+    let retention = r.pick(
+        ("--retention", ENV_RETENTION, over.retention.as_ref()),
+        ("retention", file.retention.clone()),
+        parse_retention,
+    );
+    let not_found = file.not_found.as_ref().and_then(|policy| resolve_not_found(&mut r, policy));
     let trades = resolve_trades(&mut r, &file.trades);
     let email = resolve_email(&mut r, over, &file.email);
 
@@ -627,6 +694,51 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         api_token,
         email,
         trades,
+        brake: crate::reconcile::Brake {
+            max_corrections: max_corrections.unwrap_or(DEFAULT_MAX_CORRECTIONS_PER_PASS),
+            max_share: max_share.unwrap_or(DEFAULT_MAX_CORRECTION_SHARE),
+            allowed: false,
+        },
+        observe_only: observe_only.unwrap_or(false),
+        retention: retention.unwrap_or(Some(DEFAULT_RETENTION)),
+        not_found,
+    })
+}
+
+/// `off`, or a duration of at least a day.
+fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
+    const EXPECTED: &str = "off, or a duration of at least 1d, e.g. 90d";
+    if matches!(text.trim().to_ascii_lowercase().as_str(), "off" | "never") {
+        return Ok(None);
+    }
+    match parse_duration(text) {
+        Ok(duration) if duration >= Duration::from_secs(86_400) => Ok(Some(duration)),
+        _ => Err(EXPECTED.to_string()),
+    }
+}
+
+fn resolve_not_found(r: &mut Resolver<'_>, file: &FileNotFound) -> Option<crate::decide::NotFoundPolicy> {
+    let after_checks = r.pick(
+        ("", "", None),
+        ("not_found.after_checks", file.after_checks.map(|v| v.to_string())),
+        parse_positive::<u32>,
+    );
+    let after = r.pick(("", "", None), ("not_found.after", file.after.clone()), parse_duration);
+    let write = r.pick(("", "", None), ("not_found.write", file.write.clone()), |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "failed" => Ok(crate::decide::Terminal::Failed),
+            "cancelled" => Ok(crate::decide::Terminal::Cancelled),
+            "expired" => Ok(crate::decide::Terminal::Expired),
+            _ => Err("failed, cancelled or expired (never completed: no fill is claimed for an order Coinbase \
+                      does not know)"
+                .to_string()),
+        }
+    });
+    let after = after.unwrap_or(DEFAULT_NOT_FOUND_AFTER);
+    Some(crate::decide::NotFoundPolicy {
+        after_checks: after_checks.unwrap_or(DEFAULT_NOT_FOUND_AFTER_CHECKS),
+        after: chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX),
+        write: write.unwrap_or(crate::decide::Terminal::Failed),
     })
 }
 

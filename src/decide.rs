@@ -117,6 +117,9 @@ pub enum EndSource {
     SeenPoll,
     /// The first manual check that saw it ended.
     SeenManual,
+    /// Not an end the exchange reported: the not-found policy wrote the order off (`NotFoundPolicy`) at the
+    /// time of that check.
+    NotFoundPolicy,
 }
 
 impl EndSource {
@@ -127,6 +130,7 @@ impl EndSource {
             EndSource::SeenWebsocket => "seen_websocket",
             EndSource::SeenPoll => "seen_poll",
             EndSource::SeenManual => "seen_manual",
+            EndSource::NotFoundPolicy => "not_found_policy",
         }
     }
 
@@ -137,6 +141,7 @@ impl EndSource {
             EndSource::SeenWebsocket,
             EndSource::SeenPoll,
             EndSource::SeenManual,
+            EndSource::NotFoundPolicy,
         ]
         .into_iter()
         .find(|source| source.as_str() == word)
@@ -155,6 +160,51 @@ pub struct Fill {
     pub end_source: EndSource,
     /// Figures a FILLED order's answer (and List Fills) did not give: written as NULL, warned about, counted.
     pub missing: Vec<&'static str>,
+}
+
+/// Why a pending row is corrected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Because {
+    /// The exchange ended the order (FILLED, CANCELLED, EXPIRED, FAILED).
+    ExchangeEnded,
+    /// The opt-in not-found policy: Coinbase answered 404 at each of these times (each while it answered
+    /// other orders of the account normally), at least `after_checks` times over at least `after`.
+    NotFound { at: Vec<DateTime<Utc>> },
+}
+
+/// The opt-in policy for orders the exchange never knew (`[not_found]` in the configuration): an order
+/// Coinbase answered 404 for at least `after_checks` times, over at least `after`, each time while it
+/// answered other orders of the same account, is written as `write`. Off unless configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotFoundPolicy {
+    pub after_checks: u32,
+    pub after: chrono::Duration,
+    /// Never `Completed`: a fill is never claimed for an order the exchange does not know.
+    pub write: Terminal,
+}
+
+/// Unresolved orders whose answer is about the order itself (404, an unknown status word) are asked again
+/// after `poll_interval × 2^(n-1)` for the n-th such answer in a row, at most this long.
+pub const UNRESOLVED_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// When to ask about an unresolved order again: `None` is the next pass (an answer that says nothing about
+/// this order, such as a timeout or a 5xx, is the exchange's trouble, not the order's); otherwise after an
+/// exponential backoff from `poll` that doubles with each unresolved answer in a row (`in_a_row`, this one
+/// included), capped at `UNRESOLVED_BACKOFF_MAX`.
+pub fn next_check(
+    why: &Unresolved,
+    in_a_row: u32,
+    poll: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    match why {
+        Unresolved::NotFound | Unresolved::UnknownOrderStatus | Unresolved::UnrecognizedStatus(_) => {
+            let doublings = in_a_row.saturating_sub(1).min(20);
+            let wait = poll.saturating_mul(1u32 << doublings).min(UNRESOLVED_BACKOFF_MAX);
+            Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+        }
+        Unresolved::Ambiguous(_) | Unresolved::StillLive(_) => None,
+    }
 }
 
 /// Why an order could not be settled this time.
@@ -196,6 +246,9 @@ pub enum Verdict {
     TerminalConflict,
     /// The row holds a word ordersync does not manage.
     NotManaged,
+    /// The bot's table names another product than the exchange's order (`exchange`): a conflict, never
+    /// written.
+    ProductConflict { exchange: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +258,7 @@ pub enum Action {
     Correct {
         to: Terminal,
         fill: Fill,
+        because: Because,
     },
     Keep(Verdict),
 }
@@ -232,7 +286,9 @@ impl Outcome {
 impl Action {
     pub fn outcome(&self) -> Outcome {
         match self {
-            Action::Correct { .. } | Action::Keep(Verdict::TerminalConflict) => Outcome::Mismatch,
+            Action::Correct { .. } | Action::Keep(Verdict::TerminalConflict | Verdict::ProductConflict { .. }) => {
+                Outcome::Mismatch
+            }
             Action::Keep(Verdict::InSync | Verdict::SettledByBot) => Outcome::Match,
             Action::Keep(Verdict::Waiting { .. } | Verdict::Unresolved { .. } | Verdict::NotManaged) => {
                 Outcome::Unknown
@@ -251,6 +307,7 @@ impl Action {
             Action::Keep(Verdict::Unresolved { flagged: false, .. }) => "unresolved",
             Action::Keep(Verdict::TerminalConflict) => "terminal_conflict",
             Action::Keep(Verdict::NotManaged) => "not_managed",
+            Action::Keep(Verdict::ProductConflict { .. }) => "product_conflict",
         }
     }
 }
@@ -314,6 +371,15 @@ pub struct Context {
     pub unresolved_before: u32,
     /// An order is flagged when this check makes `flag_after` unresolved checks in a row.
     pub flag_after: u32,
+    /// The product the bot's row names, when its table has a product column.
+    pub row_product: Option<String>,
+    /// The not-found policy, when configured.
+    pub not_found_policy: Option<NotFoundPolicy>,
+    /// The earlier 404s that count towards the policy, oldest first.
+    pub not_found_before: Vec<DateTime<Utc>>,
+    /// The exchange answered other orders of this account normally in the same round: only then does a
+    /// 404 count (an outage or a key that sees nothing never does).
+    pub exchange_answering: bool,
 }
 
 impl Context {
@@ -326,7 +392,21 @@ impl Context {
             seen_before: None,
             unresolved_before: 0,
             flag_after: 3,
+            row_product: None,
+            not_found_policy: None,
+            not_found_before: Vec::new(),
+            exchange_answering: false,
         }
+    }
+
+    /// The 404s that count towards the not-found policy once this check answered 404: the earlier ones,
+    /// and this one if the exchange was answering other orders.
+    pub fn not_found_times(&self) -> Vec<DateTime<Utc>> {
+        let mut times = self.not_found_before.clone();
+        if self.exchange_answering {
+            times.push(self.now);
+        }
+        times
     }
 
     /// The earliest sighting of the order as ended: an earlier one, or this check.
@@ -418,6 +498,31 @@ pub fn position_conflict(row: Terminal, exchange: Terminal, filled: Decimal) -> 
     }
 }
 
+/// The not-found policy's correction, when every condition holds: a pending row, the policy configured,
+/// this 404 counted (the exchange was answering other orders), at least `after_checks` counted 404s, the
+/// first at least `after` ago.
+fn not_found(db: DbStatus, context: &Context) -> Option<Action> {
+    let policy = context.not_found_policy?;
+    if db != DbStatus::Pending || !context.exchange_answering {
+        return None;
+    }
+    let times = context.not_found_times();
+    let first = *times.first()?;
+    let enough = times.len() >= usize::try_from(policy.after_checks).unwrap_or(usize::MAX);
+    if !enough || context.now - first < policy.after {
+        return None;
+    }
+    let fill = Fill {
+        time: None,
+        price: None,
+        size: None,
+        ended_at: context.now,
+        end_source: EndSource::NotFoundPolicy,
+        missing: Vec::new(),
+    };
+    Some(Action::Correct { to: policy.write, fill, because: Because::NotFound { at: times } })
+}
+
 /// Decide what to do with one order.
 pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
     let unresolved = |why: Unresolved| {
@@ -426,9 +531,16 @@ pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
     };
     let order = match answer {
         Answer::Order(order) => order,
-        Answer::NotFound => return unresolved(Unresolved::NotFound),
+        Answer::NotFound => return not_found(db, context).unwrap_or_else(|| unresolved(Unresolved::NotFound)),
         Answer::Ambiguous(why) => return unresolved(Unresolved::Ambiguous(why.clone())),
     };
+    if db != DbStatus::Other {
+        if let Some(row_product) = context.row_product.as_deref() {
+            if !order.product_id.is_empty() && !order.product_id.trim().eq_ignore_ascii_case(row_product.trim()) {
+                return Action::Keep(Verdict::ProductConflict { exchange: order.product_id.clone() });
+            }
+        }
+    }
     let ended = match settle(&order.status) {
         Ok(ended) => ended,
         Err(why) => return unresolved(why),
@@ -442,7 +554,7 @@ pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
             if context.now < until {
                 Action::Keep(Verdict::Waiting { until })
             } else {
-                Action::Correct { to, fill }
+                Action::Correct { to, fill, because: Because::ExchangeEnded }
             }
         }
         (DbStatus::Terminal(row), Some(exchange)) if position_conflict(row, exchange, order.filled()) => {
@@ -549,6 +661,7 @@ mod tests {
                                 end_source,
                                 missing: Vec::new(),
                             },
+                            because: Because::ExchangeEnded,
                         }
                     }
                     // The answer has 100 filled: only a row that says no fill against FILLED is a conflict.
@@ -572,7 +685,7 @@ mod tests {
     fn filled_completes_with_the_exchange_figures() {
         let answer = Answer::Order(order(ExchangeStatus::Filled, "12.5", Some("0.2196")));
         let action = decide(DbStatus::Pending, &answer, &context());
-        let Action::Correct { to, fill } = action else { panic!("expected a correction, got {action:?}") };
+        let Action::Correct { to, fill, .. } = action else { panic!("expected a correction, got {action:?}") };
         assert_eq!(to, Terminal::Completed);
         assert_eq!(fill.time, Some(fill_time()));
         assert_eq!(fill.price.map(|p| p.to_string()).as_deref(), Some("0.2196"));
@@ -583,7 +696,7 @@ mod tests {
     #[test]
     fn a_cancel_with_nothing_filled_writes_no_figures() {
         let answer = Answer::Order(order(ExchangeStatus::Cancelled, "0", None));
-        let Action::Correct { to, fill } = decide(DbStatus::Pending, &answer, &context()) else { panic!() };
+        let Action::Correct { to, fill, .. } = decide(DbStatus::Pending, &answer, &context()) else { panic!() };
         assert_eq!(to, Terminal::Cancelled);
         assert_eq!((fill.time, fill.price, fill.size), (None, None, None));
         assert!(fill.missing.is_empty(), "a cancel has no figures to miss");
@@ -592,7 +705,7 @@ mod tests {
     #[test]
     fn a_partly_filled_expiry_keeps_the_partial_figures_but_ended_when_it_expired() {
         let answer = Answer::Order(order(ExchangeStatus::Expired, "40", Some("1.5")));
-        let Action::Correct { to, fill } = decide(DbStatus::Pending, &answer, &context()) else { panic!() };
+        let Action::Correct { to, fill, .. } = decide(DbStatus::Pending, &answer, &context()) else { panic!() };
         assert_eq!(to, Terminal::Expired);
         assert_eq!((fill.size, fill.time), (Some(Decimal::from(40)), Some(fill_time())));
         assert_eq!((fill.ended_at, fill.end_source), (later(), EndSource::SeenPoll), "not the last fill time");
@@ -783,6 +896,7 @@ mod tests {
             EndSource::SeenWebsocket,
             EndSource::SeenPoll,
             EndSource::SeenManual,
+            EndSource::NotFoundPolicy,
         ] {
             assert_eq!(EndSource::parse(source.as_str()), Some(source));
         }
@@ -797,5 +911,91 @@ mod tests {
         assert_eq!(DbStatus::classify("cancelled", &words), DbStatus::Terminal(Terminal::Cancelled));
         assert_eq!(DbStatus::classify("pending", &words), DbStatus::Other);
         assert_eq!(DbStatus::classify("Done", &words), DbStatus::Other, "words match exactly");
+    }
+
+    fn policy() -> NotFoundPolicy {
+        NotFoundPolicy { after_checks: 3, after: chrono::Duration::minutes(30), write: Terminal::Failed }
+    }
+
+    /// A context for a 404 at `later()`: `earlier` counted 404s that many minutes before it.
+    fn not_found_context(earlier: &[i64], answering: bool, policy: Option<NotFoundPolicy>) -> Context {
+        Context {
+            not_found_policy: policy,
+            not_found_before: earlier.iter().map(|m| later() - chrono::Duration::minutes(*m)).collect(),
+            exchange_answering: answering,
+            ..context()
+        }
+    }
+
+    #[test]
+    fn the_not_found_policy_fires_exactly_when_every_condition_holds() {
+        let fires = |db, earlier: &[i64], answering, policy| {
+            matches!(
+                decide(db, &Answer::NotFound, &not_found_context(earlier, answering, policy)),
+                Action::Correct { to: Terminal::Failed, .. }
+            )
+        };
+        // Three counted 404s over 30 minutes, the exchange answering others: written off.
+        assert!(fires(DbStatus::Pending, &[30, 10], true, Some(policy())));
+        // Off by default.
+        assert!(!fires(DbStatus::Pending, &[30, 10], true, None));
+        // Too few 404s, however long.
+        assert!(!fires(DbStatus::Pending, &[300], true, Some(policy())));
+        // Enough 404s, not long enough.
+        assert!(!fires(DbStatus::Pending, &[29, 10], true, Some(policy())));
+        // This 404 came while the exchange answered no other order (an outage, a key that sees nothing).
+        assert!(!fires(DbStatus::Pending, &[60, 30, 10], false, Some(policy())));
+        // Only pending rows.
+        for db in [DbStatus::Other, DbStatus::Terminal(Terminal::Cancelled)] {
+            assert!(!fires(db, &[30, 10], true, Some(policy())));
+        }
+        let action = decide(DbStatus::Pending, &Answer::NotFound, &not_found_context(&[30, 10], true, Some(policy())));
+        let Action::Correct { fill, because: Because::NotFound { at }, .. } = action else { panic!("{action:?}") };
+        assert_eq!(at.len(), 3, "every counted 404's time");
+        assert_eq!(at.last(), Some(&later()));
+        assert_eq!((fill.time, fill.price, fill.size), (None, None, None), "no figures are invented");
+        assert_eq!(fill.end_source, EndSource::NotFoundPolicy);
+        // A certain answer about the order never goes through the policy.
+        let open = Answer::Order(order(ExchangeStatus::Open, "0", None));
+        assert_eq!(
+            decide(DbStatus::Pending, &open, &not_found_context(&[30, 10], true, Some(policy()))),
+            Action::Keep(Verdict::InSync)
+        );
+    }
+
+    #[test]
+    fn unresolved_orders_back_off_exponentially_when_the_answer_is_about_the_order() {
+        let poll = std::time::Duration::from_secs(30);
+        let now = later();
+        let wait = |why: &Unresolved, n| next_check(why, n, poll, now).map(|at| (at - now).num_seconds());
+        assert_eq!(wait(&Unresolved::NotFound, 1), Some(30));
+        assert_eq!(wait(&Unresolved::NotFound, 2), Some(60));
+        assert_eq!(wait(&Unresolved::NotFound, 4), Some(240));
+        assert_eq!(wait(&Unresolved::NotFound, 7), Some(1800), "capped");
+        assert_eq!(wait(&Unresolved::NotFound, u32::MAX), Some(1800), "capped, no overflow");
+        assert_eq!(wait(&Unresolved::UnknownOrderStatus, 2), Some(60));
+        assert_eq!(wait(&Unresolved::UnrecognizedStatus("SETTLING".into()), 3), Some(120));
+        // The exchange's trouble (timeouts, 5xx, 429): asked again at the next pass.
+        assert_eq!(wait(&Unresolved::Ambiguous("HTTP 503".into()), 5), None);
+        assert_eq!(wait(&Unresolved::StillLive("OPEN".into()), 5), None);
+    }
+
+    #[test]
+    fn a_product_the_bot_did_not_trade_is_a_conflict_never_written() {
+        let with_product = |product: &str| Context { row_product: Some(product.into()), ..context() };
+        let filled = Answer::Order(order(ExchangeStatus::Filled, "100", Some("0.8373")));
+        for db in [DbStatus::Pending, DbStatus::Terminal(Terminal::Completed)] {
+            assert_eq!(
+                decide(db, &filled, &with_product("BTC-USD")),
+                Action::Keep(Verdict::ProductConflict { exchange: "AVNT-USD".into() }),
+                "{db:?}"
+            );
+        }
+        assert!(matches!(decide(DbStatus::Pending, &filled, &with_product("AVNT-USD")), Action::Correct { .. }));
+        assert!(matches!(decide(DbStatus::Pending, &filled, &with_product("avnt-usd")), Action::Correct { .. }));
+        assert!(matches!(decide(DbStatus::Pending, &filled, &context()), Action::Correct { .. }), "no product column");
+        assert_eq!(decide(DbStatus::Other, &filled, &with_product("BTC-USD")), Action::Keep(Verdict::NotManaged));
+        let conflict = decide(DbStatus::Pending, &filled, &with_product("BTC-USD"));
+        assert_eq!((conflict.outcome(), conflict.verdict_word()), (Outcome::Mismatch, "product_conflict"));
     }
 }

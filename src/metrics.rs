@@ -17,7 +17,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::db::{ConflictRow, Source, Store};
+use crate::db::{ConflictKind, ConflictRow, Source, Store};
 use crate::decide::{Outcome, PendingKind, SettledBy, Terminal};
 use crate::order::{OrderId, TradeRow};
 
@@ -111,6 +111,12 @@ pub struct Metrics {
     pub unreadable_rows: IntGaugeVec,
     pub blocked_bots: IntGauge,
     pub terminal_conflicts: IntGaugeVec,
+    pub product_conflicts: IntGaugeVec,
+    pub written_off: IntCounterVec,
+    pub deferred_orders: IntGauge,
+    pub correction_brake: IntGauge,
+    pub corrections_held: IntGauge,
+    pub observe_only: IntGauge,
     pub settled: IntCounterVec,
     pub settled_late: IntCounterVec,
     pub incomplete_fills: IntCounter,
@@ -242,6 +248,41 @@ impl Metrics {
                 ),
                 &["bot"],
             )?,
+            product_conflicts: IntGaugeVec::new(
+                opts(
+                    "ordersync_product_conflicts",
+                    "Rows whose product column names another product than the exchange's order of that id, by bot, \
+                     until the row changes: ordersync never writes them.",
+                ),
+                &["bot"],
+            )?,
+            written_off: IntCounterVec::new(
+                opts(
+                    "ordersync_orders_written_off_total",
+                    "Pending orders the opt-in not-found policy wrote as its terminal word (Coinbase answered 404 \
+                     for them repeatedly while answering other orders), by bot.",
+                ),
+                &["bot"],
+            )?,
+            deferred_orders: IntGauge::with_opts(opts(
+                "ordersync_deferred_orders",
+                "Unresolved pending orders (404, an unknown status word) the last pass did not ask about: their \
+                 exponential backoff has them wait.",
+            ))?,
+            correction_brake: IntGauge::with_opts(opts(
+                "ordersync_correction_brake_engaged",
+                "1 while the mass-correction brake holds every correction (a pass would correct more than \
+                 max_corrections_per_pass rows or max_correction_share of the pending rows): an operator must look.",
+            ))?,
+            corrections_held: IntGauge::with_opts(opts(
+                "ordersync_corrections_held",
+                "Corrections the engaged mass-correction brake is holding (0 when it is released).",
+            ))?,
+            observe_only: IntGauge::with_opts(opts(
+                "ordersync_observe_only",
+                "1 when ordersync runs observe-only: it checks and exports everything and writes nothing to the \
+                 bot's table.",
+            ))?,
             settled: IntCounterVec::new(
                 opts(
                     "ordersync_orders_settled_total",
@@ -411,6 +452,12 @@ impl Metrics {
             Box::new(metrics.unreadable_rows.clone()),
             Box::new(metrics.blocked_bots.clone()),
             Box::new(metrics.terminal_conflicts.clone()),
+            Box::new(metrics.product_conflicts.clone()),
+            Box::new(metrics.written_off.clone()),
+            Box::new(metrics.deferred_orders.clone()),
+            Box::new(metrics.correction_brake.clone()),
+            Box::new(metrics.corrections_held.clone()),
+            Box::new(metrics.observe_only.clone()),
             Box::new(metrics.settled.clone()),
             Box::new(metrics.settled_late.clone()),
             Box::new(metrics.incomplete_fills.clone()),
@@ -489,6 +536,7 @@ impl Metrics {
         if first {
             for by in SettledBy::ALL {
                 self.settled.with_label_values(&[label.as_str(), by.as_str()]);
+                self.written_off.with_label_values(&[label.as_str()]);
             }
             self.settled_late.with_label_values(&[label.as_str()]);
             for status in ["FILLED", "CANCELLED", "EXPIRED", "FAILED"] {
@@ -651,15 +699,19 @@ impl Metrics {
         }
     }
 
-    /// Set `ordersync_terminal_conflicts` from the conflicts standing now.
+    /// Set `ordersync_terminal_conflicts` and `ordersync_product_conflicts` from the conflicts standing now.
     pub fn set_conflicts(&self, conflicts: &[ConflictRow]) {
-        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
-        for conflict in conflicts {
-            *counts.entry(self.bot_label(conflict.bot_id.as_deref())).or_default() += 1;
-        }
-        self.terminal_conflicts.reset();
-        for (bot, count) in &counts {
-            self.terminal_conflicts.with_label_values(&[bot.as_str()]).set(*count);
+        for (kind, gauge) in
+            [(ConflictKind::Position, &self.terminal_conflicts), (ConflictKind::Product, &self.product_conflicts)]
+        {
+            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+            for conflict in conflicts.iter().filter(|c| c.kind == kind) {
+                *counts.entry(self.bot_label(conflict.bot_id.as_deref())).or_default() += 1;
+            }
+            gauge.reset();
+            for (bot, count) in &counts {
+                gauge.with_label_values(&[bot.as_str()]).set(*count);
+            }
         }
     }
 

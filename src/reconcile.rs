@@ -16,10 +16,12 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Applied, CheckRecord, CheckState, Correction, Source, Store, StoreError, Write, Written};
+use crate::db::{
+    Applied, CheckRecord, CheckState, ConflictKind, Correction, NewConflict, Source, Store, StoreError, Write, Written,
+};
 use crate::decide::{
-    complete_with_fills, decide, ended_at, ends_order, late, needs_fills, Action, Answer, Context, DbStatus, EndSource,
-    SettledBy, Verdict,
+    complete_with_fills, decide, ended_at, ends_order, late, needs_fills, next_check, Action, Answer, Because, Context,
+    DbStatus, EndSource, NotFoundPolicy, SettledBy, Verdict,
 };
 use crate::exchange::{Exchange, ExchangeError, ExchangeOrder};
 use crate::metrics::Metrics;
@@ -47,6 +49,76 @@ pub struct Settings {
     pub batch_size: usize,
     /// Terminal rows created within this window are checked once against the exchange.
     pub verify_window: Duration,
+    /// The opt-in policy for orders the exchange never knew (`None`: off, the default).
+    pub not_found: Option<NotFoundPolicy>,
+    /// The brake on mass corrections.
+    pub brake: Brake,
+    /// Everything runs and every number is exported, but nothing is ever written to the bot's table.
+    pub observe_only: bool,
+}
+
+/// Above this many corrections in a pass, the share rule of the brake applies as well.
+pub const BRAKE_SHARE_FLOOR: usize = 10;
+
+/// The brake on mass corrections: a wrong mapping (the wrong status word, the wrong account's key) could
+/// make one pass rewrite thousands of rows. A pass that would correct more than `max_corrections` rows, or
+/// more than `max_share` of the pending rows (once more than `BRAKE_SHARE_FLOOR`), writes no correction and
+/// waits for an operator. Corrections from the WebSocket path since the pass began count too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Brake {
+    pub max_corrections: usize,
+    pub max_share: f64,
+    /// An operator allowed any number (`reconcile --once --allow-mass-correction`).
+    pub allowed: bool,
+}
+
+impl Default for Brake {
+    fn default() -> Brake {
+        Brake { max_corrections: 1000, max_share: 0.5, allowed: false }
+    }
+}
+
+impl Brake {
+    /// Whether `corrections` among `pending` rows is a mass correction.
+    pub fn trips(&self, corrections: usize, pending: usize) -> bool {
+        if self.allowed {
+            return false;
+        }
+        let share = corrections > BRAKE_SHARE_FLOOR && corrections as f64 > self.max_share * pending as f64;
+        corrections > self.max_corrections || share
+    }
+}
+
+/// The brake held a pass's corrections.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Held {
+    /// The corrections the pass would have written (WebSocket ones since the pass began included).
+    pub would_correct: usize,
+    /// The pending rows at the time.
+    pub pending: usize,
+    pub max_corrections: usize,
+    pub max_share: f64,
+    pub since: DateTime<Utc>,
+}
+
+/// Why corrections are not written in an apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// `observe_only`.
+    Observe,
+    /// The mass-correction brake.
+    Brake,
+}
+
+/// The brake's state shared by the poll and WebSocket paths.
+#[derive(Debug, Default)]
+struct BrakeState {
+    /// Engaged by the last pass (or a WebSocket batch since): corrections wait for an operator.
+    held: Option<Held>,
+    /// WebSocket corrections written since the current pass began.
+    since_pass: usize,
+    /// Pending rows at the last pass.
+    pending: usize,
 }
 
 /// Write corrections, or only report what would be written.
@@ -70,24 +142,25 @@ pub struct Checked {
     /// The exchange's status word, when it gave one.
     pub exchange_status: Option<String>,
     /// `in_sync`, `settled_by_bot`, `waiting`, `mismatch`, `unresolved`, `flagged`, `terminal_conflict`,
-    /// `not_managed`.
+    /// `product_conflict`, `not_managed`.
     pub verdict: &'static str,
-    /// `corrected`, `would_correct`, `row_changed`, `already_settled`, `unchanged`, or `error`.
+    /// `corrected`, `would_correct` (dry run, observe-only), `held` (the mass-correction brake), `row_changed`,
+    /// `already_settled`, `unchanged`, or `error`.
     pub result: &'static str,
     pub detail: Option<String>,
 }
 
 /// One order to decide on: its row, the exchange's answer, its check state, and an earlier sighting of it
 /// ended that the check state may not hold yet (a WebSocket message).
-pub struct Item<'a> {
-    pub row: &'a TradeRow,
+pub struct Item<'r, 'a> {
+    pub row: &'r TradeRow,
     pub answer: &'a Answer,
     pub state: Option<&'a CheckState>,
     pub hint: Option<(DateTime<Utc>, EndSource)>,
 }
 
 /// One order decided on, before its write.
-struct Plan<'a> {
+pub struct Plan<'a> {
     row: &'a TradeRow,
     action: Action,
     exchange_status: Option<String>,
@@ -97,16 +170,50 @@ struct Plan<'a> {
     ended: Option<(DateTime<Utc>, EndSource)>,
     /// The first sighting of it ended (this check, or an earlier one).
     seen: Option<(DateTime<Utc>, EndSource)>,
-    /// The exchange's filled size, for a conflict's record.
+    /// The exchange's filled size and product, for a conflict's record.
     filled_size: Option<String>,
+    exchange_product: Option<String>,
+    /// The check state before this check (a check that changes nothing in it is not written).
+    previous: Option<CheckState>,
+    /// When to ask again (the backoff of unresolved orders).
+    next_check_at: Option<DateTime<Utc>>,
+    /// The 404s that count towards the not-found policy after this check.
+    not_found_at: Vec<DateTime<Utc>>,
     checked: Checked,
 }
 
+/// Whether a check record would leave the check state as it is: the same exchange status and verdict, no
+/// error, no flag, no new sighting, no backoff, no settlement. Such a check is not written (a steady pass over
+/// resting orders writes nothing); unresolved checks always are (they count towards a flag and the backoff).
+fn unchanged(previous: Option<&CheckState>, record: &CheckRecord) -> bool {
+    let Some(p) = previous else { return false };
+    let standing_product_conflict =
+        |c: &NewConflict| c.kind == ConflictKind::Product && p.last_verdict == record.verdict;
+    record.error.is_none()
+        && !record.flagged
+        && !record.settles
+        && record.conflict.as_ref().is_none_or(standing_product_conflict)
+        && record.next_check_at.is_none()
+        && record.not_found_at.is_empty()
+        && p.unresolved_in_a_row == 0
+        && !p.flagged
+        && p.next_check_at.is_none()
+        && p.not_found_at.is_empty()
+        && p.last_exchange_status.as_deref() == record.exchange_status
+        && p.last_verdict == record.verdict
+        && (record.seen.is_none() || p.ended_seen.is_some())
+}
+
 impl Plan<'_> {
-    /// What to write for this order.
-    fn write(&self, source: Source, now: DateTime<Utc>) -> Write<'_> {
-        match &self.action {
-            Action::Correct { to, fill } => Write::Correction(Correction {
+    fn corrects(&self) -> bool {
+        matches!(self.action, Action::Correct { .. })
+    }
+
+    /// What to write for this order: nothing when the check changes nothing; a held correction (observe-only,
+    /// the brake) is recorded as a check that saw the mismatch.
+    fn write(&self, source: Source, now: DateTime<Utc>, hold: Option<Hold>) -> Option<Write<'_>> {
+        if let (Action::Correct { to, fill, because }, None) = (&self.action, hold) {
+            return Some(Write::Correction(Correction {
                 row: self.row,
                 to: *to,
                 fill,
@@ -114,26 +221,39 @@ impl Plan<'_> {
                 source,
                 detected_at: now,
                 seen: self.seen.unwrap_or((fill.ended_at, fill.end_source)),
-            }),
-            Action::Keep(verdict) => {
-                let (error, flagged) = match verdict {
-                    Verdict::Unresolved { why, flagged } => (Some(why.describe()), *flagged),
-                    _ => (None, false),
-                };
-                Write::Check(CheckRecord {
-                    row: self.row,
-                    exchange_status: self.exchange_status.as_deref(),
-                    verdict: self.action.verdict_word(),
-                    error,
-                    flagged,
-                    at: now,
-                    ended: self.ended,
-                    seen: self.seen,
-                    settles: matches!(verdict, Verdict::SettledByBot),
-                    conflict: matches!(verdict, Verdict::TerminalConflict).then(|| self.filled_size.clone()),
-                })
-            }
+                because,
+            }));
         }
+        let (error, flagged) = match &self.action {
+            Action::Keep(Verdict::Unresolved { why, flagged }) => (Some(why.describe()), *flagged),
+            _ => (None, false),
+        };
+        let conflict = match &self.action {
+            Action::Keep(Verdict::TerminalConflict) => Some(ConflictKind::Position),
+            Action::Keep(Verdict::ProductConflict { .. }) => Some(ConflictKind::Product),
+            _ => None,
+        };
+        let record = CheckRecord {
+            row: self.row,
+            exchange_status: self.exchange_status.as_deref(),
+            verdict: self.action.verdict_word(),
+            error,
+            flagged,
+            at: now,
+            ended: self.ended,
+            seen: self.seen,
+            settles: matches!(self.action, Action::Keep(Verdict::SettledByBot)),
+            conflict: conflict.map(|kind| NewConflict {
+                kind,
+                filled_size: self.filled_size.clone(),
+                exchange_product_id: self.exchange_product.clone().unwrap_or_default(),
+            }),
+            clears_conflict: self.previous.as_ref().is_some_and(|p| p.last_verdict == "product_conflict")
+                && conflict.is_none(),
+            next_check_at: self.next_check_at,
+            not_found_at: &self.not_found_at,
+        };
+        (!unchanged(self.previous.as_ref(), &record)).then_some(Write::Check(record))
     }
 }
 
@@ -146,6 +266,10 @@ pub struct PassReport {
     pub verified: Vec<Checked>,
     /// Pending rows left alone because they are younger than the grace period.
     pub too_young: usize,
+    /// Unresolved pending rows not asked about in this pass: their backoff has them wait.
+    pub deferred: usize,
+    /// The mass-correction brake held this pass's corrections: nothing was corrected.
+    pub braked: Option<Held>,
     /// The pass was cancelled before every order was checked.
     pub interrupted: bool,
     /// Orders were due a check and the exchange gave no certain answer for any of them: a failed pass.
@@ -161,9 +285,13 @@ impl PassReport {
         self.checked.iter().filter(|c| c.verdict == "mismatch").count()
     }
 
-    /// Terminal rows the exchange ended otherwise, found in this pass.
+    /// Conflicts found in this pass: terminal rows the exchange ended otherwise, and rows naming another
+    /// product than the exchange's order.
     pub fn conflicts(&self) -> impl Iterator<Item = &Checked> {
-        self.verified.iter().filter(|c| c.verdict == "terminal_conflict")
+        self.checked
+            .iter()
+            .chain(&self.verified)
+            .filter(|c| matches!(c.verdict, "terminal_conflict" | "product_conflict"))
     }
 }
 
@@ -372,7 +500,14 @@ pub struct Reconciler {
     settings: Settings,
     wake: Arc<Notify>,
     due: Arc<DueChecks>,
+    brake: Arc<Mutex<BrakeState>>,
+    /// The last time the exchange answered with an order (any order): a 404 counts towards the not-found
+    /// policy only while the exchange is answering.
+    answered_at: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
+
+/// A 404 counts towards the not-found policy when the exchange answered some order this recently.
+const ANSWERING_WITHIN: Duration = Duration::from_secs(60);
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
@@ -395,7 +530,92 @@ impl Reconciler {
             settings,
             wake: Arc::new(Notify::new()),
             due: Arc::new(DueChecks::default()),
+            brake: Arc::default(),
+            answered_at: Arc::default(),
         }
+    }
+
+    /// The brake's hold, while engaged.
+    pub fn brake_held(&self) -> Option<Held> {
+        self.brake.lock().unwrap_or_else(|p| p.into_inner()).held.clone()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Remember that the exchange answered with an order just now, if it did.
+    fn note_answers(&self, answers: &HashMap<OrderId, Answer>) {
+        if answers.values().any(|answer| matches!(answer, Answer::Order(_))) {
+            *self.answered_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Utc::now());
+        }
+    }
+
+    fn exchange_answering(&self, now: DateTime<Utc>) -> bool {
+        let last = *self.answered_at.lock().unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|at| now - at <= chrono_duration(ANSWERING_WITHIN))
+    }
+
+    /// Set the brake after a pass: engaged with `held`, or released.
+    fn set_brake(&self, held: Option<Held>, pending: usize) {
+        let mut state = self.brake.lock().unwrap_or_else(|p| p.into_inner());
+        match &held {
+            Some(held) => {
+                self.metrics.correction_brake.set(1);
+                self.metrics.corrections_held.set(i64::try_from(held.would_correct).unwrap_or(i64::MAX));
+                tracing::error!(
+                    would_correct = held.would_correct,
+                    pending = held.pending,
+                    max_corrections_per_pass = held.max_corrections,
+                    max_correction_share = held.max_share,
+                    "mass-correction brake engaged: this pass would correct too many rows, so it corrected none; \
+                     check the status words and the key's account, then run `ordersync reconcile --once \
+                     --allow-mass-correction` or raise max_corrections_per_pass"
+                );
+            }
+            None => {
+                self.metrics.correction_brake.set(0);
+                self.metrics.corrections_held.set(0);
+            }
+        }
+        state.held = held;
+        state.pending = pending;
+        state.since_pass = 0;
+    }
+
+    /// The hold for corrections outside a pass (WebSocket and due checks): observe-only, the engaged brake,
+    /// or these `corrections` pushing the WebSocket path since the pass began over the brake's limit.
+    fn hold_outside_pass(&self, corrections: usize) -> Option<Hold> {
+        if self.settings.observe_only {
+            return Some(Hold::Observe);
+        }
+        if corrections == 0 {
+            return None;
+        }
+        let mut state = self.brake.lock().unwrap_or_else(|p| p.into_inner());
+        if state.held.is_some() {
+            return Some(Hold::Brake);
+        }
+        let total = state.since_pass + corrections;
+        let brake = self.settings.brake;
+        if total > brake.max_corrections && !brake.allowed {
+            state.held = Some(Held {
+                would_correct: total,
+                pending: state.pending,
+                max_corrections: brake.max_corrections,
+                max_share: brake.max_share,
+                since: Utc::now(),
+            });
+            self.metrics.correction_brake.set(1);
+            self.metrics.corrections_held.set(i64::try_from(total).unwrap_or(i64::MAX));
+            tracing::error!(
+                would_correct = total,
+                "mass-correction brake engaged by the WebSocket path; corrections wait for an operator"
+            );
+            return Some(Hold::Brake);
+        }
+        state.since_pass = total;
+        None
     }
 
     pub fn store(&self) -> &Store {
@@ -464,15 +684,30 @@ impl Reconciler {
         for row in &rows {
             self.metrics.bot_label(row.bot_id.as_deref());
         }
+        let pending = rows.len();
         let cutoff = Utc::now() - chrono_duration(self.settings.grace);
         let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) =
             rows.into_iter().partition(|r| r.created_at.is_none_or(|at| at <= cutoff));
         let mut report = PassReport { too_young: young.len(), ..PassReport::default() };
+        let ids: Vec<OrderId> = eligible.iter().map(|row| row.order_id.clone()).collect();
+        let mut states = self.check_states(&ids).await;
+        // Unresolved orders whose backoff has them wait are not asked about in this pass.
+        let started = Utc::now();
+        let (due, deferred): (Vec<TradeRow>, Vec<TradeRow>) = eligible
+            .into_iter()
+            .partition(|row| states.get(&row.order_id).and_then(|s| s.next_check_at).is_none_or(|at| at <= started));
+        report.deferred = deferred.len();
+        let flagged_waiting =
+            deferred.iter().filter(|row| states.get(&row.order_id).is_some_and(|s| s.flagged)).count();
+        let since_pass = self.brake.lock().unwrap_or_else(|p| p.into_inner()).since_pass;
+        let brake = self.settings.brake;
         let mut certain = 0usize;
-        let mut unresolved_mismatches = 0;
+        let mut corrections = 0usize;
+        let mut held: Vec<Plan> = Vec::new();
+        let mut planned = 0usize;
         // The next batch's lookup runs while this batch is written, so the exchange and the database work
         // at the same time; lookups only read, so abandoning one on cancellation is harmless.
-        let chunks: Vec<&[TradeRow]> = eligible.chunks(self.settings.batch_size.max(1)).collect();
+        let chunks: Vec<&[TradeRow]> = due.chunks(self.settings.batch_size.max(1)).collect();
         let mut next = chunks.first().map(|chunk| self.prefetch(chunk));
         for (index, chunk) in chunks.iter().enumerate() {
             let Some(mut lookup) = next.take() else { break };
@@ -486,38 +721,68 @@ impl Reconciler {
                 }
             };
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
+            self.note_answers(&answers);
             certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
-            let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
-            let states = self.check_states(&ids).await;
-            let mut items = Vec::with_capacity(chunk.len());
+            let now = Utc::now();
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
             for row in chunk.iter() {
-                if token.is_cancelled() {
-                    report.interrupted = true;
-                    break;
-                }
                 let answer = answers.get(&row.order_id).unwrap_or(&no_answer);
-                items.push(Item { row, answer, state: states.get(&row.order_id), hint: None });
+                let state = states.remove(&row.order_id);
+                let item = Item { row, answer, state: state.as_ref(), hint: None };
+                let plan = self.plan(&item, Source::Poll, now);
+                corrections += usize::from(plan.corrects());
+                held.push(plan);
             }
-            for checked in self.check_many(&items, mode, Source::Poll).await {
-                if checked.verdict == "mismatch" && !matches!(checked.result, "corrected" | "already_settled") {
-                    unresolved_mismatches += 1;
+            planned += chunk.len();
+            // Write as soon as the brake cannot trip whatever the rest of the pass finds; until then, hold.
+            let at_most = since_pass + corrections + (due.len() - planned);
+            if !brake.trips(at_most, pending) {
+                let hold = self.settings.observe_only.then_some(Hold::Observe);
+                for checked in self.apply(std::mem::take(&mut held), mode, Source::Poll, hold).await {
+                    report.checked.push(checked);
+                    progress(report.checked.len(), due.len());
                 }
-                report.checked.push(checked);
-                progress(report.checked.len(), eligible.len());
             }
-            if report.interrupted {
+            if token.is_cancelled() {
+                report.interrupted = true;
                 if let Some(lookup) = next.take() {
                     lookup.abort();
                 }
                 break;
             }
         }
-        let mut asked = eligible.len();
+        if !report.interrupted && !held.is_empty() {
+            // Every order is decided: the brake knows the whole pass.
+            let tripped = brake.trips(since_pass + corrections, pending);
+            let hold = if self.settings.observe_only { Some(Hold::Observe) } else { tripped.then_some(Hold::Brake) };
+            if tripped {
+                report.braked = Some(Held {
+                    would_correct: since_pass + corrections,
+                    pending,
+                    max_corrections: brake.max_corrections,
+                    max_share: brake.max_share,
+                    since: Utc::now(),
+                });
+            }
+            for checked in self.apply(std::mem::take(&mut held), mode, Source::Poll, hold).await {
+                report.checked.push(checked);
+                progress(report.checked.len(), due.len());
+            }
+        }
+        let unresolved_mismatches = report
+            .checked
+            .iter()
+            .filter(|c| c.verdict == "mismatch" && !matches!(c.result, "corrected" | "already_settled"))
+            .count();
+        let mut asked = due.len();
         if !report.interrupted {
-            self.metrics.unresolved_mismatches.set(unresolved_mismatches);
-            let flagged = report.checked.iter().filter(|c| c.verdict == "flagged").count();
+            if mode == Mode::Apply {
+                self.set_brake(report.braked.clone(), pending);
+            }
+            self.metrics.unresolved_mismatches.set(i64::try_from(unresolved_mismatches).unwrap_or(i64::MAX));
+            let flagged = report.checked.iter().filter(|c| c.verdict == "flagged").count() + flagged_waiting;
             self.metrics.flagged_orders.set(flagged as i64);
+            self.metrics.deferred_orders.set(report.deferred as i64);
             let (verified, answered) = self.verify_terminal(mode, token).await;
             asked += verified.len();
             certain += answered;
@@ -712,18 +977,41 @@ impl Reconciler {
 
     /// THE apply path: decide on each item, write every outcome in one batch (unless dry-run), then count,
     /// log and report each. Poll, manual, due and terminal checks all come through here.
-    pub async fn check_many(&self, items: &[Item<'_>], mode: Mode, source: Source) -> Vec<Checked> {
+    pub async fn check_many(&self, items: &[Item<'_, '_>], mode: Mode, source: Source) -> Vec<Checked> {
+        let now = Utc::now();
+        let plans: Vec<Plan> = items.iter().map(|item| self.plan(item, source, now)).collect();
+        let corrections = plans.iter().filter(|plan| plan.corrects()).count();
+        let hold = match (mode, source) {
+            (Mode::DryRun, _) => None,
+            // An operator asked about one order: the brake is for mass corrections.
+            (Mode::Apply, Source::Manual) => self.settings.observe_only.then_some(Hold::Observe),
+            (Mode::Apply, _) => self.hold_outside_pass(corrections),
+        };
+        self.apply(plans, mode, source, hold).await
+    }
+
+    /// Write what the plans say (corrections only without a `hold`), then count, log and report each.
+    async fn apply(&self, plans: Vec<Plan<'_>>, mode: Mode, source: Source, hold: Option<Hold>) -> Vec<Checked> {
         let now = Utc::now();
         let words = self.store.words();
-        let plans: Vec<Plan> = items.iter().map(|item| self.plan(item, source, now)).collect();
-        let writes: Vec<Write<'_>> = match mode {
-            Mode::DryRun => Vec::new(),
-            Mode::Apply => plans.iter().map(|plan| plan.write(source, now)).collect(),
+        let writes: Vec<Option<Write<'_>>> = match mode {
+            Mode::DryRun => plans.iter().map(|_| None).collect(),
+            Mode::Apply => plans.iter().map(|plan| plan.write(source, now, hold)).collect(),
         };
-        let mut written = self.store.write_batch(&writes).await.into_iter();
+        let to_write: Vec<Write<'_>> = writes.iter().flatten().cloned().collect();
+        let mut written = self.store.write_batch(&to_write).await.into_iter();
+        // A check that changed nothing was not written: it did what a written one would.
+        let outcomes: Vec<Option<Result<Written, StoreError>>> = writes
+            .iter()
+            .map(|write| match (mode, write) {
+                (Mode::DryRun, _) => None,
+                (Mode::Apply, Some(_)) => written.next(),
+                (Mode::Apply, None) => Some(Ok(Written::Check { settled: None })),
+            })
+            .collect();
+        drop(writes);
         let mut results = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let outcome = if mode == Mode::Apply { written.next() } else { None };
+        for (plan, outcome) in plans.into_iter().zip(outcomes) {
             let mut checked = plan.checked;
             let bot = plan.row.bot_id.as_deref();
             match (&plan.action, outcome) {
@@ -731,13 +1019,33 @@ impl Reconciler {
                     checked.result = "would_correct";
                     checked.detail = Some(format!("would set {} -> {}", plan.row.status, to.word(words)));
                 }
+                (Action::Correct { to, .. }, Some(Ok(Written::Check { .. }))) => {
+                    let (result, why) = match hold {
+                        Some(Hold::Brake) => ("held", "held by the mass-correction brake"),
+                        _ => ("would_correct", "observe-only"),
+                    };
+                    checked.result = result;
+                    checked.detail = Some(format!("{why}: would set {} -> {}", plan.row.status, to.word(words)));
+                }
                 (
-                    Action::Correct { to, fill },
+                    Action::Correct { to, fill, because },
                     Some(Ok(Written::Correction { applied: Applied::Written { latency, backlog, .. }, settled })),
                 ) => {
+                    let written_off = matches!(because, Because::NotFound { .. });
                     self.metrics.mismatch(plan.row, plan.label);
-                    // A backlog order's latency is the time before ordersync ran, not ordersync's.
-                    self.metrics.correction(plan.row, *to, to.word(words), source, latency, backlog);
+                    // A backlog order's latency is the time before ordersync ran, not ordersync's; an order
+                    // written off never ended on the exchange.
+                    self.metrics.correction(plan.row, *to, to.word(words), source, latency, backlog || written_off);
+                    if let Because::NotFound { at } = because {
+                        self.metrics.written_off.with_label_values(&[self.metrics.bot_label(bot).as_str()]).inc();
+                        tracing::warn!(
+                            order_id = %plan.row.order_id,
+                            not_found_answers = at.len(),
+                            first = %at.first().map(|t| t.to_rfc3339()).unwrap_or_default(),
+                            to = to.word(words),
+                            "not-found policy: Coinbase never knew this order; written off"
+                        );
+                    }
                     // A backlog order ended before ordersync first ran here: outside both SLIs.
                     if let (Some(by), false) = (settled, backlog) {
                         self.metrics.settled(bot, by, late(latency.as_secs_f64()));
@@ -751,7 +1059,15 @@ impl Reconciler {
                         );
                     }
                     checked.result = "corrected";
-                    checked.detail = Some(format!("{} -> {}", plan.row.status, to.word(words)));
+                    checked.detail = Some(match because {
+                        Because::ExchangeEnded => format!("{} -> {}", plan.row.status, to.word(words)),
+                        Because::NotFound { at } => format!(
+                            "{} -> {}: written off by the not-found policy after {} answers of 404",
+                            plan.row.status,
+                            to.word(words),
+                            at.len()
+                        ),
+                    });
                 }
                 (
                     Action::Correct { to, .. },
@@ -783,6 +1099,14 @@ impl Reconciler {
                         let seen = plan.seen.unwrap_or((now, seen_by(source)));
                         self.due.schedule(plan.row.order_id.clone(), Due { at: *until, seen, news: None, source });
                     }
+                    if let Verdict::ProductConflict { exchange } = verdict {
+                        tracing::error!(
+                            order_id = %plan.row.order_id,
+                            row_product = plan.row.product_id.as_deref().unwrap_or(""),
+                            exchange_product = %exchange,
+                            "product conflict: the exchange's order of this id is for another product; not written"
+                        );
+                    }
                     if matches!(verdict, Verdict::TerminalConflict) {
                         tracing::error!(
                             order_id = %plan.row.order_id,
@@ -801,7 +1125,7 @@ impl Reconciler {
     }
 
     /// Decide on one order and count the check; nothing is written yet.
-    fn plan<'a>(&self, item: &Item<'a>, source: Source, now: DateTime<Utc>) -> Plan<'a> {
+    fn plan<'r>(&self, item: &Item<'r, '_>, source: Source, now: DateTime<Utc>) -> Plan<'r> {
         let row = item.row;
         let words = self.store.words();
         let db = DbStatus::classify(&row.status, words);
@@ -812,6 +1136,7 @@ impl Reconciler {
             (a, b) => a.or(b),
         };
         let grace = if source == Source::Manual { Duration::ZERO } else { self.settings.grace };
+        let not_found_before = state.map(|s| s.not_found_at.clone()).unwrap_or_default();
         let context = Context {
             now,
             grace: chrono_duration(grace),
@@ -819,9 +1144,13 @@ impl Reconciler {
             seen_before,
             unresolved_before,
             flag_after: self.settings.flag_after,
+            row_product: row.product_id.clone(),
+            not_found_policy: self.settings.not_found,
+            not_found_before,
+            exchange_answering: self.exchange_answering(now),
         };
         let action = decide(db, item.answer, &context);
-        let (exchange_status, label, ended, filled_size) = match item.answer {
+        let (exchange_status, label, ended, filled_size, exchange_product) = match item.answer {
             Answer::Order(order) => {
                 let ended = ends_order(&order.status).then(|| ended_at(order, &context));
                 (
@@ -829,10 +1158,24 @@ impl Reconciler {
                     order.status.label(),
                     ended,
                     order.filled_size.map(|s| s.to_string()),
+                    Some(order.product_id.clone()),
                 )
             }
-            Answer::NotFound => (None, "NOT_FOUND", None, None),
-            Answer::Ambiguous(_) => (None, "AMBIGUOUS", None, None),
+            Answer::NotFound => (None, "NOT_FOUND", None, None, None),
+            Answer::Ambiguous(_) => (None, "AMBIGUOUS", None, None, None),
+        };
+        // The 404s that count towards the not-found policy: reset by an answer about the order, kept through
+        // an answer that says nothing (an outage).
+        let not_found_at = match item.answer {
+            Answer::NotFound if db == DbStatus::Pending => context.not_found_times(),
+            Answer::Ambiguous(_) => context.not_found_before.clone(),
+            _ => Vec::new(),
+        };
+        let next_check_at = match &action {
+            Action::Keep(Verdict::Unresolved { why, .. }) if db == DbStatus::Pending => {
+                next_check(why, unresolved_before.saturating_add(1), self.settings.poll_interval, now)
+            }
+            _ => None,
         };
         let seen = ended.map(|_| context.first_seen());
         self.metrics.check(action.outcome());
@@ -861,6 +1204,12 @@ impl Reconciler {
             Action::Keep(Verdict::Waiting { until }) => {
                 checked.detail = Some(format!("ended on the exchange; the bot has until {until} to write it"));
             }
+            Action::Keep(Verdict::ProductConflict { exchange }) => {
+                checked.detail = Some(format!(
+                    "the row says product {} but the exchange's order is for {exchange}",
+                    row.product_id.as_deref().unwrap_or("?")
+                ));
+            }
             Action::Keep(Verdict::TerminalConflict) => {
                 checked.detail = Some(format!(
                     "the row says {} but the exchange says {}",
@@ -870,7 +1219,20 @@ impl Reconciler {
             }
             _ => {}
         }
-        Plan { row, action, exchange_status, label, ended, seen, filled_size, checked }
+        Plan {
+            row,
+            action,
+            exchange_status,
+            label,
+            ended,
+            seen,
+            filled_size,
+            exchange_product,
+            previous: state.cloned(),
+            next_check_at,
+            not_found_at,
+            checked,
+        }
     }
 
     fn store_failed(&self, checked: &mut Checked, order_id: &OrderId, error: &StoreError) {

@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, Row, SqlitePool};
 
 use crate::config::{StatusWords, TradesSchema};
-use crate::decide::{late, EndSource, Fill, SettledBy, Terminal};
+use crate::decide::{late, Because, EndSource, Fill, SettledBy, Terminal};
 use crate::order::{parse_timestamp, OrderId, TradeRow};
 
 pub use sql::{BoundSchema, Column, PgType};
@@ -115,6 +115,8 @@ pub struct Correction<'a> {
     pub detected_at: DateTime<Utc>,
     /// The first time ordersync saw the order ended, and how (kept in the check state).
     pub seen: (DateTime<Utc>, EndSource),
+    /// Why: the exchange ended the order, or the not-found policy wrote it off.
+    pub because: &'a Because,
 }
 
 /// One write of a batch.
@@ -167,9 +169,51 @@ pub struct CheckRecord<'a> {
     pub seen: Option<(DateTime<Utc>, EndSource)>,
     /// The bot's row already holds the exchange's outcome: settle the order as the bot's.
     pub settles: bool,
-    /// The bot's terminal row disagrees with the exchange: record the conflict (filled size as the exchange
-    /// gave it).
-    pub conflict: Option<Option<String>>,
+    /// The bot's row disagrees with the exchange: record the conflict.
+    pub conflict: Option<NewConflict>,
+    /// A product conflict recorded earlier no longer holds: remove it.
+    pub clears_conflict: bool,
+    /// When to ask about this order again (`None`: the next pass).
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// The 404s that count towards the not-found policy, oldest first (empty once the order is found).
+    pub not_found_at: &'a [DateTime<Utc>],
+}
+
+/// What kind of disagreement a conflict is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictKind {
+    /// A terminal row the exchange ended with another position (`decide::position_conflict`).
+    Position,
+    /// The bot's row names another product than the exchange's order.
+    Product,
+}
+
+impl ConflictKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConflictKind::Position => "position",
+            ConflictKind::Product => "product",
+        }
+    }
+
+    pub fn parse(word: &str) -> ConflictKind {
+        if word == "product" {
+            ConflictKind::Product
+        } else {
+            ConflictKind::Position
+        }
+    }
+}
+
+/// A conflict to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewConflict {
+    pub kind: ConflictKind,
+    /// The filled size as the exchange gave it.
+    pub filled_size: Option<String>,
+    /// The exchange's product id.
+    pub exchange_product_id: String,
 }
 
 /// One settled order as recorded.
@@ -191,6 +235,7 @@ pub struct SettlementRow {
 /// A terminal row the exchange ended otherwise, still holding the status it was found with.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ConflictRow {
+    pub kind: ConflictKind,
     pub order_id: String,
     pub bot_id: Option<String>,
     pub product_id: Option<String>,
@@ -198,6 +243,8 @@ pub struct ConflictRow {
     pub exchange_status: String,
     pub filled_size: Option<String>,
     pub found_at: DateTime<Utc>,
+    /// The exchange's product id (product conflicts).
+    pub exchange_product_id: Option<String>,
 }
 
 /// Where an order's checks stand.
@@ -212,6 +259,10 @@ pub struct CheckState {
     pub last_checked_at: Option<DateTime<Utc>>,
     /// The first time ordersync saw the order ended, and how.
     pub ended_seen: Option<(DateTime<Utc>, EndSource)>,
+    /// When an unresolved order is next asked about (`None`: the next pass).
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// The 404s that count towards the not-found policy, oldest first.
+    pub not_found_at: Vec<DateTime<Utc>>,
 }
 
 /// One row of the event log.
@@ -235,6 +286,8 @@ pub struct EventRow {
     /// When the order ended on the exchange, and where that time came from (`decide::EndSource`).
     pub ended_at: Option<DateTime<Utc>>,
     pub end_source: Option<String>,
+    /// `None` when the exchange ended the order; `not_found` when the not-found policy wrote it off.
+    pub reason: Option<String>,
 }
 
 #[derive(Clone)]
@@ -638,13 +691,25 @@ impl Store {
                                             .to_string(),
                                     );
                                 }
+                                let not_found = match correction.because {
+                                    Because::NotFound { at } => Some(at),
+                                    Because::ExchangeEnded => None,
+                                };
+                                if let Some(at) = not_found {
+                                    let times: Vec<String> = at.iter().map(|t| t.to_rfc3339()).collect();
+                                    notes.insert(0, format!(
+                                        "not-found policy: Coinbase answered 404 at {} while it answered other \
+                                         orders of the account; written off, no figures",
+                                        times.join(", ")
+                                    ));
+                                }
                                 let note = (!notes.is_empty()).then(|| notes.join("; "));
                                 let event = match &applied {
                                     Applied::Written { applied_at, latency, .. } => Some((
                                         Some(to_word.clone()),
                                         Some(*applied_at),
                                         "applied",
-                                        Some(latency.as_secs_f64()),
+                                        not_found.is_none().then_some(latency.as_secs_f64()),
                                         note,
                                     )),
                                     Applied::RowChanged { now } => Some((
@@ -680,12 +745,16 @@ impl Store {
                                         .bind(note)
                                         .bind(fill.ended_at)
                                         .bind(fill.end_source.as_str())
+                                        .bind(not_found.map(|_| "not_found"))
                                         .execute(&mut *savepoint)
                                         .await?;
                                 }
                                 // A correction settles the order as ordersync's; a row already holding the
                                 // outcome (the bot, or another path of ours that settled it first) as the bot's.
+                                // An order written off by the not-found policy never ended on the exchange: it is
+                                // not a settlement (the accuracy figures are about ended orders).
                                 let settlement = match &applied {
+                                    _ if not_found.is_some() => None,
                                     Applied::Written { applied_at, latency, backlog } => {
                                         Some((SettledBy::Ordersync, *applied_at, Some(latency.as_secs_f64()), *backlog))
                                     }
@@ -725,6 +794,8 @@ impl Store {
                                     .bind(false)
                                     .bind(Some(correction.seen.0))
                                     .bind(Some(correction.seen.1.as_str()))
+                                    .bind(None::<DateTime<Utc>>)
+                                    .bind(not_found.map(|at| join_times(at)))
                                     .execute(&mut *savepoint)
                                     .await?;
                                 Ok(Written::Correction { applied, settled })
@@ -741,15 +812,19 @@ impl Store {
                                     .bind(check.flagged)
                                     .bind(check.seen.map(|(at, _)| at))
                                     .bind(check.seen.map(|(_, by)| by.as_str()))
+                                    .bind(check.next_check_at)
+                                    .bind((!check.not_found_at.is_empty()).then(|| join_times(check.not_found_at)))
                                     .execute(&mut *savepoint)
                                     .await?;
                                 let mut settled = None;
                                 // The bot's row was right (settled by the bot), or ended with another position
                                 // (a conflict: a miss of the bot, and late, whatever happens to the row later).
+                                // A product conflict on a pending row settles nothing: the order is still open
+                                // to the bot, and stuck until a human looks.
                                 let settles = match (check.settles, &check.conflict) {
                                     (true, _) => Some((SettledBy::Bot, false)),
-                                    (false, Some(_)) => Some((SettledBy::Conflict, true)),
-                                    (false, None) => None,
+                                    (false, Some(c)) if c.kind == ConflictKind::Position => Some((SettledBy::Conflict, true)),
+                                    (false, _) => None,
                                 };
                                 if let Some((by, late)) = settles {
                                     let settlement = NewSettlement {
@@ -768,21 +843,23 @@ impl Store {
                                         .rows_affected();
                                     settled = (inserted > 0).then_some(by);
                                 }
-                                if check.settles {
+                                if check.settles || check.clears_conflict {
                                     sqlx::query(sql::DELETE_CONFLICT)
                                         .bind(row.order_id.as_str())
                                         .execute(&mut *savepoint)
                                         .await?;
                                 }
-                                if let Some(filled_size) = &check.conflict {
+                                if let Some(conflict) = &check.conflict {
                                     sqlx::query(sql::UPSERT_CONFLICT)
                                         .bind(row.order_id.as_str())
                                         .bind(row.bot_id.as_deref())
                                         .bind(row.product_id.as_deref())
                                         .bind(&row.status)
                                         .bind(check.exchange_status.unwrap_or_default())
-                                        .bind(filled_size.as_deref())
+                                        .bind(conflict.filled_size.as_deref())
                                         .bind(check.at)
+                                        .bind(conflict.kind.as_str())
+                                        .bind(&conflict.exchange_product_id)
                                         .execute(&mut *savepoint)
                                         .await?;
                                 }
@@ -854,6 +931,17 @@ impl Store {
         Ok(bots)
     }
 
+    /// The orders whose backoff has them wait past `now`: not asked about in a pass before then.
+    pub async fn deferred(&self, now: DateTime<Utc>) -> Result<std::collections::HashSet<OrderId>, StoreError> {
+        if !self.has_own_tables() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let ids: Vec<String> = on_pool!(self, pool => {
+            sqlx::query_scalar(sql::SELECT_DEFERRED).bind(now).fetch_all(pool).await?
+        });
+        Ok(ids.iter().filter_map(|id| OrderId::parse(id).ok()).collect())
+    }
+
     /// Terminal conflicts whose row still holds the status they were found with, oldest first.
     pub async fn conflicts(&self) -> Result<Vec<ConflictRow>, StoreError> {
         if !self.has_own_tables() {
@@ -867,6 +955,8 @@ impl Store {
                 .iter()
                 .map(|row| {
                     Ok(ConflictRow {
+                        kind: ConflictKind::parse(&row.try_get::<String, _>(7)?),
+                        exchange_product_id: row.try_get(8)?,
                         order_id: row.try_get(0)?,
                         bot_id: row.try_get(1)?,
                         product_id: row.try_get(2)?,
@@ -955,6 +1045,20 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
+}
+
+/// Times as kept in `not_found_at`: RFC 3339, space-separated, oldest first.
+fn join_times(times: &[DateTime<Utc>]) -> String {
+    times.iter().map(|t| t.to_rfc3339()).collect::<Vec<_>>().join(" ")
+}
+
+/// The times `join_times` wrote; a word that is not a time is skipped.
+fn split_times(text: Option<&str>) -> Vec<DateTime<Utc>> {
+    text.unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .collect()
 }
 
 /// Whether the database refused for lack of privilege (PostgreSQL 42501) or a read-only file (SQLite 8).
@@ -1087,6 +1191,8 @@ where
                 let source: Option<String> = row.try_get(9)?;
                 at.map(|at| (at, source.as_deref().and_then(EndSource::parse).unwrap_or(EndSource::SeenPoll)))
             },
+            next_check_at: row.try_get(10)?,
+            not_found_at: split_times(row.try_get::<Option<String>, _>(11)?.as_deref()),
         },
     ))
 }
@@ -1143,6 +1249,7 @@ where
         note: row.try_get(14)?,
         ended_at: row.try_get(15)?,
         end_source: row.try_get(16)?,
+        reason: row.try_get(17)?,
     })
 }
 

@@ -34,6 +34,12 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_settlements.sql"),
         postgres: include_str!("../../migrations/postgres/0003_settlements.sql"),
     },
+    Migration {
+        version: 4,
+        name: "backoff_and_not_found",
+        sqlite: include_str!("../../migrations/sqlite/0004_backoff_and_not_found.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_backoff_and_not_found.sql"),
+    },
 ];
 
 pub(super) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ordersync_migrations \
@@ -47,8 +53,8 @@ pub(super) const PG_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7261736
 
 pub(super) const INSERT_EVENT: &str = "INSERT INTO ordersync_events (order_id, bot_id, product_id, from_status, \
      to_status, exchange_status, exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, \
-     latency_seconds, note, ended_at, end_source) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+     latency_seconds, note, ended_at, end_source, reason) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 /// One settled order; a second settlement of the same order changes nothing (it is counted once).
 pub(super) const INSERT_SETTLEMENT: &str = "INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, \
@@ -62,17 +68,20 @@ pub(super) const SELECT_SETTLEMENTS_SINCE: &str = "SELECT order_id, bot_id, sett
 pub(super) const SELECT_KNOWN_BOTS: &str = "SELECT DISTINCT bot_id FROM ordersync_settlements";
 
 pub(super) const UPSERT_CONFLICT: &str = "INSERT INTO ordersync_conflicts (order_id, bot_id, product_id, row_status, \
-     exchange_status, filled_size, found_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     exchange_status, filled_size, found_at, kind, exchange_product_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
      ON CONFLICT (order_id) DO UPDATE SET row_status = excluded.row_status, \
-     exchange_status = excluded.exchange_status, filled_size = excluded.filled_size, found_at = excluded.found_at";
+     exchange_status = excluded.exchange_status, filled_size = excluded.filled_size, found_at = excluded.found_at, \
+     kind = excluded.kind, exchange_product_id = excluded.exchange_product_id";
 
 pub(super) const DELETE_CONFLICT: &str = "DELETE FROM ordersync_conflicts WHERE order_id = $1";
 
 /// `$6` says whether this check was unresolved: it extends or resets the run of unresolved checks. `$8` and
-/// `$9`, when and how the order was seen ended, are kept only if it is the first sighting.
+/// `$9`, when and how the order was seen ended, are kept only if it is the first sighting. `$10` is when to
+/// ask again (the backoff), `$11` the counted 404s.
 pub(super) const UPSERT_CHECK: &str = "INSERT INTO ordersync_order_checks (order_id, first_checked_at, \
      last_checked_at, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged, \
-     ended_seen_at, ended_seen_source) VALUES ($1, $2, $2, 1, CASE WHEN $6 THEN 1 ELSE 0 END, $3, $4, $5, $7, $8, $9) \
+     ended_seen_at, ended_seen_source, next_check_at, not_found_at) \
+     VALUES ($1, $2, $2, 1, CASE WHEN $6 THEN 1 ELSE 0 END, $3, $4, $5, $7, $8, $9, $10, $11) \
      ON CONFLICT (order_id) DO UPDATE SET last_checked_at = excluded.last_checked_at, \
      checks = ordersync_order_checks.checks + 1, \
      unresolved_in_a_row = CASE WHEN $6 THEN ordersync_order_checks.unresolved_in_a_row + 1 ELSE 0 END, \
@@ -80,7 +89,11 @@ pub(super) const UPSERT_CHECK: &str = "INSERT INTO ordersync_order_checks (order
      last_error = excluded.last_error, flagged = excluded.flagged, \
      ended_seen_source = CASE WHEN ordersync_order_checks.ended_seen_at IS NULL THEN excluded.ended_seen_source \
      ELSE ordersync_order_checks.ended_seen_source END, \
-     ended_seen_at = COALESCE(ordersync_order_checks.ended_seen_at, excluded.ended_seen_at)";
+     ended_seen_at = COALESCE(ordersync_order_checks.ended_seen_at, excluded.ended_seen_at), \
+     next_check_at = excluded.next_check_at, not_found_at = excluded.not_found_at";
+
+/// Orders whose backoff has them wait past `$1`.
+pub(super) const SELECT_DEFERRED: &str = "SELECT order_id FROM ordersync_order_checks WHERE next_check_at > $1";
 
 /// `$1, $2, … $count`.
 fn placeholders(count: usize) -> String {
@@ -91,7 +104,8 @@ pub(super) fn select_checks(count: usize) -> String {
     let placeholders = placeholders(count);
     format!(
         "SELECT order_id, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged, \
-         last_checked_at, ended_seen_at, ended_seen_source FROM ordersync_order_checks WHERE order_id IN ({placeholders})"
+         last_checked_at, ended_seen_at, ended_seen_source, next_check_at, not_found_at FROM ordersync_order_checks \
+         WHERE order_id IN ({placeholders})"
     )
 }
 
@@ -100,7 +114,7 @@ pub(super) fn select_events(one_order: bool) -> String {
     format!(
         "SELECT order_id, bot_id, product_id, from_status, to_status, exchange_status, exchange_fill_time, \
          fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note, ended_at, \
-         end_source FROM ordersync_events {filter}ORDER BY id"
+         end_source, reason FROM ordersync_events {filter}ORDER BY id"
     )
 }
 
@@ -509,7 +523,8 @@ impl BoundSchema {
     /// own key, so the bot's index serves it).
     pub(super) fn select_conflicts(&self) -> String {
         format!(
-            "SELECT c.order_id, c.bot_id, c.product_id, c.row_status, c.exchange_status, c.filled_size, c.found_at \
+            "SELECT c.order_id, c.bot_id, c.product_id, c.row_status, c.exchange_status, c.filled_size, c.found_at, \
+             c.kind, c.exchange_product_id \
              FROM ordersync_conflicts c JOIN {table} t ON t.{order_id} = {key} \
              AND CAST(t.{status} AS TEXT) = c.row_status ORDER BY c.found_at, c.order_id",
             table = self.config.table.quoted(),

@@ -243,10 +243,19 @@ pub fn config(db: &TestDb) -> Config {
     config_with(db, "")
 }
 
-/// As `config`, with a TOML file's text on top (a `grace` there replaces the tests' 0s).
+/// As `config`, with a TOML file's text on top (a `grace` there replaces the tests' 0s; a
+/// `max_correction_share` there replaces the tests' 1, which lets a pass correct every pending row: the tests
+/// of the brake set it).
 pub fn config_with(db: &TestDb, file: &str) -> Config {
-    let grace = (!file.lines().any(|line| line.trim_start().starts_with("grace"))).then(|| "0s".to_string());
-    let overrides = Overrides { database_url: Some(db.url.clone().into()), grace, ..Overrides::default() };
+    let unless = |key: &str, value: &str| {
+        (!file.lines().any(|line| line.trim_start().starts_with(key))).then(|| value.to_string())
+    };
+    let overrides = Overrides {
+        database_url: Some(db.url.clone().into()),
+        grace: unless("grace", "0s"),
+        max_correction_share: unless("max_correction_share", "1"),
+        ..Overrides::default()
+    };
     let file = FileConfig::parse(file, std::path::Path::new("test.toml")).unwrap();
     ordersync::config::resolve(&overrides, &file, "test.toml").unwrap()
 }

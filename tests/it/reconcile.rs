@@ -123,11 +123,13 @@ async fn open_orders_stay_pending_and_unknown_ones_are_flagged_after_n_checks(ba
     sandbox.force_status(&weird, "UNKNOWN_ORDER_STATUS").unwrap();
     let ghost = "0c5e2f39-0000-4000-8000-000000000000";
     db.insert_pending(ghost, "alpha", "AVNT-USD", Utc::now() - chrono::Duration::minutes(18)).await;
-    let config = config_with(&db, "flag_after = 3");
+    // Unresolved orders back off from the poll interval (10, 20, 40 ms here): each pass below is past it.
+    let config = config_with(&db, "flag_after = 3\npoll_interval = \"10ms\"");
     let (reconciler, metrics) = reconciler(&db, &sandbox, &config).await;
 
     let mut verdicts = Vec::new();
     for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
         let verdict_of = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().verdict;
         verdicts.push((verdict_of(&open), verdict_of(&weird), verdict_of(ghost)));
