@@ -18,15 +18,17 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{format_duration, EmailConfig, SmtpTls};
-use crate::db::Store;
+use crate::db::{ConflictKind, Store};
 use crate::decide::PendingKind;
 use crate::metrics::Metrics;
 
 /// One stuck order (or terminal conflict) as the mail lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StuckOrder {
-    /// A terminal row the exchange ended otherwise, not a pending one.
+    /// A terminal row the exchange ended otherwise (or a row naming another product), not a stuck one.
     pub conflict: bool,
+    /// A pending order the not-found policy wrote off in the last hour.
+    pub written_off: bool,
     pub order_id: String,
     pub bot: String,
     pub product: String,
@@ -156,13 +158,17 @@ pub fn compose(
     bots.sort_unstable();
     bots.dedup();
     let prefix = if kind == MailKind::Reminder { "[ordersync] STILL: " } else { "[ordersync] " };
-    let (conflicts, pending): (Vec<&StuckOrder>, Vec<&StuckOrder>) = stuck.iter().partition(|o| o.conflict);
+    let (written_off, stuck): (Vec<&StuckOrder>, Vec<&StuckOrder>) = stuck.iter().partition(|o| o.written_off);
+    let (conflicts, pending): (Vec<&StuckOrder>, Vec<&StuckOrder>) = stuck.into_iter().partition(|o| o.conflict);
     let mut what = Vec::new();
     if !pending.is_empty() {
         what.push(format!("{} orders stuck pending longer than {threshold}", pending.len()));
     }
     if !conflicts.is_empty() {
         what.push(format!("{} terminal conflicts", conflicts.len()));
+    }
+    if !written_off.is_empty() {
+        what.push(format!("{} orders Coinbase never knew written off", written_off.len()));
     }
     let subject = format!("{prefix}{} (bots: {})", what.join(", "), bots.join(", "));
     let mut body = String::new();
@@ -174,6 +180,19 @@ pub fn compose(
         );
         body.push_str(&format!("{:<38}  {:<12}  {:<12}  {}\n", "ORDER_ID", "BOT", "PRODUCT", "ROW / EXCHANGE"));
         for order in &conflicts {
+            body.push_str(&format!(
+                "{:<38}  {:<12}  {:<12}  {}\n",
+                order.order_id, order.bot, order.product, order.action
+            ));
+        }
+        body.push('\n');
+    }
+    if !written_off.is_empty() {
+        body.push_str(
+            "WRITTEN OFF: pending orders Coinbase answered 404 for, repeatedly, while it answered other orders; the\n\
+             not-found policy wrote them (docs/runbooks.md#ordersyncorderswrittenoff).\n\n",
+        );
+        for order in &written_off {
             body.push_str(&format!(
                 "{:<38}  {:<12}  {:<12}  {}\n",
                 order.order_id, order.bot, order.product, order.action
@@ -237,6 +256,7 @@ async fn stuck_orders(store: &Store, stuck_after: Duration) -> Result<Vec<StuckO
             let state = states.get(&row.order_id);
             StuckOrder {
                 conflict: false,
+                written_off: false,
                 age_seconds: row.age(now).map_or(-1, |age| age.num_seconds()),
                 order_id: row.order_id.to_string(),
                 bot: row.bot_id.unwrap_or_else(|| "-".into()),
@@ -250,14 +270,37 @@ async fn stuck_orders(store: &Store, stuck_after: Duration) -> Result<Vec<StuckO
         });
     let conflicts = conflicts.into_iter().map(|c| StuckOrder {
         conflict: true,
+        written_off: false,
         order_id: c.order_id,
         bot: c.bot_id.unwrap_or_else(|| "-".into()),
         product: c.product_id.unwrap_or_else(|| "-".into()),
         age_seconds: (now - c.found_at).num_seconds(),
         last_exchange_status: c.exchange_status.clone(),
-        action: format!("row {} / Coinbase {}", c.row_status, c.exchange_status),
+        action: match c.kind {
+            ConflictKind::Position => format!("row {} / Coinbase {}", c.row_status, c.exchange_status),
+            ConflictKind::Product => format!(
+                "product conflict: Coinbase's order is for {}; not written",
+                c.exchange_product_id.as_deref().unwrap_or("?")
+            ),
+        },
     });
-    Ok(stuck.chain(conflicts).collect())
+    // Orders the not-found policy wrote off in the last hour: told once, in the mail of the hour.
+    let written_off = store.written_off_since(now - chrono::Duration::hours(1)).await?;
+    let written_off = written_off.into_iter().map(|event| StuckOrder {
+        conflict: false,
+        written_off: true,
+        order_id: event.order_id,
+        bot: event.bot_id.unwrap_or_else(|| "-".into()),
+        product: event.product_id.unwrap_or_else(|| "-".into()),
+        age_seconds: (now - event.detected_at).num_seconds(),
+        last_exchange_status: "NOT_FOUND".into(),
+        action: format!(
+            "written off as {} by the not-found policy: {}",
+            event.to_status.as_deref().unwrap_or("?"),
+            event.note.as_deref().unwrap_or("")
+        ),
+    });
+    Ok(stuck.chain(conflicts).chain(written_off).collect())
 }
 
 /// The SMTP transport the config describes.
@@ -375,6 +418,7 @@ mod tests {
         (0..n)
             .map(|i| StuckOrder {
                 conflict: false,
+                written_off: false,
                 order_id: format!("order-{i}"),
                 bot: if i % 2 == 0 { "alpha".into() } else { "beta".into() },
                 product: "AVNT-USD".into(),
@@ -442,6 +486,7 @@ mod tests {
         let mut orders = stuck(1);
         orders.push(StuckOrder {
             conflict: true,
+            written_off: false,
             order_id: "order-c".into(),
             bot: "gamma".into(),
             product: "BTC-USD".into(),

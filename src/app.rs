@@ -144,6 +144,7 @@ pub struct App {
     metrics_refresh: Duration,
     websocket: Option<Listener>,
     email: Option<(crate::config::EmailConfig, Duration)>,
+    retention: Option<Duration>,
 }
 
 impl App {
@@ -209,7 +210,21 @@ impl App {
             exchange_stale_after: (config.poll_interval * 3).max(Duration::from_secs(120)),
         };
         let email = config.email.clone().map(|email| (email, config.stuck_after));
-        Ok(App { listener, state, reconciler, metrics_refresh: config.metrics_refresh, websocket, email })
+        state.metrics.observe_only.set(i64::from(config.observe_only));
+        if config.observe_only {
+            tracing::warn!(
+                "observe-only: every check runs and every number is exported; nothing is written to the bot's table"
+            );
+        }
+        Ok(App {
+            listener,
+            state,
+            reconciler,
+            metrics_refresh: config.metrics_refresh,
+            websocket,
+            email,
+            retention: config.retention,
+        })
     }
 
     /// The address the HTTP server listens on.
@@ -266,6 +281,10 @@ impl App {
                 token.child_token(),
             ));
         }
+        if let Some(retention) = self.retention {
+            let (store, child) = (self.state.store.clone(), token.child_token());
+            tracker.spawn(async move { prune_daily(store, retention, child).await });
+        }
         let metrics = self.state.metrics.clone();
         let store = self.state.store.clone();
         let refresh = self.metrics_refresh;
@@ -295,6 +314,32 @@ impl App {
         }
         self.state.store.close().await;
         served.map_err(AppError::Serve)
+    }
+}
+
+/// How often `serve` prunes with the retention setting (the first time a minute after it starts).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Delete ordersync's own rows older than `retention` once a day (`Store::prune`, audit events kept).
+async fn prune_daily(store: Store, retention: Duration, token: CancellationToken) {
+    let mut pause = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = PRUNE_EVERY;
+        let age = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let before = chrono::Utc::now().checked_sub_signed(age).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        match store.prune(before, false).await {
+            Ok(pruned) => tracing::info!(
+                check_states = pruned.check_states,
+                settlements = pruned.settlements,
+                retention = %crate::config::format_duration(retention),
+                "pruned ordersync's rows past the retention"
+            ),
+            Err(error) => tracing::warn!(%error, "pruning past the retention failed; trying again tomorrow"),
+        }
     }
 }
 

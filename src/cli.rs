@@ -108,7 +108,7 @@ pub struct Global {
     #[arg(long, global = true, env = config::ENV_MAX_CORRECTION_SHARE, value_name = "SHARE")]
     pub max_correction_share: Option<String>,
     /// Check and export everything, write nothing to the bot's table: on or off [default: off]
-    #[arg(long, global = true, env = config::ENV_OBSERVE_ONLY, value_name = "ON|OFF", num_args = 0..=1, default_missing_value = "on")]
+    #[arg(long, global = true, env = config::ENV_OBSERVE_ONLY, value_name = "ON|OFF", num_args = 0..=1, require_equals = true, default_missing_value = "on")]
     pub observe_only: Option<String>,
     /// serve prunes check state of settled orders and settlements older than this, daily: 90d, or off
     /// [default: 90d]
@@ -211,6 +211,23 @@ pub enum Command {
         /// Do not create or update ordersync's tables; refuse to run unless they are current
         #[arg(long)]
         no_migrate: bool,
+        /// Write the corrections even when they are more than max_corrections_per_pass or
+        /// max_correction_share allow (after checking why so many rows disagree)
+        #[arg(long, requires = "once")]
+        allow_mass_correction: bool,
+    },
+    /// Delete ordersync's own old rows: check state of settled orders, settlements (and with --events the
+    /// audit events). Never a row of the bot's table. serve does this daily with the retention setting
+    #[command(
+        after_help = "Examples:\n  ordersync prune --older-than 90d\n  ordersync prune --older-than 1y --events"
+    )]
+    Prune {
+        /// Delete what is older than this: 90d, 2160h [default: the retention setting, 90d]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        older_than: Option<std::time::Duration>,
+        /// Delete the audit events (ordersync_events) older than that too; they are kept otherwise
+        #[arg(long)]
+        events: bool,
     },
     /// Audit every pending order (bot, product, age, Coinbase status, verdict) and the terminal conflicts (rows
     /// the bot ended with another position than Coinbase). Writes nothing
@@ -371,9 +388,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let config = load_config(&cli.global)?;
     match cli.command {
         Command::Serve { no_migrate } => serve(&config, no_migrate).await.map(|()| 0),
-        Command::Reconcile { once, dry_run, json, no_migrate } => {
+        Command::Reconcile { once, dry_run, json, no_migrate, allow_mass_correction } => {
+            let mut config = config;
+            config.brake.allowed = allow_mass_correction;
             reconcile(&config, once, dry_run, json, no_migrate).await
         }
+        Command::Prune { older_than, events } => prune(&config, older_than, events).await.map(|()| 0),
         Command::Audit { json, fail_on_mismatch } => audit(&config, json, fail_on_mismatch).await,
         Command::Migrate => migrate(&config).await.map(|()| 0),
         Command::Report { since, format, output } => {
@@ -491,6 +511,16 @@ async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_mi
     } else {
         print_summary(&report, dry_run);
     }
+    if let Some(held) = &report.braked {
+        eprintln!(
+            "error: the mass-correction brake held every correction: this pass would correct {} of {} pending \
+             rows (max_corrections_per_pass {}, max_correction_share {}); nothing was corrected. Check the status \
+             words and that the key is the bot's account (ordersync audit), then run `ordersync reconcile --once \
+             --allow-mass-correction`",
+            held.would_correct, held.pending, held.max_corrections, held.max_share
+        );
+        return Ok(1);
+    }
     // Automation must be able to trust the exit code: a pass that checked nothing, or was cut short, failed.
     if let Some(why) = pass_failure(&report) {
         let written = if dry_run { "nothing was written" } else { "what was written stands" };
@@ -498,6 +528,28 @@ async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_mi
         return Ok(1);
     }
     Ok(0)
+}
+
+async fn prune(config: &Config, older_than: Option<std::time::Duration>, events: bool) -> anyhow::Result<()> {
+    let Some(older_than) = older_than.or(config.retention) else {
+        return Err(UsageError("retention is off: say how old with --older-than, e.g. --older-than 90d".into()).into());
+    };
+    let store = app::connect_store(config).await.map_err(app_error)?;
+    if !store.has_own_tables() {
+        return Err(app_error(StoreError::NotMigrated { url: store.url().to_string() }.into()));
+    }
+    let age = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let before = chrono::Utc::now().checked_sub_signed(age).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let pruned = store.prune(before, events).await.context("pruning")?;
+    println!(
+        "deleted, older than {}: {} check states of settled orders, {} settlements, {} audit events{}",
+        config::format_duration(older_than),
+        pruned.check_states,
+        pruned.settlements,
+        pruned.events,
+        if events { "" } else { " (kept: add --events to delete them)" }
+    );
+    Ok(())
 }
 
 /// Exit 1, saying why on stderr, when a pass checked nothing or was cut short: its figures are not the

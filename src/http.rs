@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::config::parse_duration;
-use crate::db::Store;
+use crate::db::{ConflictKind, Store};
 use crate::decide::PendingKind;
 use crate::metrics::{ExchangeHealth, Metrics};
 use crate::order::OrderId;
@@ -177,7 +177,11 @@ struct SyncStatusRow {
     created_raw: Option<String>,
     age_seconds: Option<i64>,
     last_exchange_status: Option<String>,
-    last_checked_at: Option<chrono::DateTime<Utc>>,
+    /// The last check that changed something (a check that finds what the previous one found writes
+    /// nothing).
+    last_changed_at: Option<chrono::DateTime<Utc>>,
+    /// An unresolved order's backoff: not asked about before then (`null`: at the next pass).
+    next_check_at: Option<chrono::DateTime<Utc>>,
     verdict: String,
     checks: i64,
     flagged: bool,
@@ -228,7 +232,8 @@ async fn sync_status(
                 db_status: row.status,
                 created_at: row.created_at,
                 last_exchange_status: check.and_then(|c| c.last_exchange_status.clone()),
-                last_checked_at: check.and_then(|c| c.last_checked_at),
+                last_changed_at: check.and_then(|c| c.last_checked_at),
+                next_check_at: check.and_then(|c| c.next_check_at),
                 verdict: check.map_or_else(|| "not_checked".to_string(), |c| c.last_verdict.clone()),
                 checks: check.map_or(0, |c| c.checks),
                 flagged: check.is_some_and(|c| c.flagged),
@@ -240,20 +245,31 @@ async fn sync_status(
             }
         })
         .collect();
-    // Terminal rows the exchange ended otherwise: a position the bot does not know about.
-    let conflicts: Vec<_> = state
+    // Terminal rows the exchange ended otherwise (a position the bot does not know about), and rows naming
+    // another product than the exchange's order.
+    let (conflicts, product_conflicts): (Vec<_>, Vec<_>) = state
         .store
         .conflicts()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .into_iter()
         .filter(|c| query.bot.as_deref().is_none_or(|bot| c.bot_id.as_deref() == Some(bot)))
-        .collect();
+        .partition(|c| c.kind == ConflictKind::Position);
+    let settings = state.reconciler.settings();
     Ok(Json(serde_json::json!({
         "generated_at": now,
         "count": orders.len(),
         "orders": orders,
         "terminal_conflicts": conflicts,
+        "product_conflicts": product_conflicts,
+        "observe_only": settings.observe_only,
+        "correction_brake": {
+            "engaged": state.reconciler.brake_held().is_some(),
+            "held": state.reconciler.brake_held(),
+            "max_corrections_per_pass": settings.brake.max_corrections,
+            "max_correction_share": settings.brake.max_share,
+            "release": "ordersync reconcile --once --allow-mass-correction, or raise max_corrections_per_pass",
+        },
     }))
     .into_response())
 }

@@ -351,6 +351,8 @@ pub struct Store {
     /// ordersync's own tables are at the current migration. Until they are, reading them finds nothing
     /// (read-only commands work on a database never migrated) and nothing is written to them.
     ours: Arc<std::sync::atomic::AtomicBool>,
+    /// The longest a write transaction lasted, begin to commit, in microseconds (the benchmark prints it).
+    longest_write: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -456,8 +458,14 @@ impl Store {
                 bound.set_created_form(sql::CreatedForm::of(&kind, &text));
             }
         }
-        let store =
-            Store { pool, schema: Arc::new(bound), url: shown, watched_since: Arc::default(), ours: Arc::default() };
+        let store = Store {
+            pool,
+            schema: Arc::new(bound),
+            url: shown,
+            watched_since: Arc::default(),
+            ours: Arc::default(),
+            longest_write: Arc::default(),
+        };
         store.read_watched_since().await;
         let current = store.migrations_current().await.unwrap_or(false);
         store.ours.store(current, std::sync::atomic::Ordering::Release);
@@ -524,6 +532,17 @@ impl Store {
         self.read_watched_since().await;
         self.ours.store(true, std::sync::atomic::Ordering::Release);
         Ok(applied)
+    }
+
+    /// The longest a write transaction of `write_batch` held the database, begin to commit.
+    pub fn longest_write_transaction(&self) -> Duration {
+        Duration::from_micros(self.longest_write.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn held_for(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.longest_write.fetch_max(micros, std::sync::atomic::Ordering::Relaxed);
+        tracing::trace!(held_ms = took.as_secs_f64() * 1000.0, "write transaction committed");
     }
 
     /// Whether ordersync's own tables are there, at the current migration.
@@ -621,12 +640,30 @@ impl Store {
         Ok(states)
     }
 
-    /// Write many checks in one transaction, each in a savepoint of its own: a correction's update, event,
-    /// settlement and check state stand or fall together, one write's failure rolls back only that write,
-    /// and the whole batch costs one commit (on SQLite, one sync to disk instead of one per order).
+    /// Write many checks in transactions of at most `WRITES_PER_TRANSACTION`, each write in a savepoint of
+    /// its own: a correction's update, event, settlement and check state stand or fall together, one write's
+    /// failure rolls back only that write, and a hundred orders cost one commit (on SQLite, one sync to disk
+    /// instead of one per order).
     ///
-    /// Returns one result per write, in order. If the transaction itself fails, every write reports it.
+    /// Returns one result per write, in order. If a transaction itself fails, each of its writes reports it.
     pub async fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<Written, StoreError>> {
+        let mut results = Vec::with_capacity(writes.len());
+        // Short transactions: the bot's own writers never wait on ordersync for long (on SQLite a write
+        // transaction locks the whole database).
+        for slice in writes.chunks(WRITES_PER_TRANSACTION) {
+            let began = std::time::Instant::now();
+            results.extend(self.write_transaction(slice).await);
+            if self.backend() == Backend::Sqlite {
+                // SQLite is not fair to waiting writers: a bot's busy handler polls, and back-to-back
+                // transactions could leave it no gap for longer than its busy timeout. Leave the database
+                // free for as long as ordersync just held it.
+                tokio::time::sleep(began.elapsed().max(MIN_SQLITE_PAUSE)).await;
+            }
+        }
+        results
+    }
+
+    async fn write_transaction(&self, writes: &[Write<'_>]) -> Vec<Result<Written, StoreError>> {
         if writes.is_empty() {
             return Vec::new();
         }
@@ -637,6 +674,7 @@ impl Store {
         let pending = schema.words().pending.clone();
         let batch: Result<Vec<Result<Written, StoreError>>, sqlx::Error> = on_pool!(self, pool => {
             async {
+                let began = std::time::Instant::now();
                 let mut tx = pool.begin().await?;
                 let mut results = Vec::with_capacity(writes.len());
                 for write in writes {
@@ -880,6 +918,7 @@ impl Store {
                     }
                 }
                 tx.commit().await?;
+                self.held_for(began.elapsed());
                 Ok(results)
             }
             .await
@@ -929,6 +968,36 @@ impl Store {
         bots.sort();
         bots.dedup();
         Ok(bots)
+    }
+
+    /// Delete ordersync's own rows older than `before`: check state of settled orders, settlements, and the
+    /// audit events when `events` is set. Never a row of the bot's table. Deleted a slice at a time, each
+    /// its own short transaction.
+    ///
+    /// # Errors
+    /// A query failed; what was deleted before stays deleted.
+    pub async fn prune(&self, before: DateTime<Utc>, events: bool) -> Result<Pruned, StoreError> {
+        let mut pruned = Pruned::default();
+        if !self.has_own_tables() {
+            return Err(StoreError::NotMigrated { url: self.url.clone() });
+        }
+        let mut steps =
+            vec![(sql::PRUNE_CHECKS, &mut pruned.check_states), (sql::PRUNE_SETTLEMENTS, &mut pruned.settlements)];
+        if events {
+            steps.push((sql::PRUNE_EVENTS, &mut pruned.events));
+        }
+        for (text, count) in steps {
+            loop {
+                let deleted = on_pool!(self, pool => {
+                    sqlx::query(text).bind(before).bind(PRUNE_SLICE).execute(pool).await?.rows_affected()
+                });
+                *count += deleted;
+                if deleted < u64::try_from(PRUNE_SLICE).unwrap_or(u64::MAX) {
+                    break;
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     /// The orders whose backoff has them wait past `now`: not asked about in a pass before then.
@@ -1030,7 +1099,7 @@ impl Store {
         if !self.has_own_tables() {
             return Ok(Vec::new());
         }
-        let sql = sql::select_events(order_id.is_some());
+        let sql = sql::select_events(if order_id.is_some() { sql::EventFilter::Order } else { sql::EventFilter::All });
         let rows = on_pool!(self, pool => {
             let mut query = sqlx::query(&sql);
             if let Some(id) = order_id {
@@ -1041,10 +1110,41 @@ impl Store {
         Ok(rows)
     }
 
+    /// The events of orders the not-found policy wrote off since `since`, oldest first.
+    pub async fn written_off_since(&self, since: DateTime<Utc>) -> Result<Vec<EventRow>, StoreError> {
+        if !self.has_own_tables() {
+            return Ok(Vec::new());
+        }
+        let sql = sql::select_events(sql::EventFilter::WrittenOffSince);
+        let rows = on_pool!(self, pool => {
+            sqlx::query(&sql).bind(since).fetch_all(pool).await?.iter().map(read_event).collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+
     /// Close the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
+}
+
+/// At most this many orders' writes share one transaction (`benches/reconcile.rs` measures how long one holds
+/// SQLite's write lock).
+pub const WRITES_PER_TRANSACTION: usize = 100;
+
+/// After each write transaction on SQLite, ordersync leaves the database free at least this long (and at
+/// least as long as it held it).
+const MIN_SQLITE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Rows deleted per statement when pruning.
+const PRUNE_SLICE: i64 = 5000;
+
+/// What `Store::prune` deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    pub check_states: u64,
+    pub settlements: u64,
+    pub events: u64,
 }
 
 /// Times as kept in `not_found_at`: RFC 3339, space-separated, oldest first.

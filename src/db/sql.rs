@@ -92,6 +92,19 @@ pub(super) const UPSERT_CHECK: &str = "INSERT INTO ordersync_order_checks (order
      ended_seen_at = COALESCE(ordersync_order_checks.ended_seen_at, excluded.ended_seen_at), \
      next_check_at = excluded.next_check_at, not_found_at = excluded.not_found_at";
 
+/// Retention, a slice at a time (short transactions on SQLite): check state of orders settled before `$1`
+/// or whose last check found them done (corrected, changed by the bot, settled by it) before `$1`...
+pub(super) const PRUNE_CHECKS: &str = "DELETE FROM ordersync_order_checks WHERE order_id IN (\
+     SELECT order_id FROM ordersync_order_checks WHERE (last_checked_at < $1 \
+     AND last_verdict IN ('corrected', 'row_changed', 'settled_by_bot')) \
+     OR order_id IN (SELECT order_id FROM ordersync_settlements WHERE settled_at < $1) LIMIT $2)";
+/// ... then the settlements themselves (the figures of `report` and the per-day counts) ...
+pub(super) const PRUNE_SETTLEMENTS: &str = "DELETE FROM ordersync_settlements WHERE order_id IN (\
+     SELECT order_id FROM ordersync_settlements WHERE settled_at < $1 LIMIT $2)";
+/// ... and, only when asked, the audit events.
+pub(super) const PRUNE_EVENTS: &str = "DELETE FROM ordersync_events WHERE id IN (\
+     SELECT id FROM ordersync_events WHERE detected_at < $1 LIMIT $2)";
+
 /// Orders whose backoff has them wait past `$1`.
 pub(super) const SELECT_DEFERRED: &str = "SELECT order_id FROM ordersync_order_checks WHERE next_check_at > $1";
 
@@ -109,8 +122,22 @@ pub(super) fn select_checks(count: usize) -> String {
     )
 }
 
-pub(super) fn select_events(one_order: bool) -> String {
-    let filter = if one_order { "WHERE order_id = $1 " } else { "" };
+/// Which events `select_events` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EventFilter {
+    All,
+    /// `$1`: one order's.
+    Order,
+    /// `$1`: those the not-found policy wrote since then.
+    WrittenOffSince,
+}
+
+pub(super) fn select_events(which: EventFilter) -> String {
+    let filter = match which {
+        EventFilter::All => "",
+        EventFilter::Order => "WHERE order_id = $1 ",
+        EventFilter::WrittenOffSince => "WHERE reason = 'not_found' AND detected_at >= $1 ",
+    };
     format!(
         "SELECT order_id, bot_id, product_id, from_status, to_status, exchange_status, exchange_fill_time, \
          fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note, ended_at, \

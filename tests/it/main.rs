@@ -8,6 +8,7 @@ mod coinbase;
 mod email;
 mod grafana;
 mod http;
+mod production;
 mod reconcile;
 mod report;
 mod schema;
