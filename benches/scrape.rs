@@ -64,8 +64,9 @@ async fn main() {
             .env("ORDERSYNC_COINBASE_RATE_LIMIT", "30")
             .env("ORDERSYNC_WEBSOCKET", "off")
             .env("ORDERSYNC_POLL_INTERVAL", "1h")
+            .env("ORDERSYNC_METRICS_REFRESH", std::env::var("ORDERSYNC_BENCH_REFRESH").unwrap_or_else(|_| "15s".into()))
             .env("ORDERSYNC_LISTEN", format!("127.0.0.1:{port}"))
-            .env("ORDERSYNC_LOG", "warn")
+            .env("ORDERSYNC_LOG", std::env::var("ORDERSYNC_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -95,6 +96,12 @@ async fn main() {
         }
         samples.sort();
         let rss = rss_mib(child.id().unwrap());
+        if std::env::var_os("ORDERSYNC_BENCH_SMAPS").is_some() {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+            for line in status.lines().filter(|l| l.starts_with("Rss") || l.starts_with("Threads")) {
+                println!("    {line}");
+            }
+        }
         let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1000.0);
         println!(
             "{:>10} {:>8} {:>10} {:>10} {:>14} {:>7.1} MB",

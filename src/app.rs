@@ -292,6 +292,10 @@ impl App {
         tracker.spawn(async move {
             loop {
                 metrics.refresh_pending(&store).await;
+                crate::memory::release_free();
+                if let Some((in_use, free)) = crate::memory::heap() {
+                    tracing::debug!(target: "ordersync::memory", in_use, free, "heap after the gauge refresh");
+                }
                 tokio::select! {
                     () = child.cancelled() => break,
                     () = tokio::time::sleep(refresh) => {}

@@ -59,7 +59,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Terminal rows created this recently are checked once against the exchange.
 pub const DEFAULT_VERIFY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_FLAG_AFTER: u32 = 3;
-pub const DEFAULT_BATCH_SIZE: usize = 100;
+/// Orders looked up (and then written) per round; the client puts as many ids in one List Orders URL as fit
+/// `exchange::coinbase::MAX_URL_BYTES` (164).
+pub const DEFAULT_BATCH_SIZE: usize = 984;
 /// Coinbase allows about 30 private requests per second per user; stay well below it.
 pub const DEFAULT_RATE_LIMIT: u32 = 20;
 /// Coinbase sends a heartbeat every second; this long without any message means the socket is deaf.
@@ -308,7 +310,7 @@ pub struct Config {
     pub verify_window: Duration,
     /// Consecutive unresolved checks (not found, unknown status, ambiguous answers) before an order is flagged.
     pub flag_after: u32,
-    /// Order ids per List Orders request.
+    /// Orders looked up and written per round (List Orders URLs carry as many ids as fit 8 KB).
     pub batch_size: usize,
     pub listen: SocketAddr,
     pub metrics_refresh: Duration,

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod exchange;
 pub mod http;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod order;
 pub mod reconcile;

@@ -7,8 +7,18 @@ use clap::Parser;
 use ordersync::cli::{self, Cli, UsageError};
 use ordersync::config::ENV_LOG;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    ordersync::memory::limit_arenas();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     ordersync::telemetry::init(cli.global.log_format.into(), std::env::var(ENV_LOG).ok().as_deref());
     match cli::run(cli).await {

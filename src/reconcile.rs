@@ -689,16 +689,20 @@ impl Reconciler {
         let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) =
             rows.into_iter().partition(|r| r.created_at.is_none_or(|at| at <= cutoff));
         let mut report = PassReport { too_young: young.len(), ..PassReport::default() };
-        let ids: Vec<OrderId> = eligible.iter().map(|row| row.order_id.clone()).collect();
-        let mut states = self.check_states(&ids).await;
         // Unresolved orders whose backoff has them wait are not asked about in this pass.
-        let started = Utc::now();
-        let (due, deferred): (Vec<TradeRow>, Vec<TradeRow>) = eligible
-            .into_iter()
-            .partition(|row| states.get(&row.order_id).and_then(|s| s.next_check_at).is_none_or(|at| at <= started));
+        let waiting = match self.store.deferred(Utc::now()).await {
+            Ok(waiting) => waiting,
+            Err(error) => {
+                tracing::warn!(%error, "reading the orders that wait for their backoff failed; asking about all");
+                self.metrics.store_errors.inc();
+                HashMap::new()
+            }
+        };
+        let (due, deferred): (Vec<TradeRow>, Vec<TradeRow>) =
+            eligible.into_iter().partition(|row| !waiting.contains_key(&row.order_id));
         report.deferred = deferred.len();
-        let flagged_waiting =
-            deferred.iter().filter(|row| states.get(&row.order_id).is_some_and(|s| s.flagged)).count();
+        let flagged_waiting = deferred.iter().filter(|row| waiting.get(&row.order_id) == Some(&true)).count();
+        drop((deferred, waiting));
         let since_pass = self.brake.lock().unwrap_or_else(|p| p.into_inner()).since_pass;
         let brake = self.settings.brake;
         let mut certain = 0usize;
@@ -725,23 +729,32 @@ impl Reconciler {
             certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
             let now = Utc::now();
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
+            let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
+            let states = self.check_states(&ids).await;
+            let mut checks = Vec::with_capacity(chunk.len());
             for row in chunk.iter() {
                 let answer = answers.get(&row.order_id).unwrap_or(&no_answer);
-                let state = states.remove(&row.order_id);
-                let item = Item { row, answer, state: state.as_ref(), hint: None };
+                let item = Item { row, answer, state: states.get(&row.order_id), hint: None };
                 let plan = self.plan(&item, Source::Poll, now);
-                corrections += usize::from(plan.corrects());
-                held.push(plan);
+                if plan.corrects() {
+                    corrections += 1;
+                    held.push(plan);
+                } else {
+                    checks.push(plan);
+                }
             }
+            drop((answers, states));
             planned += chunk.len();
-            // Write as soon as the brake cannot trip whatever the rest of the pass finds; until then, hold.
+            // Checks that correct nothing are written now; corrections as soon as the brake cannot trip
+            // whatever the rest of the pass finds, and until then they wait.
+            let observe = self.settings.observe_only.then_some(Hold::Observe);
             let at_most = since_pass + corrections + (due.len() - planned);
             if !brake.trips(at_most, pending) {
-                let hold = self.settings.observe_only.then_some(Hold::Observe);
-                for checked in self.apply(std::mem::take(&mut held), mode, Source::Poll, hold).await {
-                    report.checked.push(checked);
-                    progress(report.checked.len(), due.len());
-                }
+                checks.append(&mut held);
+            }
+            for checked in self.apply(checks, mode, Source::Poll, observe).await {
+                report.checked.push(checked);
+                progress(report.checked.len(), due.len());
             }
             if token.is_cancelled() {
                 report.interrupted = true;
@@ -1272,6 +1285,7 @@ impl Reconciler {
                 }
             }
             self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+            crate::memory::release_free();
             let interval = self.settings.poll_interval.as_secs_f64();
             let pause = Duration::from_secs_f64(interval * rand::thread_rng().gen_range(0.9..=1.1));
             let woken = tokio::select! {

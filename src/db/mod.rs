@@ -416,9 +416,10 @@ impl Store {
             let options = options
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(false)
-                // 1 MiB of page cache per connection (SQLite's default is 2 MiB): ordersync reads pending rows
-                // through an index, and this keeps its memory small. Per connection: the bot is unaffected.
-                .pragma("cache_size", "-1024");
+                // 256 KiB of page cache per connection (SQLite's default is 2 MiB): ordersync reads pending rows
+                // through an index, and what it misses comes from the kernel's page cache. Per connection: the
+                // bot is unaffected.
+                .pragma("cache_size", "-256");
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(5))
@@ -625,7 +626,7 @@ impl Store {
         for chunk in ids.chunks(500) {
             let sql = sql::select_checks(chunk.len());
             let rows: Vec<(String, CheckState)> = on_pool!(self, pool => {
-                let mut query = sqlx::query(&sql);
+                let mut query = sqlx::query(&sql).persistent(false);
                 for id in chunk {
                     query = query.bind(id.as_str());
                 }
@@ -648,6 +649,19 @@ impl Store {
     /// Returns one result per write, in order. If a transaction itself fails, each of its writes reports it.
     pub async fn write_batch(&self, writes: &[Write<'_>]) -> Vec<Result<Written, StoreError>> {
         let mut results = Vec::with_capacity(writes.len());
+        if self.backend() == Backend::Postgres {
+            // Row locks: transactions of different orders run side by side.
+            for group in writes.chunks(WRITES_PER_TRANSACTION * PG_CONCURRENT_TRANSACTIONS) {
+                let mut running = Vec::with_capacity(PG_CONCURRENT_TRANSACTIONS);
+                for slice in group.chunks(WRITES_PER_TRANSACTION) {
+                    running.push(self.write_transaction(slice));
+                }
+                for slice in futures_util::future::join_all(running).await {
+                    results.extend(slice);
+                }
+            }
+            return results;
+        }
         // Short transactions: the bot's own writers never wait on ordersync for long (on SQLite a write
         // transaction locks the whole database).
         for slice in writes.chunks(WRITES_PER_TRANSACTION) {
@@ -674,13 +688,12 @@ impl Store {
         let pending = schema.words().pending.clone();
         let batch: Result<Vec<Result<Written, StoreError>>, sqlx::Error> = on_pool!(self, pool => {
             async {
-                let began = std::time::Instant::now();
-                let mut tx = pool.begin().await?;
-                let mut results = Vec::with_capacity(writes.len());
-                for write in writes {
-                    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-                    let one: Result<Written, sqlx::Error> = async {
-                        match write {
+                let store = self;
+                // One order's writes on `$conn` (the transaction, or a savepoint of it).
+                macro_rules! write_one {
+                    ($conn:expr, $write:expr) => {
+                        async {
+                        match $write {
                             Write::Correction(correction) => {
                                 let row = correction.row;
                                 let fill = correction.fill;
@@ -693,17 +706,17 @@ impl Store {
                                 let updated = query
                                     .bind(row.order_id.as_str())
                                     .bind(&pending)
-                                    .execute(&mut *savepoint)
+                                    .execute(&mut *$conn)
                                     .await?
                                     .rows_affected();
                                 let applied_at = Utc::now();
                                 let applied = if updated > 0 {
                                     let latency = (applied_at - fill.ended_at).to_std().unwrap_or_default();
-                                    Applied::Written { applied_at, latency, backlog: self.backlog(fill.ended_at) }
+                                    Applied::Written { applied_at, latency, backlog: store.backlog(fill.ended_at) }
                                 } else {
                                     let now = sqlx::query(&schema.select_status_by_id())
                                         .bind(row.order_id.as_str())
-                                        .fetch_optional(&mut *savepoint)
+                                        .fetch_optional(&mut *$conn)
                                         .await?
                                         .map(|r| r.try_get::<Option<String>, _>(0))
                                         .transpose()?
@@ -784,7 +797,7 @@ impl Store {
                                         .bind(fill.ended_at)
                                         .bind(fill.end_source.as_str())
                                         .bind(not_found.map(|_| "not_found"))
-                                        .execute(&mut *savepoint)
+                                        .execute(&mut *$conn)
                                         .await?;
                                 }
                                 // A correction settles the order as ordersync's; a row already holding the
@@ -812,7 +825,7 @@ impl Store {
                                         backlog,
                                     };
                                     let inserted = insert_settlement!(&settlement)
-                                        .execute(&mut *savepoint)
+                                        .execute(&mut *$conn)
                                         .await?
                                         .rows_affected();
                                     settled = (inserted > 0).then_some(by);
@@ -834,7 +847,7 @@ impl Store {
                                     .bind(Some(correction.seen.1.as_str()))
                                     .bind(None::<DateTime<Utc>>)
                                     .bind(not_found.map(|at| join_times(at)))
-                                    .execute(&mut *savepoint)
+                                    .execute(&mut *$conn)
                                     .await?;
                                 Ok(Written::Correction { applied, settled })
                             }
@@ -852,7 +865,7 @@ impl Store {
                                     .bind(check.seen.map(|(_, by)| by.as_str()))
                                     .bind(check.next_check_at)
                                     .bind((!check.not_found_at.is_empty()).then(|| join_times(check.not_found_at)))
-                                    .execute(&mut *savepoint)
+                                    .execute(&mut *$conn)
                                     .await?;
                                 let mut settled = None;
                                 // The bot's row was right (settled by the bot), or ended with another position
@@ -876,7 +889,7 @@ impl Store {
                                         backlog: false,
                                     };
                                     let inserted = insert_settlement!(&settlement)
-                                        .execute(&mut *savepoint)
+                                        .execute(&mut *$conn)
                                         .await?
                                         .rows_affected();
                                     settled = (inserted > 0).then_some(by);
@@ -884,7 +897,7 @@ impl Store {
                                 if check.settles || check.clears_conflict {
                                     sqlx::query(sql::DELETE_CONFLICT)
                                         .bind(row.order_id.as_str())
-                                        .execute(&mut *savepoint)
+                                        .execute(&mut *$conn)
                                         .await?;
                                 }
                                 if let Some(conflict) = &check.conflict {
@@ -898,27 +911,53 @@ impl Store {
                                         .bind(check.at)
                                         .bind(conflict.kind.as_str())
                                         .bind(&conflict.exchange_product_id)
-                                        .execute(&mut *savepoint)
+                                        .execute(&mut *$conn)
                                         .await?;
                                 }
                                 Ok(Written::Check { settled })
                             }
                         }
-                    }
-                    .await;
-                    match one {
-                        Ok(written) => {
-                            savepoint.commit().await?;
-                            results.push(Ok(written));
                         }
-                        Err(error) => {
-                            savepoint.rollback().await?;
-                            results.push(Err(StoreError::Query(error)));
+                    };
+                }
+                let began = std::time::Instant::now();
+                let mut tx = pool.begin().await?;
+                let mut results = Vec::with_capacity(writes.len());
+                // First without savepoints (a third of the statements); if any order's write fails, the whole
+                // transaction is rolled back and written again with a savepoint per order, so that one failure
+                // loses only that order's write.
+                let mut failed = false;
+                for write in writes {
+                    let one: Result<Written, sqlx::Error> = write_one!(tx, write).await;
+                    match one {
+                        Ok(written) => results.push(Ok(written)),
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if failed {
+                    tx.rollback().await?;
+                    tx = pool.begin().await?;
+                    results.clear();
+                    for write in writes {
+                        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                        let one: Result<Written, sqlx::Error> = write_one!(savepoint, write).await;
+                        match one {
+                            Ok(written) => {
+                                savepoint.commit().await?;
+                                results.push(Ok(written));
+                            }
+                            Err(error) => {
+                                savepoint.rollback().await?;
+                                results.push(Err(StoreError::Query(error)));
+                            }
                         }
                     }
                 }
                 tx.commit().await?;
-                self.held_for(began.elapsed());
+                store.held_for(began.elapsed());
                 Ok(results)
             }
             .await
@@ -1000,15 +1039,16 @@ impl Store {
         Ok(pruned)
     }
 
-    /// The orders whose backoff has them wait past `now`: not asked about in a pass before then.
-    pub async fn deferred(&self, now: DateTime<Utc>) -> Result<std::collections::HashSet<OrderId>, StoreError> {
+    /// The orders whose backoff has them wait past `now` (not asked about in a pass before then), and
+    /// whether each is flagged.
+    pub async fn deferred(&self, now: DateTime<Utc>) -> Result<HashMap<OrderId, bool>, StoreError> {
         if !self.has_own_tables() {
-            return Ok(std::collections::HashSet::new());
+            return Ok(HashMap::new());
         }
-        let ids: Vec<String> = on_pool!(self, pool => {
-            sqlx::query_scalar(sql::SELECT_DEFERRED).bind(now).fetch_all(pool).await?
+        let rows: Vec<(String, bool)> = on_pool!(self, pool => {
+            sqlx::query_as(sql::SELECT_DEFERRED).bind(now).fetch_all(pool).await?
         });
-        Ok(ids.iter().filter_map(|id| OrderId::parse(id).ok()).collect())
+        Ok(rows.into_iter().filter_map(|(id, flagged)| Some((OrderId::parse(&id).ok()?, flagged))).collect())
     }
 
     /// Terminal conflicts whose row still holds the status they were found with, oldest first.
@@ -1080,7 +1120,7 @@ impl Store {
         for chunk in ids.chunks(500) {
             let sql = self.schema.select_by_ids(chunk.len());
             on_pool!(self, pool => {
-                let mut query = sqlx::query(&sql);
+                let mut query = sqlx::query(&sql).persistent(false);
                 for id in chunk {
                     query = query.bind(id.as_str());
                 }
@@ -1135,6 +1175,9 @@ pub const WRITES_PER_TRANSACTION: usize = 100;
 /// After each write transaction on SQLite, ordersync leaves the database free at least this long (and at
 /// least as long as it held it).
 const MIN_SQLITE_PAUSE: Duration = Duration::from_millis(5);
+
+/// Write transactions ordersync runs at once on PostgreSQL (its pool holds 8 connections).
+const PG_CONCURRENT_TRANSACTIONS: usize = 4;
 
 /// Rows deleted per statement when pruning.
 const PRUNE_SLICE: i64 = 5000;

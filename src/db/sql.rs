@@ -106,7 +106,8 @@ pub(super) const PRUNE_EVENTS: &str = "DELETE FROM ordersync_events WHERE id IN 
      SELECT id FROM ordersync_events WHERE detected_at < $1 LIMIT $2)";
 
 /// Orders whose backoff has them wait past `$1`.
-pub(super) const SELECT_DEFERRED: &str = "SELECT order_id FROM ordersync_order_checks WHERE next_check_at > $1";
+pub(super) const SELECT_DEFERRED: &str =
+    "SELECT order_id, flagged FROM ordersync_order_checks WHERE next_check_at > $1";
 
 /// `$1, $2, … $count`.
 fn placeholders(count: usize) -> String {

@@ -226,6 +226,65 @@ async fn read<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, Exc
 impl Exchange for CoinbaseClient {
     async fn orders(&self, ids: &[OrderId]) -> Result<Batch, ExchangeError> {
         let mut batch = Batch::default();
+        // As many ids per request as fit a safe URL: the request count is what the rate limit bounds.
+        for group in url_groups(ids) {
+            let found = self.orders_in_one_url(group).await?;
+            batch.orders.extend(found.orders);
+            batch.malformed.extend(found.malformed);
+        }
+        Ok(batch)
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError> {
+        self.one_order(id).await
+    }
+
+    async fn fills(&self, ids: &[OrderId]) -> Result<Vec<ExchangeFill>, ExchangeError> {
+        let mut fills = Vec::new();
+        for group in url_groups(ids) {
+            fills.extend(self.fills_in_one_url(group).await?);
+        }
+        Ok(fills)
+    }
+
+    async fn ready(&self) {
+        self.limiter.ready().await;
+    }
+
+    async fn key_permissions(&self) -> Result<(), ExchangeError> {
+        let _: KeyPermissions = self.get("key_permissions", KEY_PERMISSIONS_PATH, &[]).await?;
+        Ok(())
+    }
+}
+
+/// The most URL ordersync sends (path and query): well under the 8 KB that servers and proxies commonly
+/// accept, and Coinbase's documentation names no other bound.
+pub const MAX_URL_BYTES: usize = 8000;
+
+/// Split `ids` into groups whose `order_ids=…&` query fits `MAX_URL_BYTES` (with room for the path, `limit`
+/// and a cursor of up to 200 bytes): 164 UUIDs per request.
+pub fn url_groups(ids: &[OrderId]) -> Vec<&[OrderId]> {
+    const FIXED: usize = 290;
+    let mut groups = Vec::new();
+    let (mut start, mut length) = (0, FIXED);
+    for (i, id) in ids.iter().enumerate() {
+        let more = "order_ids=".len() + id.as_str().len() + 1;
+        if length + more > MAX_URL_BYTES && i > start {
+            groups.push(&ids[start..i]);
+            (start, length) = (i, FIXED);
+        }
+        length += more;
+    }
+    if start < ids.len() {
+        groups.push(&ids[start..]);
+    }
+    groups
+}
+
+impl CoinbaseClient {
+    /// One List Orders request (and its further pages) for ids that fit one URL.
+    async fn orders_in_one_url(&self, ids: &[OrderId]) -> Result<Batch, ExchangeError> {
+        let mut batch = Batch::default();
         if ids.is_empty() {
             return Ok(batch);
         }
@@ -256,7 +315,7 @@ impl Exchange for CoinbaseClient {
         Err(ExchangeError::Malformed("List Orders kept answering has_next past every order asked for".into()))
     }
 
-    async fn order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError> {
+    async fn one_order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError> {
         // Only a UUID goes into the path: never `..`, `batch` or `fills`, which would ask another endpoint.
         if !id.is_exchange_id() {
             return Err(ExchangeError::Rejected(format!("{:?} is not a Coinbase order id (a UUID)", id.as_str())));
@@ -270,7 +329,7 @@ impl Exchange for CoinbaseClient {
         Ok(order)
     }
 
-    async fn fills(&self, ids: &[OrderId]) -> Result<Vec<ExchangeFill>, ExchangeError> {
+    async fn fills_in_one_url(&self, ids: &[OrderId]) -> Result<Vec<ExchangeFill>, ExchangeError> {
         let mut fills = Vec::new();
         if ids.is_empty() {
             return Ok(fills);
@@ -293,19 +352,27 @@ impl Exchange for CoinbaseClient {
         }
         Err(ExchangeError::Malformed("List Fills kept answering with a cursor".into()))
     }
-
-    async fn ready(&self) {
-        self.limiter.ready().await;
-    }
-
-    async fn key_permissions(&self) -> Result<(), ExchangeError> {
-        let _: KeyPermissions = self.get("key_permissions", KEY_PERMISSIONS_PATH, &[]).await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn list_orders_urls_carry_as_many_ids_as_fit_8_kb() {
+        let ids: Vec<OrderId> =
+            (0..10_000).map(|_| OrderId::parse(&uuid::Uuid::new_v4().to_string()).unwrap()).collect();
+        let groups = url_groups(&ids);
+        assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), ids.len(), "every id, once");
+        for group in &groups {
+            let query: String = group.iter().map(|id| format!("order_ids={id}&")).collect();
+            let cursor = "c".repeat(200);
+            let url = format!("https://api.coinbase.com{LIST_ORDERS_PATH}?{query}limit=1000&cursor={cursor}");
+            assert!(url.len() <= MAX_URL_BYTES, "{}", url.len());
+        }
+        assert_eq!(groups[0].len(), 164);
+        assert_eq!(groups.len(), 61, "10,000 / 164");
+        assert!(url_groups(&[]).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -481,3 +481,36 @@ async fn a_bot_writing_its_sqlite_file_is_never_locked_out_while_ordersync_settl
     assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM trades WHERE status = 'completed'").await, ORDERS as i64);
     assert_eq!(journal().await, before, "the journal mode is the bot's");
 }
+
+async fn one_orders_failed_write_loses_only_that_order(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    incident(&db, &sandbox).await;
+    let refused = crate::harness::INCIDENT[1].0;
+    db.exec(&match backend {
+        Backend::Sqlite => format!(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON trades WHEN NEW.order_id = '{refused}' \
+             BEGIN SELECT RAISE(ABORT, 'the bot refuses this write'); END;"
+        ),
+        Backend::Postgres => format!(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF NEW.order_id = '{refused}' THEN RAISE EXCEPTION 'the bot refuses this write'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse BEFORE UPDATE ON trades FOR EACH ROW EXECUTE FUNCTION refuse();"
+        ),
+    })
+    .await;
+    let (reconciler, _) = reconciler_on(&db, Arc::new(sandbox.clone()), "").await;
+
+    let report = pass(&reconciler).await;
+
+    assert_eq!(report.count("corrected"), 2);
+    assert_eq!(report.count("error"), 1);
+    for (order_id, _, _) in crate::harness::INCIDENT {
+        let expected = if order_id == refused { "pending" } else { "completed" };
+        assert_eq!(db.trade(order_id).await.status, expected, "{order_id}");
+    }
+    assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_events").await, 2, "one event per write");
+    assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_settlements").await, 2);
+}
+crate::both!(one_orders_failed_write_loses_only_that_order);
