@@ -717,13 +717,19 @@ impl Reconciler {
             let Some(mut lookup) = next.take() else { break };
             // A request that hangs is abandoned when the pass is cancelled: only reads are in flight here.
             let answers = tokio::select! {
-                answers = &mut lookup => answers.unwrap_or_default(),
+                biased;
                 () = token.cancelled() => {
                     lookup.abort();
                     report.interrupted = true;
                     break;
                 }
+                answers = &mut lookup => answers.unwrap_or_default(),
             };
+            // Cancelled as the answers came: nothing of this chunk is written.
+            if token.is_cancelled() {
+                report.interrupted = true;
+                break;
+            }
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
             self.note_answers(&answers);
             certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();

@@ -309,23 +309,124 @@ struct NewSettlement<'a> {
     backlog: bool,
 }
 
-/// The insert of a `NewSettlement`, bound; a second settlement of the same order changes nothing. A macro
-/// so the same text serves both pool types inside `on_pool!`.
-macro_rules! insert_settlement {
-    ($settlement:expr) => {{
-        let s: &NewSettlement = $settlement;
-        sqlx::query(sql::INSERT_SETTLEMENT)
-            .bind(s.row.order_id.as_str())
-            .bind(s.row.bot_id.as_deref())
-            .bind(s.by.as_str())
-            .bind(s.exchange_status)
-            .bind(s.ended.map(|(at, _)| at))
-            .bind(s.ended.map(|(_, source)| source.as_str()))
-            .bind(s.settled_at)
-            .bind(s.latency)
-            .bind(s.late)
-            .bind(s.backlog)
-    }};
+/// An event to record (a correction written, or one the bot's own change stopped).
+struct NewEvent<'a> {
+    correction: &'a Correction<'a>,
+    to_status: Option<String>,
+    applied_at: Option<DateTime<Utc>>,
+    outcome: &'static str,
+    latency: Option<f64>,
+    note: Option<String>,
+    reason: Option<&'static str>,
+}
+
+/// A check to record in the check state.
+struct NewCheck<'a> {
+    row: &'a TradeRow,
+    at: DateTime<Utc>,
+    exchange_status: Option<&'a str>,
+    verdict: &'a str,
+    error: Option<String>,
+    flagged: bool,
+    seen: Option<(DateTime<Utc>, EndSource)>,
+    next_check_at: Option<DateTime<Utc>>,
+    not_found_at: Option<String>,
+}
+
+/// What a transaction's orders add to ordersync's own tables: written together, three statements for the
+/// whole transaction (or for one order, in a savepoint of its own).
+#[derive(Default)]
+struct OwnRows<'a> {
+    events: Vec<NewEvent<'a>>,
+    /// With the index of the write that settles.
+    settlements: Vec<(usize, NewSettlement<'a>)>,
+    checks: Vec<NewCheck<'a>>,
+}
+
+impl OwnRows<'_> {
+    fn clear(&mut self) {
+        self.events.clear();
+        self.settlements.clear();
+        self.checks.clear();
+    }
+}
+
+/// Write `OwnRows` on a connection (`$conn`: a transaction or savepoint) and give the ids of the orders whose
+/// settlement was inserted now. A macro so the same text serves both pool types inside `on_pool!`.
+macro_rules! flush_own_rows {
+    ($conn:expr, $rows:expr) => {
+        async {
+            let rows: &OwnRows = $rows;
+            if !rows.events.is_empty() {
+                let text = sql::insert_events(rows.events.len());
+                let mut query = sqlx::query(&text).persistent(false);
+                for e in &rows.events {
+                    let (c, fill) = (e.correction, e.correction.fill);
+                    query = query
+                        .bind(c.row.order_id.as_str())
+                        .bind(c.row.bot_id.as_deref())
+                        .bind(c.row.product_id.as_deref())
+                        .bind(c.row.status.as_str())
+                        .bind(e.to_status.as_deref())
+                        .bind(c.exchange_status)
+                        .bind(fill.time)
+                        .bind(fill.price.map(|p| p.to_string()))
+                        .bind(fill.size.map(|s| s.to_string()))
+                        .bind(c.detected_at)
+                        .bind(e.applied_at)
+                        .bind(c.source.as_str())
+                        .bind(e.outcome)
+                        .bind(e.latency)
+                        .bind(e.note.as_deref())
+                        .bind(fill.ended_at)
+                        .bind(fill.end_source.as_str())
+                        .bind(e.reason);
+                }
+                query.execute(&mut *$conn).await?;
+            }
+            let mut inserted: Vec<String> = Vec::new();
+            if !rows.settlements.is_empty() {
+                let text = sql::insert_settlements(rows.settlements.len());
+                let mut query = sqlx::query_scalar::<_, String>(&text).persistent(false);
+                for (_, s) in &rows.settlements {
+                    query = query
+                        .bind(s.row.order_id.as_str())
+                        .bind(s.row.bot_id.as_deref())
+                        .bind(s.by.as_str())
+                        .bind(s.exchange_status)
+                        .bind(s.ended.map(|(at, _)| at))
+                        .bind(s.ended.map(|(_, source)| source.as_str()))
+                        .bind(s.settled_at)
+                        .bind(s.latency)
+                        .bind(s.late)
+                        .bind(s.backlog);
+                }
+                inserted = query.fetch_all(&mut *$conn).await?;
+            }
+            if !rows.checks.is_empty() {
+                let text = sql::upsert_checks(rows.checks.len());
+                let mut query = sqlx::query(&text).persistent(false);
+                for k in &rows.checks {
+                    query = query
+                        .bind(k.row.order_id.as_str())
+                        .bind(k.at)
+                        .bind(k.at)
+                        .bind(1i64)
+                        .bind(i64::from(k.error.is_some()))
+                        .bind(k.exchange_status)
+                        .bind(k.verdict)
+                        .bind(k.error.as_deref())
+                        .bind(k.flagged)
+                        .bind(k.seen.map(|(at, _)| at))
+                        .bind(k.seen.map(|(_, by)| by.as_str()))
+                        .bind(k.next_check_at)
+                        .bind(k.not_found_at.as_deref());
+                }
+                query.execute(&mut *$conn).await?;
+            }
+            Ok::<Vec<String>, sqlx::Error>(inserted)
+        }
+    };
 }
 
 /// Run the same body on whichever pool the store holds. Both arms compile the body, so a query that does
@@ -689,276 +790,122 @@ impl Store {
         let batch: Result<Vec<Result<Written, StoreError>>, sqlx::Error> = on_pool!(self, pool => {
             async {
                 let store = self;
-                // One order's writes on `$conn` (the transaction, or a savepoint of it).
+                // One order's write to the bot's row (and the conflict table) on `$conn`, the transaction or
+                // a savepoint of it; what it adds to ordersync's own tables goes into `$own`.
                 macro_rules! write_one {
-                    ($conn:expr, $write:expr) => {
+                    ($conn:expr, $index:expr, $write:expr, $own:expr) => {
                         async {
-                        match $write {
-                            Write::Correction(correction) => {
-                                let row = correction.row;
-                                let fill = correction.fill;
-                                let to_word = correction.to.word(schema.words()).to_string();
-                                let (update_sql, values) = schema.update(fill);
-                                let mut query = sqlx::query(&update_sql).bind(&to_word);
-                                for value in &values {
-                                    query = query.bind(value);
-                                }
-                                let updated = query
-                                    .bind(row.order_id.as_str())
-                                    .bind(&pending)
-                                    .execute(&mut *$conn)
-                                    .await?
-                                    .rows_affected();
-                                let applied_at = Utc::now();
-                                let applied = if updated > 0 {
-                                    let latency = (applied_at - fill.ended_at).to_std().unwrap_or_default();
-                                    Applied::Written { applied_at, latency, backlog: store.backlog(fill.ended_at) }
-                                } else {
-                                    let now = sqlx::query(&schema.select_status_by_id())
+                            let own: &mut OwnRows = $own;
+                            match $write {
+                                Write::Correction(correction) => {
+                                    let row = correction.row;
+                                    let to_word = correction.to.word(schema.words());
+                                    let (update_sql, values) = schema.update(correction.fill);
+                                    let mut query = sqlx::query(&update_sql).bind(to_word);
+                                    for value in &values {
+                                        query = query.bind(value);
+                                    }
+                                    let updated = query
                                         .bind(row.order_id.as_str())
-                                        .fetch_optional(&mut *$conn)
+                                        .bind(&pending)
+                                        .execute(&mut *$conn)
                                         .await?
-                                        .map(|r| r.try_get::<Option<String>, _>(0))
-                                        .transpose()?
-                                        .flatten();
-                                    if now.as_deref() == Some(to_word.as_str()) {
-                                        Applied::AlreadyApplied
+                                        .rows_affected();
+                                    let applied_at = Utc::now();
+                                    let ended_at = correction.fill.ended_at;
+                                    let applied = if updated > 0 {
+                                        let latency = (applied_at - ended_at).to_std().unwrap_or_default();
+                                        Applied::Written { applied_at, latency, backlog: store.backlog(ended_at) }
                                     } else {
-                                        Applied::RowChanged { now }
-                                    }
-                                };
-                                let mut notes = Vec::new();
-                                if !fill.missing.is_empty() {
-                                    notes.push(format!(
-                                        "the exchange gave no {} (nor did List Fills): written without {}",
-                                        fill.missing.join(", "),
-                                        if fill.missing.len() == 1 { "it" } else { "them" }
-                                    ));
-                                }
-                                if matches!(applied, Applied::Written { backlog: true, .. }) {
-                                    notes.push(
-                                        "the order ended before ordersync first ran on this database: backlog, \
-                                         outside the accuracy and latency figures"
-                                            .to_string(),
-                                    );
-                                }
-                                let not_found = match correction.because {
-                                    Because::NotFound { at } => Some(at),
-                                    Because::ExchangeEnded => None,
-                                };
-                                if let Some(at) = not_found {
-                                    let times: Vec<String> = at.iter().map(|t| t.to_rfc3339()).collect();
-                                    notes.insert(0, format!(
-                                        "not-found policy: Coinbase answered 404 at {} while it answered other \
-                                         orders of the account; written off, no figures",
-                                        times.join(", ")
-                                    ));
-                                }
-                                let note = (!notes.is_empty()).then(|| notes.join("; "));
-                                let event = match &applied {
-                                    Applied::Written { applied_at, latency, .. } => Some((
-                                        Some(to_word.clone()),
-                                        Some(*applied_at),
-                                        "applied",
-                                        not_found.is_none().then_some(latency.as_secs_f64()),
-                                        note,
-                                    )),
-                                    Applied::RowChanged { now } => Some((
-                                        None,
-                                        None,
-                                        "row_changed",
-                                        None,
-                                        Some(match now {
-                                            Some(word) => format!(
-                                                "the bot set the row to {word:?} after ordersync read it; left as is"
-                                            ),
-                                            None => "the row was deleted after ordersync read it".to_string(),
-                                        }),
-                                    )),
-                                    Applied::AlreadyApplied => None,
-                                };
-                                if let Some((to_status, applied_time, outcome_word, latency, note)) = event {
-                                    sqlx::query(sql::INSERT_EVENT)
-                                        .bind(row.order_id.as_str())
-                                        .bind(row.bot_id.as_deref())
-                                        .bind(row.product_id.as_deref())
-                                        .bind(&row.status)
-                                        .bind(to_status)
-                                        .bind(correction.exchange_status)
-                                        .bind(fill.time)
-                                        .bind(fill.price.map(|p| p.to_string()))
-                                        .bind(fill.size.map(|s| s.to_string()))
-                                        .bind(correction.detected_at)
-                                        .bind(applied_time)
-                                        .bind(correction.source.as_str())
-                                        .bind(outcome_word)
-                                        .bind(latency)
-                                        .bind(note)
-                                        .bind(fill.ended_at)
-                                        .bind(fill.end_source.as_str())
-                                        .bind(not_found.map(|_| "not_found"))
-                                        .execute(&mut *$conn)
-                                        .await?;
-                                }
-                                // A correction settles the order as ordersync's; a row already holding the
-                                // outcome (the bot, or another path of ours that settled it first) as the bot's.
-                                // An order written off by the not-found policy never ended on the exchange: it is
-                                // not a settlement (the accuracy figures are about ended orders).
-                                let settlement = match &applied {
-                                    _ if not_found.is_some() => None,
-                                    Applied::Written { applied_at, latency, backlog } => {
-                                        Some((SettledBy::Ordersync, *applied_at, Some(latency.as_secs_f64()), *backlog))
-                                    }
-                                    Applied::AlreadyApplied => Some((SettledBy::Bot, correction.detected_at, None, false)),
-                                    Applied::RowChanged { .. } => None,
-                                };
-                                let mut settled = None;
-                                if let Some((by, settled_at, latency, backlog)) = settlement {
-                                    let settlement = NewSettlement {
-                                        row,
-                                        by,
-                                        exchange_status: correction.exchange_status,
-                                        ended: Some((fill.ended_at, fill.end_source)),
-                                        settled_at,
-                                        latency,
-                                        late: !backlog && latency.is_some_and(late),
-                                        backlog,
+                                        let now = sqlx::query(&schema.select_status_by_id())
+                                            .bind(row.order_id.as_str())
+                                            .fetch_optional(&mut *$conn)
+                                            .await?
+                                            .map(|r| r.try_get::<Option<String>, _>(0))
+                                            .transpose()?
+                                            .flatten();
+                                        if now.as_deref() == Some(to_word) {
+                                            Applied::AlreadyApplied
+                                        } else {
+                                            Applied::RowChanged { now }
+                                        }
                                     };
-                                    let inserted = insert_settlement!(&settlement)
-                                        .execute(&mut *$conn)
-                                        .await?
-                                        .rows_affected();
-                                    settled = (inserted > 0).then_some(by);
+                                    let settles = record_correction($index, correction, &applied, to_word, own);
+                                    Ok::<(Written, bool), sqlx::Error>((Written::Correction { applied, settled: None }, settles))
                                 }
-                                let verdict = match applied {
-                                    Applied::Written { .. } => "corrected",
-                                    Applied::RowChanged { .. } => "row_changed",
-                                    Applied::AlreadyApplied => "settled_by_bot",
-                                };
-                                sqlx::query(sql::UPSERT_CHECK)
-                                    .bind(row.order_id.as_str())
-                                    .bind(correction.detected_at)
-                                    .bind(Some(correction.exchange_status))
-                                    .bind(verdict)
-                                    .bind(None::<String>)
-                                    .bind(false)
-                                    .bind(false)
-                                    .bind(Some(correction.seen.0))
-                                    .bind(Some(correction.seen.1.as_str()))
-                                    .bind(None::<DateTime<Utc>>)
-                                    .bind(not_found.map(|at| join_times(at)))
-                                    .execute(&mut *$conn)
-                                    .await?;
-                                Ok(Written::Correction { applied, settled })
+                                Write::Check(check) => {
+                                    let row = check.row;
+                                    if check.settles || check.clears_conflict {
+                                        sqlx::query(sql::DELETE_CONFLICT)
+                                            .bind(row.order_id.as_str())
+                                            .execute(&mut *$conn)
+                                            .await?;
+                                    }
+                                    if let Some(conflict) = &check.conflict {
+                                        sqlx::query(sql::UPSERT_CONFLICT)
+                                            .bind(row.order_id.as_str())
+                                            .bind(row.bot_id.as_deref())
+                                            .bind(row.product_id.as_deref())
+                                            .bind(&row.status)
+                                            .bind(check.exchange_status.unwrap_or_default())
+                                            .bind(conflict.filled_size.as_deref())
+                                            .bind(check.at)
+                                            .bind(conflict.kind.as_str())
+                                            .bind(&conflict.exchange_product_id)
+                                            .execute(&mut *$conn)
+                                            .await?;
+                                    }
+                                    let settles = record_check($index, check, own);
+                                    Ok((Written::Check { settled: None }, settles))
+                                }
                             }
-                            Write::Check(check) => {
-                                let row = check.row;
-                                sqlx::query(sql::UPSERT_CHECK)
-                                    .bind(row.order_id.as_str())
-                                    .bind(check.at)
-                                    .bind(check.exchange_status)
-                                    .bind(check.verdict)
-                                    .bind(check.error.as_deref())
-                                    .bind(check.error.is_some())
-                                    .bind(check.flagged)
-                                    .bind(check.seen.map(|(at, _)| at))
-                                    .bind(check.seen.map(|(_, by)| by.as_str()))
-                                    .bind(check.next_check_at)
-                                    .bind((!check.not_found_at.is_empty()).then(|| join_times(check.not_found_at)))
-                                    .execute(&mut *$conn)
-                                    .await?;
-                                let mut settled = None;
-                                // The bot's row was right (settled by the bot), or ended with another position
-                                // (a conflict: a miss of the bot, and late, whatever happens to the row later).
-                                // A product conflict on a pending row settles nothing: the order is still open
-                                // to the bot, and stuck until a human looks.
-                                let settles = match (check.settles, &check.conflict) {
-                                    (true, _) => Some((SettledBy::Bot, false)),
-                                    (false, Some(c)) if c.kind == ConflictKind::Position => Some((SettledBy::Conflict, true)),
-                                    (false, _) => None,
-                                };
-                                if let Some((by, late)) = settles {
-                                    let settlement = NewSettlement {
-                                        row,
-                                        by,
-                                        exchange_status: check.exchange_status.unwrap_or_default(),
-                                        ended: check.ended,
-                                        settled_at: check.at,
-                                        latency: None,
-                                        late,
-                                        backlog: false,
-                                    };
-                                    let inserted = insert_settlement!(&settlement)
-                                        .execute(&mut *$conn)
-                                        .await?
-                                        .rows_affected();
-                                    settled = (inserted > 0).then_some(by);
-                                }
-                                if check.settles || check.clears_conflict {
-                                    sqlx::query(sql::DELETE_CONFLICT)
-                                        .bind(row.order_id.as_str())
-                                        .execute(&mut *$conn)
-                                        .await?;
-                                }
-                                if let Some(conflict) = &check.conflict {
-                                    sqlx::query(sql::UPSERT_CONFLICT)
-                                        .bind(row.order_id.as_str())
-                                        .bind(row.bot_id.as_deref())
-                                        .bind(row.product_id.as_deref())
-                                        .bind(&row.status)
-                                        .bind(check.exchange_status.unwrap_or_default())
-                                        .bind(conflict.filled_size.as_deref())
-                                        .bind(check.at)
-                                        .bind(conflict.kind.as_str())
-                                        .bind(&conflict.exchange_product_id)
-                                        .execute(&mut *$conn)
-                                        .await?;
-                                }
-                                Ok(Written::Check { settled })
-                            }
-                        }
                         }
                     };
                 }
                 let began = std::time::Instant::now();
                 let mut tx = pool.begin().await?;
-                let mut results = Vec::with_capacity(writes.len());
-                // First without savepoints (a third of the statements); if any order's write fails, the whole
-                // transaction is rolled back and written again with a savepoint per order, so that one failure
-                // loses only that order's write.
-                let mut failed = false;
-                for write in writes {
-                    let one: Result<Written, sqlx::Error> = write_one!(tx, write).await;
-                    match one {
-                        Ok(written) => results.push(Ok(written)),
-                        Err(_) => {
-                            failed = true;
-                            break;
-                        }
+                let mut own = OwnRows::default();
+                let mut done: Vec<Result<(Written, bool), StoreError>> = Vec::with_capacity(writes.len());
+                let mut inserted: Vec<String> = Vec::new();
+                // First the whole transaction at once: each order's update, then ordersync's own rows in three
+                // statements. If anything fails it is rolled back and written again an order at a time, each
+                // in a savepoint, so that one failure loses only that order's write.
+                let fast: Result<(), sqlx::Error> = async {
+                    for (index, write) in writes.iter().enumerate() {
+                        done.push(Ok(write_one!(tx, index, write, &mut own).await?));
                     }
+                    inserted = flush_own_rows!(tx, &own).await?;
+                    Ok(())
                 }
-                if failed {
+                .await;
+                if fast.is_err() {
                     tx.rollback().await?;
                     tx = pool.begin().await?;
-                    results.clear();
-                    for write in writes {
+                    (done, inserted) = (Vec::with_capacity(writes.len()), Vec::new());
+                    for (index, write) in writes.iter().enumerate() {
+                        own.clear();
                         let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-                        let one: Result<Written, sqlx::Error> = write_one!(savepoint, write).await;
+                        let one: Result<(Written, bool), sqlx::Error> = async {
+                            let written = write_one!(savepoint, index, write, &mut own).await?;
+                            inserted.extend(flush_own_rows!(savepoint, &own).await?);
+                            Ok(written)
+                        }
+                        .await;
                         match one {
                             Ok(written) => {
                                 savepoint.commit().await?;
-                                results.push(Ok(written));
+                                done.push(Ok(written));
                             }
                             Err(error) => {
                                 savepoint.rollback().await?;
-                                results.push(Err(StoreError::Query(error)));
+                                done.push(Err(StoreError::Query(error)));
                             }
                         }
                     }
                 }
                 tx.commit().await?;
                 store.held_for(began.elapsed());
-                Ok(results)
+                Ok(settle_results(writes, done, inserted))
             }
             .await
         });
@@ -1188,6 +1135,184 @@ pub struct Pruned {
     pub check_states: u64,
     pub settlements: u64,
     pub events: u64,
+}
+
+/// What a correction adds to ordersync's own tables: its event (unless the row already held the outcome),
+/// its settlement, its check state. Returns whether it records a settlement.
+fn record_correction<'a>(
+    index: usize,
+    correction: &'a Correction<'a>,
+    applied: &Applied,
+    to_word: &str,
+    own: &mut OwnRows<'a>,
+) -> bool {
+    let fill = correction.fill;
+    let not_found = match correction.because {
+        Because::NotFound { at } => Some(at),
+        Because::ExchangeEnded => None,
+    };
+    let mut notes = Vec::new();
+    if let Some(at) = not_found {
+        let times: Vec<String> = at.iter().map(|t| t.to_rfc3339()).collect();
+        notes.push(format!(
+            "not-found policy: Coinbase answered 404 at {} while it answered other orders of the account; \
+             written off, no figures",
+            times.join(", ")
+        ));
+    }
+    if !fill.missing.is_empty() {
+        notes.push(format!(
+            "the exchange gave no {} (nor did List Fills): written without {}",
+            fill.missing.join(", "),
+            if fill.missing.len() == 1 { "it" } else { "them" }
+        ));
+    }
+    if matches!(applied, Applied::Written { backlog: true, .. }) {
+        notes.push(
+            "the order ended before ordersync first ran on this database: backlog, outside the accuracy and \
+             latency figures"
+                .to_string(),
+        );
+    }
+    let reason = not_found.map(|_| "not_found");
+    match applied {
+        Applied::Written { applied_at, latency, .. } => own.events.push(NewEvent {
+            correction,
+            to_status: Some(to_word.to_string()),
+            applied_at: Some(*applied_at),
+            outcome: "applied",
+            latency: not_found.is_none().then_some(latency.as_secs_f64()),
+            note: (!notes.is_empty()).then(|| notes.join("; ")),
+            reason,
+        }),
+        Applied::RowChanged { now } => own.events.push(NewEvent {
+            correction,
+            to_status: None,
+            applied_at: None,
+            outcome: "row_changed",
+            latency: None,
+            note: Some(match now {
+                Some(word) => format!("the bot set the row to {word:?} after ordersync read it; left as is"),
+                None => "the row was deleted after ordersync read it".to_string(),
+            }),
+            reason,
+        }),
+        Applied::AlreadyApplied => {}
+    }
+    // A correction settles the order as ordersync's; a row already holding the outcome (the bot, or another
+    // path of ours that settled it first) as the bot's. An order written off by the not-found policy never
+    // ended on the exchange: it is no settlement (the accuracy figures are about ended orders).
+    let settlement = match applied {
+        _ if not_found.is_some() => None,
+        Applied::Written { applied_at, latency, backlog } => {
+            Some((SettledBy::Ordersync, *applied_at, Some(latency.as_secs_f64()), *backlog))
+        }
+        Applied::AlreadyApplied => Some((SettledBy::Bot, correction.detected_at, None, false)),
+        Applied::RowChanged { .. } => None,
+    };
+    if let Some((by, settled_at, latency, backlog)) = settlement {
+        own.settlements.push((
+            index,
+            NewSettlement {
+                row: correction.row,
+                by,
+                exchange_status: correction.exchange_status,
+                ended: Some((fill.ended_at, fill.end_source)),
+                settled_at,
+                latency,
+                late: !backlog && latency.is_some_and(late),
+                backlog,
+            },
+        ));
+    }
+    own.checks.push(NewCheck {
+        row: correction.row,
+        at: correction.detected_at,
+        exchange_status: Some(correction.exchange_status),
+        verdict: match applied {
+            Applied::Written { .. } => "corrected",
+            Applied::RowChanged { .. } => "row_changed",
+            Applied::AlreadyApplied => "settled_by_bot",
+        },
+        error: None,
+        flagged: false,
+        seen: Some(correction.seen),
+        next_check_at: None,
+        not_found_at: not_found.map(|at| join_times(at)),
+    });
+    settlement.is_some()
+}
+
+/// What a check that writes nothing to the bot's row adds to ordersync's own tables: its check state, and a
+/// settlement when the bot's row was right (settled by the bot) or ended with another position (a
+/// conflict: a miss of the bot, and late, whatever happens to the row later). Returns whether it records a
+/// settlement.
+fn record_check<'a>(index: usize, check: &'a CheckRecord<'a>, own: &mut OwnRows<'a>) -> bool {
+    own.checks.push(NewCheck {
+        row: check.row,
+        at: check.at,
+        exchange_status: check.exchange_status,
+        verdict: check.verdict,
+        error: check.error.clone(),
+        flagged: check.flagged,
+        seen: check.seen,
+        next_check_at: check.next_check_at,
+        not_found_at: (!check.not_found_at.is_empty()).then(|| join_times(check.not_found_at)),
+    });
+    // A product conflict on a pending row settles nothing: the order is still open to the bot, and stuck
+    // until a human looks.
+    let settles = match (check.settles, &check.conflict) {
+        (true, _) => Some((SettledBy::Bot, false)),
+        (false, Some(c)) if c.kind == ConflictKind::Position => Some((SettledBy::Conflict, true)),
+        (false, _) => None,
+    };
+    if let Some((by, late)) = settles {
+        own.settlements.push((
+            index,
+            NewSettlement {
+                row: check.row,
+                by,
+                exchange_status: check.exchange_status.unwrap_or_default(),
+                ended: check.ended,
+                settled_at: check.at,
+                latency: None,
+                late,
+                backlog: false,
+            },
+        ));
+    }
+    settles.is_some()
+}
+
+/// Each write's result, with `settled` set for the writes whose settlement was inserted (`inserted`: the
+/// order ids the insert returned). An order settled twice in one transaction is counted for its first
+/// write only.
+fn settle_results(
+    writes: &[Write<'_>],
+    done: Vec<Result<(Written, bool), StoreError>>,
+    inserted: Vec<String>,
+) -> Vec<Result<Written, StoreError>> {
+    let mut inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    writes
+        .iter()
+        .zip(done)
+        .map(|(write, result)| {
+            let (written, settles) = result?;
+            let (row, by) = match (write, &written) {
+                (Write::Correction(c), Written::Correction { applied, .. }) => (
+                    c.row,
+                    if matches!(applied, Applied::AlreadyApplied) { SettledBy::Bot } else { SettledBy::Ordersync },
+                ),
+                (Write::Check(c), _) => (c.row, if c.settles { SettledBy::Bot } else { SettledBy::Conflict }),
+                (Write::Correction(c), _) => (c.row, SettledBy::Ordersync),
+            };
+            let settled = (settles && inserted.remove(row.order_id.as_str())).then_some(by);
+            Ok(match written {
+                Written::Correction { applied, .. } => Written::Correction { applied, settled },
+                Written::Check { .. } => Written::Check { settled },
+            })
+        })
+        .collect()
 }
 
 /// Times as kept in `not_found_at`: RFC 3339, space-separated, oldest first.

@@ -51,15 +51,60 @@ pub(super) const INSERT_MIGRATION: &str =
 /// Replicas starting together take turns migrating.
 pub(super) const PG_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7261736862)";
 
-pub(super) const INSERT_EVENT: &str = "INSERT INTO ordersync_events (order_id, bot_id, product_id, from_status, \
-     to_status, exchange_status, exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, \
-     latency_seconds, note, ended_at, end_source, reason) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+/// `($1, …, $cols), ($cols+1, …)`: `rows` groups of `cols` parameters, for a multi-row VALUES.
+fn value_groups(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
-/// One settled order; a second settlement of the same order changes nothing (it is counted once).
-pub(super) const INSERT_SETTLEMENT: &str = "INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, \
-     exchange_status, ended_at, end_source, settled_at, latency_seconds, late, backlog) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (order_id) DO NOTHING";
+pub(super) const EVENT_COLUMNS: usize = 18;
+
+/// `rows` events (`EVENT_COLUMNS` parameters each).
+pub(super) fn insert_events(rows: usize) -> String {
+    format!(
+        "INSERT INTO ordersync_events (order_id, bot_id, product_id, from_status, to_status, exchange_status, \
+         exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note, \
+         ended_at, end_source, reason) VALUES {}",
+        value_groups(rows, EVENT_COLUMNS)
+    )
+}
+
+pub(super) const SETTLEMENT_COLUMNS: usize = 10;
+
+/// `rows` settlements; one of an order already settled changes nothing (it is counted once): the ids of
+/// those inserted come back.
+pub(super) fn insert_settlements(rows: usize) -> String {
+    format!(
+        "INSERT INTO ordersync_settlements (order_id, bot_id, settled_by, exchange_status, ended_at, end_source, \
+         settled_at, latency_seconds, late, backlog) VALUES {} ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+        value_groups(rows, SETTLEMENT_COLUMNS)
+    )
+}
+
+pub(super) const CHECK_COLUMNS: usize = 13;
+
+/// `rows` checks. A check whose `unresolved_in_a_row` is 1 extends the run of unresolved checks, one with
+/// 0 ends it; when and how the order was first seen ended is kept from the first sighting.
+pub(super) fn upsert_checks(rows: usize) -> String {
+    format!(
+        "INSERT INTO ordersync_order_checks (order_id, first_checked_at, last_checked_at, checks, \
+         unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged, ended_seen_at, \
+         ended_seen_source, next_check_at, not_found_at) VALUES {} \
+         ON CONFLICT (order_id) DO UPDATE SET last_checked_at = excluded.last_checked_at, \
+         checks = ordersync_order_checks.checks + 1, \
+         unresolved_in_a_row = CASE WHEN excluded.unresolved_in_a_row > 0 \
+         THEN ordersync_order_checks.unresolved_in_a_row + 1 ELSE 0 END, \
+         last_exchange_status = excluded.last_exchange_status, last_verdict = excluded.last_verdict, \
+         last_error = excluded.last_error, flagged = excluded.flagged, \
+         ended_seen_source = CASE WHEN ordersync_order_checks.ended_seen_at IS NULL \
+         THEN excluded.ended_seen_source ELSE ordersync_order_checks.ended_seen_source END, \
+         ended_seen_at = COALESCE(ordersync_order_checks.ended_seen_at, excluded.ended_seen_at), \
+         next_check_at = excluded.next_check_at, not_found_at = excluded.not_found_at",
+        value_groups(rows, CHECK_COLUMNS)
+    )
+}
 
 pub(super) const SELECT_SETTLEMENTS_SINCE: &str = "SELECT order_id, bot_id, settled_by, exchange_status, ended_at, \
      end_source, settled_at, latency_seconds, late, backlog FROM ordersync_settlements WHERE settled_at >= $1 \
@@ -74,23 +119,6 @@ pub(super) const UPSERT_CONFLICT: &str = "INSERT INTO ordersync_conflicts (order
      kind = excluded.kind, exchange_product_id = excluded.exchange_product_id";
 
 pub(super) const DELETE_CONFLICT: &str = "DELETE FROM ordersync_conflicts WHERE order_id = $1";
-
-/// `$6` says whether this check was unresolved: it extends or resets the run of unresolved checks. `$8` and
-/// `$9`, when and how the order was seen ended, are kept only if it is the first sighting. `$10` is when to
-/// ask again (the backoff), `$11` the counted 404s.
-pub(super) const UPSERT_CHECK: &str = "INSERT INTO ordersync_order_checks (order_id, first_checked_at, \
-     last_checked_at, checks, unresolved_in_a_row, last_exchange_status, last_verdict, last_error, flagged, \
-     ended_seen_at, ended_seen_source, next_check_at, not_found_at) \
-     VALUES ($1, $2, $2, 1, CASE WHEN $6 THEN 1 ELSE 0 END, $3, $4, $5, $7, $8, $9, $10, $11) \
-     ON CONFLICT (order_id) DO UPDATE SET last_checked_at = excluded.last_checked_at, \
-     checks = ordersync_order_checks.checks + 1, \
-     unresolved_in_a_row = CASE WHEN $6 THEN ordersync_order_checks.unresolved_in_a_row + 1 ELSE 0 END, \
-     last_exchange_status = excluded.last_exchange_status, last_verdict = excluded.last_verdict, \
-     last_error = excluded.last_error, flagged = excluded.flagged, \
-     ended_seen_source = CASE WHEN ordersync_order_checks.ended_seen_at IS NULL THEN excluded.ended_seen_source \
-     ELSE ordersync_order_checks.ended_seen_source END, \
-     ended_seen_at = COALESCE(ordersync_order_checks.ended_seen_at, excluded.ended_seen_at), \
-     next_check_at = excluded.next_check_at, not_found_at = excluded.not_found_at";
 
 /// Retention, a slice at a time (short transactions on SQLite): check state of orders settled before `$1`
 /// or whose last check found them done (corrected, changed by the bot, settled by it) before `$1`...
