@@ -535,6 +535,16 @@ async fn prune(config: &Config, older_than: Option<std::time::Duration>, events:
     let Some(older_than) = older_than.or(config.retention) else {
         return Err(UsageError("retention is off: say how old with --older-than, e.g. --older-than 90d".into()).into());
     };
+    if older_than < config.verify_window {
+        return Err(UsageError(format!(
+            "--older-than {} is inside the verify window ({}): settlements that young keep recent terminal rows \
+             from being settled a second time; use at least {}",
+            config::format_duration(older_than),
+            config::format_duration(config.verify_window),
+            config::format_duration(config.verify_window)
+        ))
+        .into());
+    }
     let store = app::connect_store(config).await.map_err(app_error)?;
     if !store.has_own_tables() {
         return Err(app_error(StoreError::NotMigrated { url: store.url().to_string() }.into()));

@@ -668,6 +668,20 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
     let not_found = file.not_found.as_ref().and_then(|policy| resolve_not_found(&mut r, policy));
     let trades = resolve_trades(&mut r, &file.trades);
     let email = resolve_email(&mut r, over, &file.email);
+    // Settlements younger than the verify window keep recent terminal rows from being checked (and
+    // settled) again: the retention never reaches into it.
+    let window = verify_window.unwrap_or(DEFAULT_VERIFY_WINDOW);
+    if let Some(Some(kept)) = retention {
+        if kept < window {
+            let (key, value) = match (over.retention.as_ref(), file.retention.as_ref()) {
+                (Some(value), _) => (format!("--retention / {ENV_RETENTION}"), value.clone()),
+                (None, Some(value)) => (format!("retention in {}", r.file_name), value.clone()),
+                (None, None) => ("retention".to_string(), format_duration(kept)),
+            };
+            let expected = format!("at least the verify window ({}), or off", format_duration(window));
+            r.bad.push(BadValue { key, value, expected });
+        }
+    }
 
     if !r.bad.is_empty() {
         return Err(ConfigError::Invalid(r.bad));
@@ -720,11 +734,15 @@ fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
 }
 
 fn resolve_not_found(r: &mut Resolver<'_>, file: &FileNotFound) -> Option<crate::decide::NotFoundPolicy> {
-    let after_checks = r.pick(
-        ("", "", None),
-        ("not_found.after_checks", file.after_checks.map(|v| v.to_string())),
-        parse_positive::<u32>,
-    );
+    let after_checks =
+        r.pick(("", "", None), ("not_found.after_checks", file.after_checks.map(|v| v.to_string())), |text| match text
+            .trim()
+            .parse::<u32>()
+        {
+            // One 404 is weak evidence (a young order can answer 404 for a while): never enough alone.
+            Ok(n) if (2..=100).contains(&n) => Ok(n),
+            _ => Err("a whole number from 2 to 100".to_string()),
+        });
     let after = r.pick(("", "", None), ("not_found.after", file.after.clone()), parse_duration);
     let write = r.pick(("", "", None), ("not_found.write", file.write.clone()), |text| {
         match text.trim().to_ascii_lowercase().as_str() {
@@ -963,6 +981,47 @@ mod tests {
             Err(ConfigError::Invalid(bad)) => bad.into_iter().map(|b| b.key).collect(),
             other => panic!("expected invalid config, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_settings_of_months_in_production_are_checked_every_one() {
+        let config = resolve_with(Overrides::default(), "").unwrap();
+        assert_eq!(config.brake.max_corrections, DEFAULT_MAX_CORRECTIONS_PER_PASS);
+        assert_eq!((config.observe_only, config.retention, config.not_found), (false, Some(DEFAULT_RETENTION), None));
+        let on =
+            resolve_with(Overrides::default(), "[not_found]\nafter_checks = 4\nafter = \"2h\"\nwrite = \"expired\"")
+                .unwrap();
+        let policy = on.not_found.expect("present: on");
+        assert_eq!(
+            (policy.after_checks, policy.after, policy.write),
+            (4, chrono::Duration::hours(2), crate::decide::Terminal::Expired)
+        );
+        let over = Overrides {
+            max_correction_share: Some("2".into()),
+            retention: Some("1h".into()),
+            observe_only: Some("maybe".into()),
+            ..Overrides::default()
+        };
+        let bad = bad_keys(resolve_with(
+            over,
+            "max_corrections_per_pass = 0\n[not_found]\nafter_checks = 1\nwrite = \"completed\"",
+        ));
+        for key in [
+            "--max-correction-share / ORDERSYNC_MAX_CORRECTION_SHARE",
+            "--retention / ORDERSYNC_RETENTION",
+            "--observe-only / ORDERSYNC_OBSERVE_ONLY",
+            "max_corrections_per_pass in test.toml",
+            "not_found.after_checks in test.toml",
+            "not_found.write in test.toml",
+        ] {
+            assert!(bad.contains(&key.to_string()), "{key} not in {bad:?}");
+        }
+        // A retention inside the verify window would let recent terminal rows be settled twice.
+        let inside =
+            Overrides { retention: Some("2d".into()), verify_window: Some("7d".into()), ..Overrides::default() };
+        assert_eq!(bad_keys(resolve_with(inside, "")), vec!["--retention / ORDERSYNC_RETENTION".to_string()]);
+        let off = Overrides { retention: Some("off".into()), ..Overrides::default() };
+        assert_eq!(resolve_with(off, "").unwrap().retention, None);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Settings {
     pub observe_only: bool,
 }
 
+/// The 404 times kept for the not-found policy (its `after_checks` is at most this).
+pub const NOT_FOUND_TIMES_KEPT: usize = 100;
+
 /// Above this many corrections in a pass, the share rule of the brake applies as well.
 pub const BRAKE_SHARE_FLOOR: usize = 10;
 
@@ -157,6 +160,14 @@ pub struct Item<'r, 'a> {
     pub answer: &'a Answer,
     pub state: Option<&'a CheckState>,
     pub hint: Option<(DateTime<Utc>, EndSource)>,
+    /// The exchange answered some other order with an order in the same lookup: only then does a 404
+    /// count towards the not-found policy.
+    pub answering: bool,
+}
+
+/// Whether a lookup's answers hold at least one order (the exchange answered normally).
+fn answering(answers: &HashMap<OrderId, Answer>) -> bool {
+    answers.values().any(|answer| matches!(answer, Answer::Order(_)))
 }
 
 /// One order decided on, before its write.
@@ -501,13 +512,7 @@ pub struct Reconciler {
     wake: Arc<Notify>,
     due: Arc<DueChecks>,
     brake: Arc<Mutex<BrakeState>>,
-    /// The last time the exchange answered with an order (any order): a 404 counts towards the not-found
-    /// policy only while the exchange is answering.
-    answered_at: Arc<Mutex<Option<DateTime<Utc>>>>,
 }
-
-/// A 404 counts towards the not-found policy when the exchange answered some order this recently.
-const ANSWERING_WITHIN: Duration = Duration::from_secs(60);
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
@@ -531,7 +536,6 @@ impl Reconciler {
             wake: Arc::new(Notify::new()),
             due: Arc::new(DueChecks::default()),
             brake: Arc::default(),
-            answered_at: Arc::default(),
         }
     }
 
@@ -542,18 +546,6 @@ impl Reconciler {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
-    }
-
-    /// Remember that the exchange answered with an order just now, if it did.
-    fn note_answers(&self, answers: &HashMap<OrderId, Answer>) {
-        if answers.values().any(|answer| matches!(answer, Answer::Order(_))) {
-            *self.answered_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Utc::now());
-        }
-    }
-
-    fn exchange_answering(&self, now: DateTime<Utc>) -> bool {
-        let last = *self.answered_at.lock().unwrap_or_else(|p| p.into_inner());
-        last.is_some_and(|at| now - at <= chrono_duration(ANSWERING_WITHIN))
     }
 
     /// Set the brake after a pass: engaged with `held`, or released.
@@ -580,7 +572,6 @@ impl Reconciler {
         }
         state.held = held;
         state.pending = pending;
-        state.since_pass = 0;
     }
 
     /// The hold for corrections outside a pass (WebSocket and due checks): observe-only, the engaged brake,
@@ -598,7 +589,9 @@ impl Reconciler {
         }
         let total = state.since_pass + corrections;
         let brake = self.settings.brake;
-        if total > brake.max_corrections && !brake.allowed {
+        // Before the first pass the pending rows are not known: only the count applies.
+        let pending = if state.pending == 0 { usize::MAX } else { state.pending };
+        if brake.trips(total, pending) {
             state.held = Some(Held {
                 would_correct: total,
                 pending: state.pending,
@@ -703,7 +696,9 @@ impl Reconciler {
         report.deferred = deferred.len();
         let flagged_waiting = deferred.iter().filter(|row| waiting.get(&row.order_id) == Some(&true)).count();
         drop((deferred, waiting));
-        let since_pass = self.brake.lock().unwrap_or_else(|p| p.into_inner()).since_pass;
+        // The WebSocket path's corrections since the last pass began count towards this pass's brake; those
+        // made from now on count towards the next one.
+        let since_pass = std::mem::take(&mut self.brake.lock().unwrap_or_else(|p| p.into_inner()).since_pass);
         let brake = self.settings.brake;
         let mut certain = 0usize;
         let mut corrections = 0usize;
@@ -731,7 +726,7 @@ impl Reconciler {
                 break;
             }
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
-            self.note_answers(&answers);
+            let round_answering = answering(&answers);
             certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
             let now = Utc::now();
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
@@ -740,7 +735,8 @@ impl Reconciler {
             let mut checks = Vec::with_capacity(chunk.len());
             for row in chunk.iter() {
                 let answer = answers.get(&row.order_id).unwrap_or(&no_answer);
-                let item = Item { row, answer, state: states.get(&row.order_id), hint: None };
+                let item =
+                    Item { row, answer, state: states.get(&row.order_id), hint: None, answering: round_answering };
                 let plan = self.plan(&item, Source::Poll, now);
                 if plan.corrects() {
                     corrections += 1;
@@ -771,8 +767,8 @@ impl Reconciler {
             }
         }
         if !report.interrupted && !held.is_empty() {
-            // Every order is decided: the brake knows the whole pass.
-            let tripped = brake.trips(since_pass + corrections, pending);
+            // Every order is decided: the brake knows the whole pass. Observe-only writes nothing anyway.
+            let tripped = !self.settings.observe_only && brake.trips(since_pass + corrections, pending);
             let hold = if self.settings.observe_only { Some(Hold::Observe) } else { tripped.then_some(Hold::Brake) };
             if tripped {
                 report.braked = Some(Held {
@@ -851,6 +847,7 @@ impl Reconciler {
             let items: Vec<Item> = chunk
                 .iter()
                 .map(|row| Item {
+                    answering: answering(&answers),
                     row,
                     answer: answers.get(&row.order_id).unwrap_or(&no_answer),
                     state: states.get(&row.order_id),
@@ -892,7 +889,8 @@ impl Reconciler {
         complete_figures(self.exchange.as_ref(), &mut answers).await;
         let answer = answers.remove(order_id).unwrap_or_else(|| Answer::Ambiguous("no answer".into()));
         let states = self.check_states(std::slice::from_ref(order_id)).await;
-        let item = Item { row: &row, answer: &answer, state: states.get(order_id), hint: None };
+        // One order asked about alone: no other order answered with it, so a 404 here never counts.
+        let item = Item { row: &row, answer: &answer, state: states.get(order_id), hint: None, answering: false };
         let mut checked = self.check_many(&[item], mode, Source::Manual).await;
         checked.pop().ok_or(ReconcileError::UnknownOrder(order_id.clone()))
     }
@@ -965,9 +963,13 @@ impl Reconciler {
                 _ => lookups.push(id.clone()),
             }
         }
+        let mut lookup_answering = false;
         if !lookups.is_empty() {
             tokio::select! {
-                found = lookup(self.exchange.as_ref(), &lookups) => answers.extend(found),
+                found = lookup(self.exchange.as_ref(), &lookups) => {
+                    lookup_answering = answering(&found);
+                    answers.extend(found);
+                }
                 () = token.cancelled() => return Vec::new(),
             }
         }
@@ -980,6 +982,7 @@ impl Reconciler {
                 .filter(|(_, due)| due.source == source)
                 .filter_map(|(id, due)| {
                     Some(Item {
+                        answering: lookup_answering,
                         row: rows.get(id)?,
                         answer: answers.get(id)?,
                         state: states.get(id),
@@ -1166,7 +1169,7 @@ impl Reconciler {
             row_product: row.product_id.clone(),
             not_found_policy: self.settings.not_found,
             not_found_before,
-            exchange_answering: self.exchange_answering(now),
+            exchange_answering: item.answering,
         };
         let action = decide(db, item.answer, &context);
         let (exchange_status, label, ended, filled_size, exchange_product) = match item.answer {
@@ -1185,11 +1188,16 @@ impl Reconciler {
         };
         // The 404s that count towards the not-found policy: reset by an answer about the order, kept through
         // an answer that says nothing (an outage).
-        let not_found_at = match item.answer {
+        // Kept only while the policy is on, and at most `NOT_FOUND_TIMES_KEPT` (the first and the latest).
+        let mut not_found_at = match item.answer {
+            _ if self.settings.not_found.is_none() => Vec::new(),
             Answer::NotFound if db == DbStatus::Pending => context.not_found_times(),
             Answer::Ambiguous(_) => context.not_found_before.clone(),
             _ => Vec::new(),
         };
+        if not_found_at.len() > NOT_FOUND_TIMES_KEPT {
+            not_found_at.drain(1..not_found_at.len() - NOT_FOUND_TIMES_KEPT + 1);
+        }
         let next_check_at = match &action {
             Action::Keep(Verdict::Unresolved { why, .. }) if db == DbStatus::Pending => {
                 next_check(why, unresolved_before.saturating_add(1), self.settings.poll_interval, now)

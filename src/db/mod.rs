@@ -359,7 +359,7 @@ macro_rules! flush_own_rows {
             let rows: &OwnRows = $rows;
             if !rows.events.is_empty() {
                 let text = sql::insert_events(rows.events.len());
-                let mut query = sqlx::query(&text).persistent(false);
+                let mut query = sqlx::query(&text);
                 for e in &rows.events {
                     let (c, fill) = (e.correction, e.correction.fill);
                     query = query
@@ -387,7 +387,7 @@ macro_rules! flush_own_rows {
             let mut inserted: Vec<String> = Vec::new();
             if !rows.settlements.is_empty() {
                 let text = sql::insert_settlements(rows.settlements.len());
-                let mut query = sqlx::query_scalar::<_, String>(&text).persistent(false);
+                let mut query = sqlx::query_scalar::<_, String>(&text);
                 for (_, s) in &rows.settlements {
                     query = query
                         .bind(s.row.order_id.as_str())
@@ -405,7 +405,7 @@ macro_rules! flush_own_rows {
             }
             if !rows.checks.is_empty() {
                 let text = sql::upsert_checks(rows.checks.len());
-                let mut query = sqlx::query(&text).persistent(false);
+                let mut query = sqlx::query(&text);
                 for k in &rows.checks {
                     query = query
                         .bind(k.row.order_id.as_str())
@@ -878,7 +878,8 @@ impl Store {
                     Ok(())
                 }
                 .await;
-                if fast.is_err() {
+                if let Err(error) = fast {
+                    tracing::debug!(%error, orders = writes.len(), "a write failed; writing the transaction again an order at a time");
                     tx.rollback().await?;
                     tx = pool.begin().await?;
                     (done, inserted) = (Vec::with_capacity(writes.len()), Vec::new());
@@ -974,12 +975,17 @@ impl Store {
         }
         for (text, count) in steps {
             loop {
+                let began = std::time::Instant::now();
                 let deleted = on_pool!(self, pool => {
                     sqlx::query(text).bind(before).bind(PRUNE_SLICE).execute(pool).await?.rows_affected()
                 });
                 *count += deleted;
                 if deleted < u64::try_from(PRUNE_SLICE).unwrap_or(u64::MAX) {
                     break;
+                }
+                if self.backend() == Backend::Sqlite {
+                    // As after a write transaction: leave the database free as long as it was held.
+                    tokio::time::sleep(began.elapsed().max(MIN_SQLITE_PAUSE)).await;
                 }
             }
         }
@@ -1127,7 +1133,7 @@ const MIN_SQLITE_PAUSE: Duration = Duration::from_millis(5);
 const PG_CONCURRENT_TRANSACTIONS: usize = 4;
 
 /// Rows deleted per statement when pruning.
-const PRUNE_SLICE: i64 = 5000;
+const PRUNE_SLICE: i64 = 1000;
 
 /// What `Store::prune` deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

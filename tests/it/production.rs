@@ -381,6 +381,9 @@ async fn the_brake_observe_only_and_prune_through_the_binary(backend: Backend) {
     setup.db.exec(&format!("UPDATE ordersync_settlements SET settled_at = '{old}'")).await;
     setup.db.exec(&format!("UPDATE ordersync_order_checks SET last_checked_at = '{old}'")).await;
     setup.db.exec(&format!("UPDATE ordersync_events SET detected_at = '{old}'")).await;
+    let inside = run(&["prune", "--older-than", "1h"]).await;
+    assert_eq!(inside.code, 2, "inside the verify window: {}", inside.stderr);
+    assert!(inside.stderr.contains("verify window"), "{}", inside.stderr);
     let pruned = run(&["prune", "--older-than", "90d"]).await;
     assert_eq!(pruned.code, 0, "{}", pruned.stderr);
     assert!(
@@ -514,3 +517,31 @@ async fn one_orders_failed_write_loses_only_that_order(backend: Backend) {
     assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_settlements").await, 2);
 }
 crate::both!(one_orders_failed_write_loses_only_that_order);
+
+/// CANCELLED, EXPIRED and FAILED orders wait out the grace period before they are corrected (through the
+/// due checks): the brake holds them there too, by both of its rules.
+async fn orders_that_end_without_a_fill_are_braked_after_their_grace_period_too(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    let mut cancelled = Vec::new();
+    for i in 0..20 {
+        let id = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(30)).await;
+        if i < 15 {
+            sandbox.end(&id, "CANCELLED").unwrap();
+            cancelled.push(id);
+        }
+    }
+    let (reconciler, metrics) =
+        reconciler_on(&db, Arc::new(sandbox.clone()), "grace = \"1s\"\nmax_correction_share = 0.5").await;
+
+    let report = pass(&reconciler).await;
+    assert_eq!(report.checked.iter().filter(|c| c.verdict == "waiting").count(), 15);
+    let due = reconciler.finish_due(&CancellationToken::new()).await;
+
+    assert_eq!(due.iter().filter(|c| c.result == "held").count(), 15, "{due:?}");
+    for id in &cancelled {
+        assert_eq!(db.trade(id).await.status, "pending");
+    }
+    assert_eq!(metrics.correction_brake.get(), 1);
+}
+crate::both!(orders_that_end_without_a_fill_are_braked_after_their_grace_period_too);
