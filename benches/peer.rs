@@ -119,9 +119,19 @@ async fn main() {
     let client = reqwest::Client::new();
     let started = Instant::now();
     loop {
-        let ours_ready = client.get(&ours_url).send().await.ok().map(|r| r.status().is_success()).unwrap_or(false)
-            && scrape(&client, &ours_url).await.contains("ordersync_reconcile_runs_total{result=\"success\"} ")
-            && scrape(&client, &ours_url).await.contains("ordersync_collector_success{collector=\"pending_orders\"} 1");
+        // Ready: a pass has finished and the gauges were refreshed since.
+        let ours_ready = match client.get(&ours_url).send().await {
+            Ok(response) => {
+                let text = response.text().await.unwrap_or_default();
+                let passes = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ordersync_reconcile_runs_total{result=\"success\"} "))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                passes >= 1.0 && text.contains("ordersync_collector_success{collector=\"pending_orders\"} 1")
+            }
+            Err(_) => false,
+        };
         let peer_ready = match client.get(&peer_url).send().await {
             Ok(response) => response.text().await.unwrap_or_default().contains("sql_pending_orders"),
             Err(_) => false,

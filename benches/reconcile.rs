@@ -116,7 +116,11 @@ async fn main() {
             wall.as_secs_f64(),
             requests(&metrics),
             reconciler.store().longest_write_transaction().as_secs_f64() * 1000.0,
-            ordersync::db::WRITES_PER_TRANSACTION,
+            if backend == "sqlite" {
+                ordersync::db::WRITES_PER_TRANSACTION
+            } else {
+                ordersync::db::PG_WRITES_PER_TRANSACTION
+            },
         );
         reconciler.store().close().await;
         token.cancel();

@@ -5,6 +5,10 @@
 //! <= 16 MB.
 //!
 //!     cargo bench --bench scrape
+//!
+//! ORDERSYNC_BENCH_SMAPS=1 prints the RSS split (anonymous, file), ORDERSYNC_BENCH_LOG sets the service's
+//! log filter (`warn,ordersync::memory=debug` shows the heap after each gauge refresh), ORDERSYNC_BENCH_REFRESH
+//! its gauge refresh.
 
 mod common;
 

@@ -183,6 +183,7 @@ struct SyncStatusRow {
     /// An unresolved order's backoff: not asked about before then (`null`: at the next pass).
     next_check_at: Option<chrono::DateTime<Utc>>,
     verdict: String,
+    /// Checks that changed something (a check that finds what the last one found is not written).
     checks: i64,
     flagged: bool,
     last_error: Option<String>,

@@ -1,15 +1,15 @@
-//! Keeping the service's resident memory small on glibc: one malloc arena per worker thread rather than
+//! Keeping the service's resident memory small on glibc: one malloc arena for all threads rather than
 //! eight per core, and freed memory handed back to the kernel after the large transient work (a pass, a
 //! gauge refresh) instead of being kept for a peak that comes back only every few seconds.
 //!
 //! Deliberately not here: anything that changes what is allocated; elsewhere no code depends on this.
 
-/// Cap glibc's malloc arenas. Call before the runtime starts its threads.
+/// One glibc malloc arena (the service's threads mostly wait; contention is not its cost). Call before the runtime starts its threads.
 pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX takes any positive count.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

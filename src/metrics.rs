@@ -665,24 +665,27 @@ impl Metrics {
         let started = Instant::now();
         let result = async {
             let rows = store.pending_orders().await?;
-            let ids: Vec<OrderId> = rows.iter().map(|row| row.order_id.clone()).collect();
-            let states = store.check_states(&ids).await?;
+            // What the exchange last said of each, a thousand at a time (never a map of every order's state).
+            let mut pending: Vec<(TradeRow, PendingKind)> = Vec::with_capacity(rows.len());
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<TradeRow> = rows.by_ref().take(1000).collect();
+                let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
+                let states = store.check_states(&ids).await?;
+                pending.extend(chunk.into_iter().map(|row| {
+                    let last = states.get(&row.order_id).and_then(|s| s.last_exchange_status.as_deref());
+                    let kind = PendingKind::of(last);
+                    (row, kind)
+                }));
+            }
             let conflicts = store.conflicts().await?;
-            Ok::<_, crate::db::StoreError>((rows, states, conflicts))
+            Ok::<_, crate::db::StoreError>((pending, conflicts))
         }
         .await;
         let took = started.elapsed().as_secs_f64();
         self.collector_duration.with_label_values(&[COLLECTOR_PENDING]).set(took);
         match result {
-            Ok((rows, states, conflicts)) => {
-                let pending: Vec<(TradeRow, PendingKind)> = rows
-                    .into_iter()
-                    .map(|row| {
-                        let last = states.get(&row.order_id).and_then(|s| s.last_exchange_status.as_deref());
-                        let kind = PendingKind::of(last);
-                        (row, kind)
-                    })
-                    .collect();
+            Ok((pending, conflicts)) => {
                 self.set_pending(&pending, Utc::now());
                 self.set_conflicts(&conflicts);
                 self.database_up.set(1);

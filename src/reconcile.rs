@@ -279,6 +279,9 @@ pub struct PassReport {
     pub too_young: usize,
     /// Unresolved pending rows not asked about in this pass: their backoff has them wait.
     pub deferred: usize,
+    /// Orders checked and found live and unchanged that the service loop does not list in `checked`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub omitted: usize,
     /// The mass-correction brake held this pass's corrections: nothing was corrected.
     pub braked: Option<Held>,
     /// The pass was cancelled before every order was checked.
@@ -304,6 +307,10 @@ impl PassReport {
             .chain(&self.verified)
             .filter(|c| matches!(c.verdict, "terminal_conflict" | "product_conflict"))
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Failures that stop a whole pass (one order's failure never does).
@@ -664,6 +671,28 @@ impl Reconciler {
         token: &CancellationToken,
         progress: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<PassReport, ReconcileError> {
+        self.pass_inner(mode, token, progress, false).await
+    }
+
+    /// A pass; with `brief`, orders found live and unchanged are counted in `omitted` rather than listed
+    /// (the service loop keeps no list of 10,000 resting orders it does nothing with).
+    async fn pass_inner(
+        &self,
+        mode: Mode,
+        token: &CancellationToken,
+        progress: &(dyn Fn(usize, usize) + Sync),
+        brief: bool,
+    ) -> Result<PassReport, ReconcileError> {
+        let mut done = 0usize;
+        let mut keep = |report: &mut PassReport, checked: Checked| {
+            done += 1;
+            if brief && checked.verdict == "in_sync" && checked.result == "unchanged" {
+                report.omitted += 1;
+            } else {
+                report.checked.push(checked);
+            }
+            done
+        };
         let rows = match self.store.pending_orders().await {
             Ok(rows) => {
                 self.metrics.database_up.set(1);
@@ -755,8 +784,8 @@ impl Reconciler {
                 checks.append(&mut held);
             }
             for checked in self.apply(checks, mode, Source::Poll, observe).await {
-                report.checked.push(checked);
-                progress(report.checked.len(), due.len());
+                let done = keep(&mut report, checked);
+                progress(done, due.len());
             }
             if token.is_cancelled() {
                 report.interrupted = true;
@@ -780,8 +809,8 @@ impl Reconciler {
                 });
             }
             for checked in self.apply(std::mem::take(&mut held), mode, Source::Poll, hold).await {
-                report.checked.push(checked);
-                progress(report.checked.len(), due.len());
+                let done = keep(&mut report, checked);
+                progress(done, due.len());
             }
         }
         let unresolved_mismatches = report
@@ -1275,11 +1304,11 @@ impl Reconciler {
     pub async fn run(&self, token: CancellationToken) {
         loop {
             let started = Instant::now();
-            match self.pass(Mode::Apply, &token).await {
+            match self.pass_inner(Mode::Apply, &token, &|_, _| {}, true).await {
                 Ok(report) if report.failed => {
                     self.metrics.reconcile_runs.with_label_values(&["failure"]).inc();
                     tracing::error!(
-                        orders = report.checked.len(),
+                        orders = report.checked.len() + report.omitted,
                         "reconcile pass failed: the exchange gave no certain answer for any order; trying again next tick"
                     );
                 }
@@ -1287,7 +1316,7 @@ impl Reconciler {
                     self.metrics.reconcile_runs.with_label_values(&["success"]).inc();
                     self.metrics.last_successful_reconcile.set(Utc::now().timestamp_millis() as f64 / 1000.0);
                     tracing::debug!(
-                        checked = report.checked.len(),
+                        checked = report.checked.len() + report.omitted,
                         corrected = report.count("corrected"),
                         verified = report.verified.len(),
                         "reconcile pass done"

@@ -522,7 +522,7 @@ impl Store {
                 // bot is unaffected.
                 .pragma("cache_size", "-256");
             let pool = SqlitePoolOptions::new()
-                .max_connections(4)
+                .max_connections(3)
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options)
                 .await
@@ -752,9 +752,9 @@ impl Store {
         let mut results = Vec::with_capacity(writes.len());
         if self.backend() == Backend::Postgres {
             // Row locks: transactions of different orders run side by side.
-            for group in writes.chunks(WRITES_PER_TRANSACTION * PG_CONCURRENT_TRANSACTIONS) {
+            for group in writes.chunks(PG_WRITES_PER_TRANSACTION * PG_CONCURRENT_TRANSACTIONS) {
                 let mut running = Vec::with_capacity(PG_CONCURRENT_TRANSACTIONS);
-                for slice in group.chunks(WRITES_PER_TRANSACTION) {
+                for slice in group.chunks(PG_WRITES_PER_TRANSACTION) {
                     running.push(self.write_transaction(slice));
                 }
                 for slice in futures_util::future::join_all(running).await {
@@ -1121,9 +1121,11 @@ impl Store {
     }
 }
 
-/// At most this many orders' writes share one transaction (`benches/reconcile.rs` measures how long one holds
-/// SQLite's write lock).
+/// At most this many orders' writes share one transaction on SQLite (`benches/reconcile.rs` measures how long
+/// one holds the database's write lock)...
 pub const WRITES_PER_TRANSACTION: usize = 100;
+/// ... and on PostgreSQL, where a transaction locks only its rows.
+pub const PG_WRITES_PER_TRANSACTION: usize = 250;
 
 /// After each write transaction on SQLite, ordersync leaves the database free at least this long (and at
 /// least as long as it held it).
