@@ -505,6 +505,24 @@ mod tests {
     }
 
     #[test]
+    fn orders_written_off_by_the_not_found_policy_are_mailed_in_a_section_of_their_own() {
+        let orders = vec![StuckOrder {
+            conflict: false,
+            written_off: true,
+            order_id: "order-w".into(),
+            bot: "delta".into(),
+            product: "AVNT-USD".into(),
+            age_seconds: 60,
+            last_exchange_status: "NOT_FOUND".into(),
+            action: "written off as failed by the not-found policy: 404 at 10:00, 10:30, 11:00".into(),
+        }];
+        let (subject, body) = compose(MailKind::Opened, &orders, Duration::from_secs(300), Some(at(0)), at(5));
+        assert_eq!(subject, "[ordersync] 1 orders Coinbase never knew written off (bots: delta)");
+        assert!(body.contains("WRITTEN OFF") && body.contains("order-w") && body.contains("404 at 10:00"), "{body}");
+        assert!(!body.contains("stuck pending"), "not listed as stuck: {body}");
+    }
+
+    #[test]
     fn the_mail_lists_every_stuck_order_and_names_the_bots() {
         let (subject, body) = compose(MailKind::Opened, &stuck(3), Duration::from_secs(300), Some(at(0)), at(5));
         assert_eq!(subject, "[ordersync] 3 orders stuck pending longer than 5m (bots: alpha, beta)");
