@@ -792,28 +792,45 @@ impl Store {
                 let store = self;
                 // One order's write to the bot's row (and the conflict table) on `$conn`, the transaction or
                 // a savepoint of it; what it adds to ordersync's own tables goes into `$own`.
+                // The conditional update of the bot's rows for these writes' corrections, in one statement;
+                // gives the ids of the rows it changed.
+                macro_rules! update_rows {
+                    ($conn:expr, $writes:expr) => {
+                        async {
+                            let rows: Vec<(&str, &str, &Fill)> = $writes
+                                .iter()
+                                .filter_map(|write: &Write<'_>| match write {
+                                    Write::Correction(c) => {
+                                        Some((c.row.order_id.as_str(), c.to.word(schema.words()), c.fill))
+                                    }
+                                    Write::Check(_) => None,
+                                })
+                                .collect();
+                            if rows.is_empty() {
+                                return Ok::<std::collections::HashSet<String>, sqlx::Error>(Default::default());
+                            }
+                            let (text, values) = schema.update_many(&rows);
+                            let mut query = sqlx::query_scalar::<_, String>(&text).persistent(false);
+                            for value in &values {
+                                query = query.bind(value);
+                            }
+                            let changed: Vec<String> = query.bind(&pending).fetch_all(&mut *$conn).await?;
+                            Ok(changed.into_iter().collect())
+                        }
+                    };
+                }
                 macro_rules! write_one {
-                    ($conn:expr, $index:expr, $write:expr, $own:expr) => {
+                    ($conn:expr, $index:expr, $write:expr, $own:expr, $updated:expr) => {
                         async {
                             let own: &mut OwnRows = $own;
+                            let updated: &std::collections::HashSet<String> = $updated;
                             match $write {
                                 Write::Correction(correction) => {
                                     let row = correction.row;
                                     let to_word = correction.to.word(schema.words());
-                                    let (update_sql, values) = schema.update(correction.fill);
-                                    let mut query = sqlx::query(&update_sql).bind(to_word);
-                                    for value in &values {
-                                        query = query.bind(value);
-                                    }
-                                    let updated = query
-                                        .bind(row.order_id.as_str())
-                                        .bind(&pending)
-                                        .execute(&mut *$conn)
-                                        .await?
-                                        .rows_affected();
                                     let applied_at = Utc::now();
                                     let ended_at = correction.fill.ended_at;
-                                    let applied = if updated > 0 {
+                                    let applied = if updated.contains(row.order_id.as_str()) {
                                         let latency = (applied_at - ended_at).to_std().unwrap_or_default();
                                         Applied::Written { applied_at, latency, backlog: store.backlog(ended_at) }
                                     } else {
@@ -871,8 +888,9 @@ impl Store {
                 // statements. If anything fails it is rolled back and written again an order at a time, each
                 // in a savepoint, so that one failure loses only that order's write.
                 let fast: Result<(), sqlx::Error> = async {
+                    let updated = update_rows!(tx, writes).await?;
                     for (index, write) in writes.iter().enumerate() {
-                        done.push(Ok(write_one!(tx, index, write, &mut own).await?));
+                        done.push(Ok(write_one!(tx, index, write, &mut own, &updated).await?));
                     }
                     inserted = flush_own_rows!(tx, &own).await?;
                     Ok(())
@@ -887,7 +905,8 @@ impl Store {
                         own.clear();
                         let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
                         let one: Result<(Written, bool), sqlx::Error> = async {
-                            let written = write_one!(savepoint, index, write, &mut own).await?;
+                            let updated = update_rows!(savepoint, std::slice::from_ref(write)).await?;
+                            let written = write_one!(savepoint, index, write, &mut own, &updated).await?;
                             inserted.extend(flush_own_rows!(savepoint, &own).await?);
                             Ok(written)
                         }

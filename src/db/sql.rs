@@ -603,34 +603,64 @@ impl BoundSchema {
     /// The conditional update for a correction. Binds, in order: the new status word, then the returned
     /// values, then the order id and the pending word. Fill figures the exchange did not give, or the
     /// table has no column for, are left untouched.
-    pub(super) fn update(&self, fill: &Fill) -> (String, Vec<String>) {
-        let mut sets = vec![format!("{} = {}", self.config.status.quoted(), self.status.param(1))];
-        let mut values = Vec::new();
-        let mut next = 2;
-        if let Some(at) = fill.time {
-            sets.push(format!("{} = {}", self.config.filled_at.quoted(), self.filled_at.param(next)));
-            values.push(if self.backend == Backend::Sqlite || self.filled_at.text_time {
-                sqlite_timestamp(at)
-            } else {
-                at.to_rfc3339()
-            });
-            next += 1;
+    /// The conditional update of several corrections in one statement: each row whose order id is listed
+    /// and that still holds the pending word gets its terminal word and the figures the exchange gave (a
+    /// figure it did not give leaves the column as it is). Binds, in order, the returned values (all text,
+    /// cast in the SQL), then the pending word; returns the ids of the rows it changed.
+    pub(super) fn update_many(&self, rows: &[(&str, &str, &Fill)]) -> (String, Vec<String>) {
+        let id = self.config.order_id.quoted();
+        let mut values: Vec<String> = Vec::new();
+        let mut param = |value: String| {
+            values.push(value);
+            values.len()
+        };
+        let mut status_cases = String::new();
+        for (order_id, word, _) in rows {
+            let (a, b) = (param(order_id.to_string()), param(word.to_string()));
+            status_cases.push_str(&format!(" WHEN {} THEN {}", self.order_id.param(a), self.status.param(b)));
         }
-        for (column, value) in [(&self.filled_price, fill.price), (&self.filled_size, fill.size)] {
-            if let (Some((column, cast)), Some(value)) = (column, value) {
-                sets.push(format!("{} = {}", column.quoted(), cast.param(next)));
-                values.push(value.to_string());
-                next += 1;
+        let mut sets = vec![format!("{} = CASE {id}{status_cases} END", self.config.status.quoted())];
+        let time_cases: String = rows
+            .iter()
+            .filter_map(|(order_id, _, fill)| {
+                let at = fill.time?;
+                let text = if self.backend == Backend::Sqlite || self.filled_at.text_time {
+                    sqlite_timestamp(at)
+                } else {
+                    at.to_rfc3339()
+                };
+                let (a, b) = (param(order_id.to_string()), param(text));
+                Some(format!(" WHEN {} THEN {}", self.order_id.param(a), self.filled_at.param(b)))
+            })
+            .collect();
+        if !time_cases.is_empty() {
+            let column = self.config.filled_at.quoted();
+            sets.push(format!("{column} = CASE {id}{time_cases} ELSE {column} END"));
+        }
+        for (which, column) in [(0, &self.filled_price), (1, &self.filled_size)] {
+            let Some((column, cast)) = column else { continue };
+            let cases: String = rows
+                .iter()
+                .filter_map(|(order_id, _, fill)| {
+                    let value = if which == 0 { fill.price } else { fill.size }?;
+                    let (a, b) = (param(order_id.to_string()), param(value.to_string()));
+                    Some(format!(" WHEN {} THEN {}", self.order_id.param(a), cast.param(b)))
+                })
+                .collect();
+            if !cases.is_empty() {
+                let column = column.quoted();
+                sets.push(format!("{column} = CASE {id}{cases} ELSE {column} END"));
             }
         }
+        let listed: Vec<String> =
+            rows.iter().map(|(order_id, _, _)| self.order_id.param(param(order_id.to_string()))).collect();
+        let pending = self.status.param(values.len() + 1);
         let sql = format!(
-            "UPDATE {} SET {} WHERE {} = {} AND {} = {}",
+            "UPDATE {} SET {} WHERE {id} IN ({}) AND {} = {pending} RETURNING CAST({id} AS TEXT)",
             self.config.table.quoted(),
             sets.join(", "),
-            self.config.order_id.quoted(),
-            self.order_id.param(next),
+            listed.join(", "),
             self.config.status.quoted(),
-            self.status.param(next + 1)
         );
         (sql, values)
     }
@@ -697,15 +727,19 @@ mod tests {
     fn the_update_casts_to_each_columns_own_type_and_only_touches_rows_still_pending() {
         let schema = bound(Backend::Postgres, &production()).unwrap();
         let at = Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap();
-        let (sql, values) = schema.update(&fill(at));
+        let id = "d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10";
+        let (sql, values) = schema.update_many(&[(id, "filled", &fill(at))]);
         assert_eq!(
             sql,
-            "UPDATE \"trades\" SET \"status\" = CAST($1 AS \"public\".\"trade_status\"), \
-             \"filled_at\" = CAST($2 AS TIMESTAMPTZ), \"filled_price\" = CAST($3 AS NUMERIC), \
-             \"filled_size\" = CAST($4 AS DOUBLE PRECISION) \
-             WHERE \"order_id\" = CAST($5 AS UUID) AND \"status\" = CAST($6 AS \"public\".\"trade_status\")"
+            "UPDATE \"trades\" SET \"status\" = CASE \"order_id\" WHEN CAST($1 AS UUID) THEN \
+             CAST($2 AS \"public\".\"trade_status\") END, \"filled_at\" = CASE \"order_id\" WHEN CAST($3 AS UUID) \
+             THEN CAST($4 AS TIMESTAMPTZ) ELSE \"filled_at\" END, \"filled_price\" = CASE \"order_id\" WHEN \
+             CAST($5 AS UUID) THEN CAST($6 AS NUMERIC) ELSE \"filled_price\" END, \"filled_size\" = CASE \
+             \"order_id\" WHEN CAST($7 AS UUID) THEN CAST($8 AS DOUBLE PRECISION) ELSE \"filled_size\" END \
+             WHERE \"order_id\" IN (CAST($9 AS UUID)) AND \"status\" = CAST($10 AS \"public\".\"trade_status\") \
+             RETURNING CAST(\"order_id\" AS TEXT)"
         );
-        assert_eq!(values, vec!["2025-10-01T10:00:03+00:00", "0.8373", "100"]);
+        assert_eq!(values, vec![id, "filled", id, "2025-10-01T10:00:03+00:00", id, "0.8373", id, "100", id]);
         assert!(schema.select_by_status().ends_with("WHERE t.\"status\" = CAST($1 AS \"public\".\"trade_status\")"));
         assert!(schema.select_by_ids(2).ends_with("IN (CAST($1 AS UUID), CAST($2 AS UUID))"));
         assert!(schema.select_conflicts().contains("t.\"order_id\" = CAST(c.order_id AS UUID)"), "the bot's index");
@@ -715,18 +749,29 @@ mod tests {
     #[test]
     fn sqlite_takes_text_as_it_is() {
         let schema = bound(Backend::Sqlite, &sqlite(&ALL)).unwrap();
-        let (sql, _) = schema.update(&fill(Utc::now()));
-        assert!(!sql.contains("CAST"), "{sql}");
+        let (sql, _) = schema.update_many(&[("a", "completed", &fill(Utc::now()))]);
+        assert!(!sql.contains("CAST($"), "{sql}");
         assert!(schema.can_hold("any-text-id"));
     }
 
     #[test]
     fn figures_the_exchange_did_not_give_are_left_alone() {
         let schema = bound(Backend::Sqlite, &sqlite(&ALL[..4])).unwrap();
-        let fill = Fill { time: None, price: Some(Decimal::ONE), size: Some(Decimal::ONE), ..fill(Utc::now()) };
-        let (sql, values) = schema.update(&fill);
-        assert_eq!(sql, "UPDATE \"trades\" SET \"status\" = $1 WHERE \"order_id\" = $2 AND \"status\" = $3");
-        assert!(values.is_empty());
+        let bare = Fill { time: None, price: Some(Decimal::ONE), size: Some(Decimal::ONE), ..fill(Utc::now()) };
+        let (sql, values) = schema.update_many(&[("a", "cancelled", &bare)]);
+        assert_eq!(
+            sql,
+            "UPDATE \"trades\" SET \"status\" = CASE \"order_id\" WHEN $1 THEN $2 END WHERE \"order_id\" IN ($3) \
+             AND \"status\" = $4 RETURNING CAST(\"order_id\" AS TEXT)"
+        );
+        assert_eq!(values, vec!["a", "cancelled", "a"]);
+        // Several rows: each its own figures, a row without one keeps its column.
+        let schema = bound(Backend::Sqlite, &sqlite(&ALL)).unwrap();
+        let timed = fill(Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap());
+        let (sql, values) = schema.update_many(&[("a", "completed", &timed), ("b", "cancelled", &bare)]);
+        assert!(sql.contains("\"filled_at\" = CASE \"order_id\" WHEN $5 THEN $6 ELSE \"filled_at\" END"), "{sql}");
+        assert!(sql.contains("IN ($15, $16)"), "{sql}");
+        assert_eq!(values.len(), 16);
     }
 
     #[test]
