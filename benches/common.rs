@@ -46,21 +46,15 @@ pub async fn fill_trades(path: &Path, rows: usize, pending: usize) -> sqlx::Sqli
     pool
 }
 
-/// The incident's bot schema on PostgreSQL (as the tests' `PG_BOT_SCHEMA`).
-pub const PG_BOT_SCHEMA: &str = "CREATE TABLE trades (
-    id           BIGSERIAL PRIMARY KEY,
-    order_id     TEXT NOT NULL UNIQUE,
-    bot_id       TEXT,
-    product_id   TEXT,
-    side         TEXT NOT NULL DEFAULT 'BUY',
-    size         TEXT,
-    status       TEXT NOT NULL DEFAULT 'pending',
-    created_at   TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'utc'),
-    filled_at    TIMESTAMP,
-    filled_price NUMERIC(20, 10),
-    filled_size  NUMERIC(30, 10)
-);
-CREATE INDEX trades_pending ON trades (status, created_at);";
+/// Resident memory of a process, in MiB, from /proc/<pid>/status (0 when it cannot be read).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
 
 /// A fresh PostgreSQL database (on `DATABASE_URL`'s server, by default the local one) holding the bot's
 /// table with `rows` rows, the newest `pending` of them pending as in `fill_trades`. Returns its URL, or
@@ -75,7 +69,7 @@ pub async fn pg_trades(rows: usize, pending: usize) -> Option<String> {
     url.set_path(&name);
     let url = url.to_string();
     let pool = sqlx::PgPool::connect(&url).await.ok()?;
-    sqlx::raw_sql(PG_BOT_SCHEMA).execute(&pool).await.unwrap();
+    sqlx::raw_sql(ordersync::demo::PG_BOT_SCHEMA).execute(&pool).await.unwrap();
     let sql = "INSERT INTO trades (order_id, bot_id, product_id, size, status, created_at, filled_at) \
                SELECT lpad(to_hex($4::bigint), 8, '0') || '-0000-4000-8000-' || lpad(to_hex(i), 12, '0'), \
                'bot' || (i % 5), 'AVNT-USD', '10', $2, (now() AT TIME ZONE 'utc') - interval '1 hour', \

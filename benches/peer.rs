@@ -22,15 +22,6 @@ const SCRAPES: usize = 2_000;
 const ROWS: usize = 1_000_000;
 const PENDING: usize = 10_000;
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -174,7 +165,7 @@ async fn main() {
             "{name:<28} {:>7.3} ms {:>7.3} ms {:>7.1} MB",
             ms(common::quantile(samples, 0.5)),
             ms(common::quantile(samples, 0.99)),
-            rss_mib(pid)
+            common::rss_mib(pid)
         );
     }
     println!("(ordersync's reconciler ran {passes} passes meanwhile)");

@@ -24,15 +24,6 @@ use tokio_util::sync::CancellationToken;
 
 const SCRAPES: usize = 2_000;
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 async fn value(client: &reqwest::Client, url: &str, series: &str) -> Option<f64> {
     let text = client.get(url).send().await.ok()?.text().await.ok()?;
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -100,7 +91,7 @@ async fn main() {
             assert!(!body.is_empty());
         }
         samples.sort();
-        let rss = rss_mib(child.id().unwrap());
+        let rss = common::rss_mib(child.id().unwrap());
         if std::env::var_os("ORDERSYNC_BENCH_SMAPS").is_some() {
             let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
             for line in status.lines().filter(|l| l.starts_with("Rss") || l.starts_with("Threads")) {

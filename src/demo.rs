@@ -45,6 +45,22 @@ pub const BOT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS trades (
 );
 CREATE INDEX IF NOT EXISTS trades_pending ON trades (status, created_at);";
 
+/// The same bot schema on PostgreSQL (the tests and benchmarks run on it).
+pub const PG_BOT_SCHEMA: &str = "CREATE TABLE trades (
+    id           BIGSERIAL PRIMARY KEY,
+    order_id     TEXT NOT NULL UNIQUE,
+    bot_id       TEXT,
+    product_id   TEXT,
+    side         TEXT NOT NULL DEFAULT 'BUY',
+    size         TEXT,
+    status       TEXT NOT NULL DEFAULT 'pending',
+    created_at   TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'utc'),
+    filled_at    TIMESTAMP,
+    filled_price NUMERIC(20, 10),
+    filled_size  NUMERIC(30, 10)
+);
+CREATE INDEX trades_pending ON trades (status, created_at);";
+
 /// The incident's three orders: pending in the database for hours, FILLED on the exchange.
 pub const INCIDENT_ORDERS: [(&str, &str, &str); 3] = [
     ("d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10", "AVNT-USD", "0.8373"),

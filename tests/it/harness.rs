@@ -218,20 +218,7 @@ impl Drop for TestDb {
     }
 }
 
-pub const PG_BOT_SCHEMA: &str = "CREATE TABLE trades (
-    id           BIGSERIAL PRIMARY KEY,
-    order_id     TEXT NOT NULL UNIQUE,
-    bot_id       TEXT,
-    product_id   TEXT,
-    side         TEXT NOT NULL DEFAULT 'BUY',
-    size         TEXT,
-    status       TEXT NOT NULL DEFAULT 'pending',
-    created_at   TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'utc'),
-    filled_at    TIMESTAMP,
-    filled_price NUMERIC(20, 10),
-    filled_size  NUMERIC(30, 10)
-);
-CREATE INDEX trades_pending ON trades (status, created_at);";
+pub use ordersync::demo::PG_BOT_SCHEMA;
 
 /// One series' value in a scrape.
 pub fn value(scrape: &str, series: &str) -> Option<f64> {
@@ -295,9 +282,8 @@ pub async fn incident_filled_at(db: &TestDb, sandbox: &Sandbox, filled_at: DateT
     filled_at
 }
 
-/// Place an OPEN order on the simulator and a matching pending row.
-pub async fn open_order(db: &TestDb, sandbox: &Sandbox, bot: &str, age: chrono::Duration) -> String {
-    let placed = Utc::now() - age;
+/// Place an OPEN order of 10 AVNT-USD at 0.84 on the simulator, created at `placed`; returns its id.
+pub fn open_on_exchange(sandbox: &Sandbox, placed: DateTime<Utc>) -> String {
     let new = NewOrder {
         product_id: "AVNT-USD".into(),
         base_size: dec("10"),
@@ -305,7 +291,13 @@ pub async fn open_order(db: &TestDb, sandbox: &Sandbox, bot: &str, age: chrono::
         created_time: Some(placed),
         ..NewOrder::default()
     };
-    let id = sandbox.create_order(new).unwrap();
+    sandbox.create_order(new).unwrap()
+}
+
+/// Place an OPEN order on the simulator and a matching pending row.
+pub async fn open_order(db: &TestDb, sandbox: &Sandbox, bot: &str, age: chrono::Duration) -> String {
+    let placed = Utc::now() - age;
+    let id = open_on_exchange(sandbox, placed);
     db.insert_pending(&id, bot, "AVNT-USD", placed).await;
     id
 }

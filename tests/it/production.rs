@@ -419,14 +419,7 @@ async fn a_bot_writing_its_sqlite_file_is_never_locked_out_while_ordersync_settl
     let placed = Utc::now() - chrono::Duration::minutes(30);
     let mut values = Vec::with_capacity(ORDERS);
     for _ in 0..ORDERS {
-        let new = NewOrder {
-            product_id: "AVNT-USD".into(),
-            base_size: dec("10"),
-            limit_price: dec("0.84"),
-            created_time: Some(placed),
-            ..NewOrder::default()
-        };
-        let id = sandbox.create_order(new).unwrap();
+        let id = crate::harness::open_on_exchange(&sandbox, placed);
         sandbox.fill(&id, None, None, None).unwrap();
         values
             .push(format!("('{id}', 'alpha', 'AVNT-USD', '10', 'pending', '{}')", placed.format("%Y-%m-%d %H:%M:%S")));
