@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{
     Config, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_COINBASE_KEY_NAME, ENV_COINBASE_PRIVATE_KEY, ENV_DATABASE_URL,
 };
-use crate::db::{Store, StoreError};
+use crate::db::{InstanceLock, Store, StoreError};
 use crate::exchange::auth::{AuthError, CdpKey};
 use crate::exchange::coinbase::CoinbaseClient;
 use crate::exchange::{Exchange, ExchangeError};
@@ -68,6 +68,8 @@ impl AppError {
                         | StoreError::BadUrl { .. }
                         | StoreError::Refused { .. }
                         | StoreError::MissingFile { .. }
+                        | StoreError::AlreadyRunning { .. }
+                        | StoreError::LockFile { .. }
                 )
         )
     }
@@ -82,6 +84,15 @@ pub async fn connect_store(config: &Config) -> Result<Store, AppError> {
         ))
     })?;
     Ok(Store::connect(url, &config.trades).await?)
+}
+
+/// Claim the config's database for this process when it is SQLite, where one ordersync serves a file
+/// (`db::InstanceLock`); nothing to claim on PostgreSQL. Hold the lock for as long as anything is written.
+pub fn claim_database(config: &Config) -> Result<Option<InstanceLock>, AppError> {
+    match &config.database_url {
+        Some(url) => Ok(InstanceLock::claim(url.expose_secret())?),
+        None => Ok(None),
+    }
 }
 
 /// The Coinbase key the config names.
@@ -145,6 +156,8 @@ pub struct App {
     websocket: Option<Listener>,
     email: Option<(crate::config::EmailConfig, Duration)>,
     retention: Option<Duration>,
+    /// One ordersync per SQLite file: held until the service has stopped.
+    instance: Option<InstanceLock>,
 }
 
 impl App {
@@ -183,6 +196,7 @@ impl App {
                 .await
                 .map_err(|source| AppError::Listen { addr: config.listen, source })?,
         };
+        let instance = claim_database(config)?;
         let store = connect_store(config).await?;
         if no_migrate {
             if !store.has_own_tables() {
@@ -224,6 +238,7 @@ impl App {
             websocket,
             email,
             retention: config.retention,
+            instance,
         })
     }
 
@@ -317,6 +332,7 @@ impl App {
             Err(_) => tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown cut short: tasks still running"),
         }
         self.state.store.close().await;
+        drop(self.instance);
         served.map_err(AppError::Serve)
     }
 }

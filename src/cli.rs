@@ -484,6 +484,8 @@ async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_mi
         (false, true) => Tables::Current,
         (false, false) => Tables::Migrate,
     };
+    // A pass that writes is the one ordersync on a SQLite file for as long as it runs; a dry run only reads.
+    let _instance = if dry_run { None } else { app::claim_database(config).map_err(app_error)? };
     let reconciler = reconciler(config, tables).await?;
     let token = signal_token();
     if !once {

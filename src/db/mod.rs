@@ -5,7 +5,10 @@
 //! Deliberately not here: deciding anything (that is `decide.rs`), and any table of the bot's other than
 //! the mapped one. Only this module writes the bot's table.
 
+mod lock;
 mod sql;
+
+pub use lock::InstanceLock;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -48,6 +51,21 @@ pub enum StoreError {
     Refused { url: String, why: String },
     #[error("the SQLite database {path} does not exist: point ORDERSYNC_DATABASE_URL at the bot's database file")]
     MissingFile { path: String },
+    #[error(
+        "another ordersync{} is already running on the SQLite database {database} (it holds {lock}): SQLite is one \
+         machine's database and one ordersync serves it; stop the other one, or use PostgreSQL to run replicas",
+        pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+    )]
+    AlreadyRunning { database: String, lock: String, pid: Option<u32> },
+    #[error(
+        "cannot create the lock file {path} beside the SQLite database: {source} (ordersync needs to write \
+             in the database's directory, as SQLite does for its journal)"
+    )]
+    LockFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot connect to the database {url}: {source}")]
     Connect {
         url: String,

@@ -239,6 +239,45 @@ async fn serve_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// SQLite is one machine's database: while `serve` runs on a file, a second `serve` and a writing
+/// `reconcile` refuse to start (exit 2, naming the other process), reading commands still work, and once the
+/// first one is killed (-9: no clean-up) the file is free again.
+#[tokio::test]
+async fn a_second_ordersync_on_one_sqlite_file_refuses_to_start() {
+    let setup = setup(Backend::Sqlite).await;
+    let mut first = setup
+        .command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--poll-interval", "1h"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    let mut started = false;
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+        if line.contains("ordersync started") {
+            started = true;
+            break;
+        }
+    }
+    assert!(started);
+    let pid = first.id().unwrap();
+    for args in [&["serve", "--listen", "127.0.0.1:0"][..], &["reconcile", "--once"][..]] {
+        let out = run(setup.command().args(args)).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("another ordersync"), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("pid {pid}")), "{args:?} names the holder: {}", out.stderr);
+        assert!(out.stderr.contains("use PostgreSQL to run replicas"), "{}", out.stderr);
+    }
+    let audit = run(setup.command().args(["audit"])).await;
+    assert_eq!(audit.code, 0, "reading commands still run: {}", audit.stderr);
+    let dry = run(setup.command().args(["reconcile", "--once", "--dry-run"])).await;
+    assert_eq!(dry.code, 0, "a dry run writes nothing and still runs: {}", dry.stderr);
+    signal(pid, "KILL").await;
+    let _ = first.wait().await;
+    let out = run(setup.command().args(["reconcile", "--once"])).await;
+    assert_eq!(out.code, 0, "the lock went with the killed process: {}", out.stderr);
+}
+
 #[tokio::test]
 async fn the_demo_runs_without_credentials_and_fixes_the_incident() {
     let dir = tempfile::tempdir().unwrap();
