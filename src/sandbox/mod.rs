@@ -87,6 +87,10 @@ pub struct NewOrder {
     pub base_size: Decimal,
     pub limit_price: Decimal,
     pub created_time: Option<DateTime<Utc>>,
+    /// The name of the API key the order was placed with: only that key sees it (List Orders, Get Order,
+    /// List Fills, the user channel), as Coinbase shows each key its own account's orders. Absent: every
+    /// key sees it (one account).
+    pub account: Option<String>,
 }
 
 /// Figures an order's answers leave out, for tests of incomplete answers (a FILLED order without its price,
@@ -109,6 +113,7 @@ struct SimFill {
 
 #[derive(Debug, Clone)]
 struct SimOrder {
+    account: Option<String>,
     order_id: String,
     client_order_id: String,
     product_id: String,
@@ -267,6 +272,30 @@ impl SimOrder {
 pub struct OrderChange {
     pub order: WsOrder,
     pub at: DateTime<Utc>,
+    /// The key that owns the order (`None`: every key's).
+    pub account: Option<String>,
+}
+
+/// A request as the simulator received it: which key signed it and what the client called itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub at: DateTime<Utc>,
+    pub key: String,
+    pub user_agent: String,
+    pub path: String,
+}
+
+/// Who is asking: the name of the key that signed the request, or `None` for the simulator's own control
+/// side and in-process face, which see every order.
+pub type Viewer<'a> = Option<&'a str>;
+
+impl SimOrder {
+    fn seen_by(&self, viewer: Viewer<'_>) -> bool {
+        match (viewer, &self.account) {
+            (Some(viewer), Some(owner)) => viewer == owner,
+            _ => true,
+        }
+    }
 }
 
 /// Commands to the simulator's WebSocket connections.
@@ -284,6 +313,8 @@ struct State {
     faults: Faults,
     rng: StdRng,
     requests: u64,
+    /// Every authenticated request, once `record_requests` is called (tests): key, client, path.
+    received: Option<Vec<Received>>,
 }
 
 /// The simulator. Cheap to clone; clones share state.
@@ -310,6 +341,7 @@ impl Sandbox {
                 faults: Faults::default(),
                 rng: StdRng::seed_from_u64(seed),
                 requests: 0,
+                received: None,
             })),
             changes: tokio::sync::broadcast::channel(65_536).0,
             control: tokio::sync::broadcast::channel(16).0,
@@ -336,9 +368,35 @@ impl Sandbox {
         let _ = self.control.send(WsControl::Stall(duration));
     }
 
-    /// Live orders as the user channel's snapshot lists them.
-    pub fn open_orders(&self) -> Vec<WsOrder> {
-        self.state().orders.values().filter(|o| LIVE.contains(&o.status.as_str())).map(SimOrder::ws).collect()
+    /// Live orders as the user channel's snapshot lists them for `viewer`.
+    pub fn open_orders(&self, viewer: Viewer<'_>) -> Vec<WsOrder> {
+        self.state()
+            .orders
+            .values()
+            .filter(|o| LIVE.contains(&o.status.as_str()) && o.seen_by(viewer))
+            .map(SimOrder::ws)
+            .collect()
+    }
+
+    /// From now on keep every authenticated request (`received`).
+    pub fn record_requests(&self) {
+        let mut state = self.state();
+        if state.received.is_none() {
+            state.received = Some(Vec::new());
+        }
+    }
+
+    /// Note an authenticated request, when recording.
+    pub fn note_request(&self, key: &str, user_agent: &str, path: &str) {
+        let at = self.now();
+        if let Some(received) = self.state().received.as_mut() {
+            received.push(Received { at, key: key.into(), user_agent: user_agent.into(), path: path.into() });
+        }
+    }
+
+    /// The requests recorded since `record_requests`.
+    pub fn received(&self) -> Vec<Received> {
+        self.state().received.clone().unwrap_or_default()
     }
 
     /// Draw whether a WebSocket message is dropped, duplicated or held back.
@@ -351,7 +409,7 @@ impl Sandbox {
 
     /// Announce a change while the state lock is held, so updates go out in the order they happened.
     fn announce(&self, order: &SimOrder, at: DateTime<Utc>) {
-        let _ = self.changes.send(OrderChange { order: order.ws(), at });
+        let _ = self.changes.send(OrderChange { order: order.ws(), at, account: order.account.clone() });
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -388,6 +446,7 @@ impl Sandbox {
         }
         let now = self.now();
         let order = SimOrder {
+            account: new.account,
             order_id: order_id.clone(),
             client_order_id: new.client_order_id.unwrap_or_default(),
             product_id: new.product_id,
@@ -483,19 +542,30 @@ impl Sandbox {
         Ok(())
     }
 
-    /// List Fills for these order ids (unknown ids have none).
-    pub fn fills(&self, ids: &[String]) -> Vec<WireFill> {
+    /// List Fills for these order ids as `viewer` sees them (unknown ids have none).
+    pub fn fills(&self, ids: &[String], viewer: Viewer<'_>) -> Vec<WireFill> {
         let state = self.state();
-        ids.iter().filter_map(|id| state.orders.get(id)).flat_map(SimOrder::wire_fills).collect()
+        ids.iter()
+            .filter_map(|id| state.orders.get(id))
+            .filter(|o| o.seen_by(viewer))
+            .flat_map(SimOrder::wire_fills)
+            .collect()
     }
 
-    /// The order as Get Order would return it.
-    pub fn wire_order(&self, id: &str) -> Option<WireOrder> {
-        self.state().orders.get(id).map(SimOrder::wire)
+    /// The order as Get Order would return it to `viewer` (`None` when that key cannot see it).
+    pub fn wire_order(&self, id: &str, viewer: Viewer<'_>) -> Option<WireOrder> {
+        self.state().orders.get(id).filter(|o| o.seen_by(viewer)).map(SimOrder::wire)
     }
 
-    /// List Orders filtered by `ids`, newest first, one page from `cursor` (an offset, opaque to clients).
-    pub fn list(&self, ids: &[String], limit: usize, cursor: &str) -> Result<ListOrdersResponse, SandboxError> {
+    /// List Orders filtered by `ids`, newest first, one page from `cursor` (an offset, opaque to clients), of
+    /// the orders `viewer` sees.
+    pub fn list(
+        &self,
+        ids: &[String],
+        limit: usize,
+        cursor: &str,
+        viewer: Viewer<'_>,
+    ) -> Result<ListOrdersResponse, SandboxError> {
         // Like Coinbase: one id that is not an order id fails the whole request.
         if let Some(bad) = ids.iter().find(|id| !is_order_id(id)) {
             return Err(SandboxError::Invalid(format!("order_ids: {bad:?} is not a valid UUID")));
@@ -507,9 +577,9 @@ impl Sandbox {
         let limit = limit.clamp(1, MAX_PAGE);
         let state = self.state();
         let mut matching: Vec<&SimOrder> = if ids.is_empty() {
-            state.orders.values().collect()
+            state.orders.values().filter(|o| o.seen_by(viewer)).collect()
         } else {
-            ids.iter().filter_map(|id| state.orders.get(id)).collect()
+            ids.iter().filter_map(|id| state.orders.get(id)).filter(|o| o.seen_by(viewer)).collect()
         };
         matching.sort_by(|a, b| b.created_time.cmp(&a.created_time).then_with(|| a.order_id.cmp(&b.order_id)));
         matching.dedup_by(|a, b| a.order_id == b.order_id);
@@ -557,7 +627,7 @@ impl Exchange for Sandbox {
         let mut batch = Batch::default();
         let mut cursor = String::new();
         loop {
-            let page = self.list(&ids, MAX_PAGE, &cursor).map_err(|e| ExchangeError::Rejected(e.to_string()))?;
+            let page = self.list(&ids, MAX_PAGE, &cursor, None).map_err(|e| ExchangeError::Rejected(e.to_string()))?;
             for wire in page.orders {
                 match wire.parse() {
                     Ok(order) => batch.orders.push(order),
@@ -572,13 +642,13 @@ impl Exchange for Sandbox {
     }
 
     async fn order(&self, id: &OrderId) -> Result<ExchangeOrder, ExchangeError> {
-        let wire = self.wire_order(id.as_str()).ok_or(ExchangeError::NotFound)?;
+        let wire = self.wire_order(id.as_str(), None).ok_or(ExchangeError::NotFound)?;
         wire.parse().map_err(ExchangeError::Malformed)
     }
 
     async fn fills(&self, ids: &[OrderId]) -> Result<Vec<ExchangeFill>, ExchangeError> {
         let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-        self.fills(&ids).iter().map(|fill| fill.parse().map_err(ExchangeError::Malformed)).collect()
+        self.fills(&ids, None).iter().map(|fill| fill.parse().map_err(ExchangeError::Malformed)).collect()
     }
 
     async fn key_permissions(&self) -> Result<(), ExchangeError> {
@@ -609,12 +679,12 @@ mod tests {
     fn an_order_goes_open_then_partly_filled_then_filled() {
         let sandbox = Sandbox::new(1);
         let id = place(&sandbox);
-        assert_eq!(sandbox.wire_order(&id).unwrap().status, "OPEN");
+        assert_eq!(sandbox.wire_order(&id, None).unwrap().status, "OPEN");
         sandbox.fill(&id, Some(dec("40")), Some(dec("0.83")), None).unwrap();
-        let partly = sandbox.wire_order(&id).unwrap();
+        let partly = sandbox.wire_order(&id, None).unwrap();
         assert_eq!((partly.status.as_str(), partly.completion_percentage.as_deref()), ("OPEN", Some("40")));
         sandbox.fill(&id, None, Some(dec("0.8455")), None).unwrap();
-        let filled = sandbox.wire_order(&id).unwrap();
+        let filled = sandbox.wire_order(&id, None).unwrap();
         assert_eq!(filled.status, "FILLED");
         assert_eq!(filled.filled_size.as_deref(), Some("100"));
         assert_eq!(filled.average_filled_price.as_deref(), Some("0.8393"));
@@ -630,7 +700,7 @@ mod tests {
         let id = place(&sandbox);
         sandbox.fill(&id, Some(dec("10")), None, None).unwrap();
         sandbox.end(&id, "CANCELLED").unwrap();
-        let order = sandbox.wire_order(&id).unwrap().parse().unwrap();
+        let order = sandbox.wire_order(&id, None).unwrap().parse().unwrap();
         assert_eq!(order.status.as_str(), "CANCELLED");
         assert_eq!(order.filled_size, Some(dec("10")));
     }
@@ -642,7 +712,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut cursor = String::new();
         loop {
-            let page = sandbox.list(&ids, 10, &cursor).unwrap();
+            let page = sandbox.list(&ids, 10, &cursor, None).unwrap();
             seen.extend(page.orders.into_iter().map(|o| o.order_id));
             if !page.has_next {
                 assert_eq!(page.cursor, "");

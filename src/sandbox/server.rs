@@ -26,18 +26,24 @@ use crate::sandbox::{Fault, Faults, NewOrder, Omit, Sandbox, SandboxError, DEFAU
 /// Where the simulator serves the user channel: `ws://<addr>/ws/user`.
 pub const WS_PATH: &str = "/ws/user";
 
-/// What the HTTP face needs: the simulator, the keys it accepts, and its own rate limit.
+/// What the HTTP face needs: the simulator, the keys it accepts, and its rate limit, which like Coinbase's
+/// counts each key's requests on its own.
 #[derive(Clone)]
 pub struct ServerState {
     pub sandbox: Sandbox,
     pub keys: Arc<HashMap<String, PublicKey>>,
-    limiter: Option<Limiter>,
+    limiters: Arc<HashMap<String, Limiter>>,
 }
 
 impl ServerState {
-    /// `rate_limit_per_second`: requests per second before 429 (Coinbase: about 30); `None` for no limit.
+    /// `rate_limit_per_second`: requests per second per key before 429 (Coinbase: about 30); `None` for no
+    /// limit.
     pub fn new(sandbox: Sandbox, keys: HashMap<String, PublicKey>, rate_limit_per_second: Option<NonZeroU32>) -> Self {
-        ServerState { sandbox, keys: Arc::new(keys), limiter: rate_limit_per_second.map(Limiter::per_second) }
+        let limiters = match rate_limit_per_second {
+            Some(rate) => keys.keys().map(|name| (name.clone(), Limiter::per_second(rate))).collect(),
+            None => HashMap::new(),
+        };
+        ServerState { sandbox, keys: Arc::new(keys), limiters: Arc::new(limiters) }
     }
 }
 
@@ -46,8 +52,9 @@ fn coinbase_error(status: StatusCode, error: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Authenticate, rate-limit and draw a fault, as Coinbase's front door would (in that order).
-async fn admit(state: &ServerState, headers: &HeaderMap, path: &str) -> Result<Option<Fault>, Response> {
+/// Authenticate, rate-limit and draw a fault, as Coinbase's front door would (in that order). Gives the
+/// fault and the name of the key that asked.
+async fn admit(state: &ServerState, headers: &HeaderMap, path: &str) -> Result<(Option<Fault>, String), Response> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
     let token = headers
         .get(header::AUTHORIZATION)
@@ -55,10 +62,13 @@ async fn admit(state: &ServerState, headers: &HeaderMap, path: &str) -> Result<O
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| coinbase_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "missing bearer token"))?;
     let uri = format!("GET {host}{path}");
-    if let Err(error) = verify(token, &state.keys, Some(&uri), Utc::now().timestamp()) {
-        return Err(coinbase_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &error.to_string()));
-    }
-    if let Some(limiter) = &state.limiter {
+    let key = match verify(token, &state.keys, Some(&uri), Utc::now().timestamp()) {
+        Ok(claims) => claims.sub,
+        Err(error) => return Err(coinbase_error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &error.to_string())),
+    };
+    let user_agent = headers.get(header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    state.sandbox.note_request(&key, user_agent, path);
+    if let Some(limiter) = state.limiters.get(&key) {
         if let Err(wait) = limiter.try_acquire() {
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err(rate_limited(seconds));
@@ -73,7 +83,7 @@ async fn admit(state: &ServerState, headers: &HeaderMap, path: &str) -> Result<O
             Err(coinbase_error(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL", "injected server error"))
         }
         Some(Fault::RateLimited) => Err(rate_limited(state.sandbox.faults().retry_after_seconds)),
-        other => Ok(other),
+        other => Ok((other, key)),
     }
 }
 
@@ -111,8 +121,8 @@ fn answer<T: Serialize>(value: &T, fault: Option<Fault>) -> Response {
 }
 
 async fn list_orders(State(state): State<ServerState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let fault = match admit(&state, &headers, LIST_ORDERS_PATH).await {
-        Ok(fault) => fault,
+    let (fault, key) = match admit(&state, &headers, LIST_ORDERS_PATH).await {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     let mut ids = Vec::new();
@@ -133,41 +143,41 @@ async fn list_orders(State(state): State<ServerState>, headers: HeaderMap, RawQu
     if page_size > 0 {
         limit = limit.min(page_size);
     }
-    match state.sandbox.list(&ids, limit, &cursor) {
+    match state.sandbox.list(&ids, limit, &cursor, Some(&key)) {
         Ok(page) => answer(&page, fault),
         Err(error) => coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &error.to_string()),
     }
 }
 
 async fn get_order(State(state): State<ServerState>, headers: HeaderMap, Path(order_id): Path<String>) -> Response {
-    let fault = match admit(&state, &headers, &format!("{ORDERS_PATH}/{order_id}")).await {
-        Ok(fault) => fault,
+    let (fault, key) = match admit(&state, &headers, &format!("{ORDERS_PATH}/{order_id}")).await {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     if !crate::sandbox::is_order_id(&order_id) {
         return coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "order_id is not a valid UUID");
     }
-    match state.sandbox.wire_order(&order_id) {
+    match state.sandbox.wire_order(&order_id, Some(&key)) {
         Some(order) => answer(&GetOrderResponse { order }, fault),
         None => coinbase_error(StatusCode::NOT_FOUND, "NOT_FOUND", "order with this orderID was not found"),
     }
 }
 
 async fn list_fills(State(state): State<ServerState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
-    let fault = match admit(&state, &headers, LIST_FILLS_PATH).await {
-        Ok(fault) => fault,
+    let (fault, key) = match admit(&state, &headers, LIST_FILLS_PATH).await {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     let ids: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(name, _)| name == "order_ids")
         .map(|(_, value)| value.into_owned())
         .collect();
-    answer(&ListFillsResponse { fills: state.sandbox.fills(&ids), cursor: String::new() }, fault)
+    answer(&ListFillsResponse { fills: state.sandbox.fills(&ids, Some(&key)), cursor: String::new() }, fault)
 }
 
 async fn key_permissions(State(state): State<ServerState>, headers: HeaderMap) -> Response {
-    let fault = match admit(&state, &headers, KEY_PERMISSIONS_PATH).await {
-        Ok(fault) => fault,
+    let (fault, _) = match admit(&state, &headers, KEY_PERMISSIONS_PATH).await {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     let permissions = KeyPermissions {
@@ -211,7 +221,7 @@ async fn fill_order(
 ) -> Response {
     let request = body.map(|Json(r)| r).unwrap_or_default();
     match state.sandbox.fill(&id, request.size, request.price, request.time) {
-        Ok(()) => Json(state.sandbox.wire_order(&id)).into_response(),
+        Ok(()) => Json(state.sandbox.wire_order(&id, None)).into_response(),
         Err(error) => control_error(error),
     }
 }
@@ -228,7 +238,7 @@ async fn end_order(
     Json(request): Json<EndRequest>,
 ) -> Response {
     match state.sandbox.end(&id, &request.status) {
-        Ok(()) => Json(state.sandbox.wire_order(&id)).into_response(),
+        Ok(()) => Json(state.sandbox.wire_order(&id, None)).into_response(),
         Err(error) => control_error(error),
     }
 }
@@ -237,7 +247,7 @@ async fn end_order(
 /// answers from now on.
 async fn omit_figures(State(state): State<ServerState>, Path(id): Path<String>, Json(omit): Json<Omit>) -> Response {
     match state.sandbox.omit(&id, omit) {
-        Ok(()) => Json(state.sandbox.wire_order(&id)).into_response(),
+        Ok(()) => Json(state.sandbox.wire_order(&id, None)).into_response(),
         Err(error) => control_error(error),
     }
 }

@@ -78,6 +78,8 @@ async fn session(socket: WebSocket, state: ServerState) {
     let mut user = false;
     let mut heartbeats = false;
     let mut counter: u64 = 0;
+    // The key the connection subscribed with: it sees only its own account's orders.
+    let mut key: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let deadline = tokio::time::sleep(SUBSCRIBE_WITHIN);
     tokio::pin!(deadline);
@@ -98,9 +100,12 @@ async fn session(socket: WebSocket, state: ServerState) {
                         continue;
                     }
                 };
-                if let Err(error) = verify(&subscribe.jwt, &state.keys, None, Utc::now().timestamp()) {
-                    let _ = out.raw(&serde_json::json!({"type": "error", "message": format!("authentication failure: {error}")}).to_string()).await;
-                    return;
+                match verify(&subscribe.jwt, &state.keys, None, Utc::now().timestamp()) {
+                    Ok(claims) => key = Some(claims.sub),
+                    Err(error) => {
+                        let _ = out.raw(&serde_json::json!({"type": "error", "message": format!("authentication failure: {error}")}).to_string()).await;
+                        return;
+                    }
                 }
                 if subscribe.kind != "subscribe" {
                     continue;
@@ -110,7 +115,7 @@ async fn session(socket: WebSocket, state: ServerState) {
                         user = true;
                         let confirm = serde_json::json!([{"subscriptions": {"user": ["sandbox-user"]}}]);
                         if out.send(&state, "subscriptions", confirm).await.is_err() { return; }
-                        let open: Vec<WsOrder> = state.sandbox.open_orders();
+                        let open: Vec<WsOrder> = state.sandbox.open_orders(key.as_deref());
                         let chunks: Vec<&[WsOrder]> = if open.is_empty() { vec![&[]] } else { open.chunks(SNAPSHOT_CHUNK).collect() };
                         for chunk in chunks {
                             let event = serde_json::json!([{"type": "snapshot", "orders": chunk}]);
@@ -123,6 +128,7 @@ async fn session(socket: WebSocket, state: ServerState) {
             }
             change = changes.recv(), if user => {
                 match change {
+                    Ok(change) if change.account.is_some() && change.account != key => {}
                     Ok(change) => {
                         let event = serde_json::json!([{"type": "update", "orders": [change.order]}]);
                         if out.send(&state, "user", event).await.is_err() { return; }

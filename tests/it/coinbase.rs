@@ -15,7 +15,7 @@ use ordersync::reconcile::{Mode, Reconciler};
 use ordersync::sandbox::{Faults, NewOrder, Sandbox};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{client, config, dec, fast_retry, sandbox_http, settings, Backend, TestDb};
+use crate::harness::{client, config, dec, fast_retry, sandbox_http, sandbox_http_keys, settings, Backend, TestDb};
 
 fn place(sandbox: &Sandbox, count: usize) -> Vec<OrderId> {
     (0..count)
@@ -50,6 +50,91 @@ async fn the_right_key_is_accepted_and_a_wrong_one_refused_without_retrying() {
     let error = client(&url, impostor, &metrics).order(&ids[0]).await.unwrap_err();
     assert!(matches!(error, ExchangeError::Unauthorized(_)), "{error:?}");
     assert_eq!(requests(&metrics, "get_order", "unauthorized"), 1, "a 401 is reported, not retried");
+}
+
+/// Each key is its own account, as on Coinbase: it sees only the orders placed with it (List Orders, Get
+/// Order, List Fills, the user channel), and its requests count against its own rate limit; the simulator
+/// notes which key and which client asked.
+#[tokio::test]
+async fn a_key_sees_only_its_own_accounts_orders_and_has_its_own_rate_limit() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let sandbox = Sandbox::new(1);
+    sandbox.record_requests();
+    let (a, b) = ("organizations/test/apiKeys/a", "organizations/test/apiKeys/b");
+    let owned = |account: &str| {
+        let new = NewOrder {
+            product_id: "AVNT-USD".into(),
+            base_size: dec("10"),
+            limit_price: dec("0.84"),
+            account: Some(account.into()),
+            ..NewOrder::default()
+        };
+        OrderId::parse(&sandbox.create_order(new).unwrap()).unwrap()
+    };
+    let (of_a, of_b) = (owned(a), owned(b));
+    sandbox.fill(of_a.as_str(), None, None, None).unwrap();
+    sandbox.fill(of_b.as_str(), None, None, None).unwrap();
+    let token = CancellationToken::new();
+    let (url, keys) = sandbox_http_keys(&sandbox, &[a, b], None, &token).await;
+    let metrics = Metrics::standalone(Duration::from_secs(300));
+    let (client_a, client_b) = (client(&url, keys[0].clone(), &metrics), client(&url, keys[1].clone(), &metrics));
+
+    let both = [of_a.clone(), of_b.clone()];
+    let seen_by_a = client_a.orders(&both).await.unwrap();
+    assert_eq!(seen_by_a.orders.iter().map(|o| o.order_id.clone()).collect::<Vec<_>>(), vec![of_a.clone()]);
+    assert!(matches!(client_a.order(&of_b).await, Err(ExchangeError::NotFound)), "B's order is not A's to see");
+    assert_eq!(client_b.order(&of_b).await.unwrap().status, ExchangeStatus::Filled);
+    let fills = client_b.fills(&both).await.unwrap();
+    assert!(!fills.is_empty() && fills.iter().all(|f| f.order_id == of_b), "{fills:?}");
+
+    let received = sandbox.received();
+    assert!(received.iter().any(|r| r.key == a) && received.iter().any(|r| r.key == b), "{received:?}");
+    assert!(received.iter().all(|r| r.user_agent.starts_with("ordersync/")), "{received:?}");
+
+    // The user channel: A's snapshot lists A's live orders only, and B's fill never reaches A.
+    let (live_a, live_b) = (owned(a), owned(b));
+    let ws_url = url.replacen("http", "ws", 1) + ordersync::sandbox::server::WS_PATH;
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.unwrap();
+    let subscribe =
+        serde_json::json!({"type": "subscribe", "channel": "user", "jwt": keys[0].jwt(None, Utc::now().timestamp())});
+    socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
+    let mut snapshot = None;
+    while snapshot.is_none() {
+        let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("the channel closed") };
+        let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if message["events"][0]["type"] == "snapshot" {
+            snapshot = Some(message["events"][0]["orders"].clone());
+        }
+    }
+    let listed: Vec<String> =
+        snapshot.unwrap().as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, vec![live_a.to_string()]);
+    sandbox.fill(live_b.as_str(), None, None, None).unwrap();
+    sandbox.fill(live_a.as_str(), None, None, None).unwrap();
+    loop {
+        let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("the channel closed") };
+        let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if message["events"][0]["type"] == "update" {
+            assert_eq!(message["events"][0]["orders"][0]["order_id"], live_a.to_string(), "B's fill is not A's news");
+            break;
+        }
+    }
+
+    // One request a second per key: A's second is refused, B's first is not.
+    let (url, keys) = sandbox_http_keys(&sandbox, &[a, b], Some(1), &token).await;
+    let host = url.trim_start_matches("http://");
+    let path = format!("{ORDERS_PATH}/{of_a}");
+    let http = reqwest::Client::new();
+    let get = |key: &CdpKey| {
+        http.get(format!("{url}{path}"))
+            .bearer_auth(key.jwt(Some(&format!("GET {host}{path}")), Utc::now().timestamp()))
+            .send()
+    };
+    assert_eq!(get(&keys[0]).await.unwrap().status(), 200);
+    assert_eq!(get(&keys[0]).await.unwrap().status(), 429, "A's own limit");
+    assert_eq!(get(&keys[1]).await.unwrap().status(), 404, "B has a limit of its own (and cannot see A's order)");
 }
 
 #[tokio::test]

@@ -313,11 +313,23 @@ pub async fn reconciler(db: &TestDb, sandbox: &Sandbox, config: &Config) -> (Rec
 
 /// The simulator over loopback HTTP with one accepted key; returns its URL and the key.
 pub async fn sandbox_http(sandbox: &Sandbox, rate_limit: Option<u32>, token: &CancellationToken) -> (String, CdpKey) {
-    let key = CdpKey::generate("organizations/test/apiKeys/test");
-    let keys = HashMap::from([(key.name().to_string(), key.public_key())]);
-    let state = ServerState::new(sandbox.clone(), keys, rate_limit.and_then(NonZeroU32::new));
+    let (url, mut keys) = sandbox_http_keys(sandbox, &["organizations/test/apiKeys/test"], rate_limit, token).await;
+    (url, keys.remove(0))
+}
+
+/// The simulator over loopback HTTP accepting a key of each of these names (each its own account, with its
+/// own rate limit); returns its URL and the keys, in order.
+pub async fn sandbox_http_keys(
+    sandbox: &Sandbox,
+    names: &[&str],
+    rate_limit: Option<u32>,
+    token: &CancellationToken,
+) -> (String, Vec<CdpKey>) {
+    let keys: Vec<CdpKey> = names.iter().map(|name| CdpKey::generate(name)).collect();
+    let accepted = keys.iter().map(|key| (key.name().to_string(), key.public_key())).collect::<HashMap<_, _>>();
+    let state = ServerState::new(sandbox.clone(), accepted, rate_limit.and_then(NonZeroU32::new));
     let addr = server::spawn("127.0.0.1:0", state, token.child_token()).await.unwrap();
-    (format!("http://{addr}"), key)
+    (format!("http://{addr}"), keys)
 }
 
 /// Quick retries, so fault tests take milliseconds.
