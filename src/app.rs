@@ -15,8 +15,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::account::AccountMap;
 use crate::config::{
-    Config, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_COINBASE_KEY_NAME, ENV_COINBASE_PRIVATE_KEY, ENV_DATABASE_URL,
+    AccountConfig, Config, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_COINBASE_KEY_NAME, ENV_COINBASE_PRIVATE_KEY,
+    ENV_DATABASE_URL,
 };
 use crate::db::{InstanceLock, Store, StoreError};
 use crate::exchange::auth::{AuthError, CdpKey};
@@ -25,7 +27,7 @@ use crate::exchange::{Exchange, ExchangeError};
 use crate::http::{router, AppState};
 use crate::listen::{Listener, ListenerSettings};
 use crate::metrics::Metrics;
-use crate::reconcile::{Reconciler, Settings};
+use crate::reconcile::{Accounts, Reconciler, Settings};
 
 /// The longest any HTTP request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,11 +97,11 @@ pub fn claim_database(config: &Config) -> Result<Option<InstanceLock>, AppError>
     }
 }
 
-/// The Coinbase key the config names.
-pub fn key_from_config(config: &Config) -> Result<CdpKey, AppError> {
-    match (&config.coinbase.key_file, &config.coinbase.private_key) {
-        (Some(path), _) => Ok(CdpKey::from_file(config.coinbase.key_name.as_deref(), path)?),
-        (None, Some(secret)) => Ok(CdpKey::parse(config.coinbase.key_name.as_deref().unwrap_or_default(), secret)?),
+/// The Coinbase key of an account (the single key of the flags and environment is the account `default`).
+pub fn key_of(account: &AccountConfig) -> Result<CdpKey, AppError> {
+    match (&account.key_file, &account.private_key) {
+        (Some(path), _) => Ok(CdpKey::from_file(account.key_name.as_deref(), path)?),
+        (None, Some(secret)) => Ok(CdpKey::parse(account.key_name.as_deref().unwrap_or_default(), secret)?),
         (None, None) => Err(AppError::Config(format!(
             "{ENV_COINBASE_KEY_FILE} is not set: ordersync needs a Coinbase API key (a CDP key file, or the key in \
              {ENV_COINBASE_PRIVATE_KEY} with {ENV_COINBASE_KEY_NAME}). To try ordersync without credentials run \
@@ -108,16 +110,38 @@ pub fn key_from_config(config: &Config) -> Result<CdpKey, AppError> {
     }
 }
 
+/// The Coinbase key the config names (its first account's).
+pub fn key_from_config(config: &Config) -> Result<CdpKey, AppError> {
+    match config.accounts.first() {
+        Some(account) => key_of(account),
+        None => Err(AppError::Config("no Coinbase account is configured".into())),
+    }
+}
+
+/// Every account's key and client, in configuration order: each key signs only its own account's
+/// requests and has its own rate limiter. Every key is read before anything runs.
+pub fn accounts_from_config(config: &Config, metrics: &Metrics) -> Result<(Accounts, Vec<CdpKey>), AppError> {
+    let rules: Vec<_> = config.accounts.iter().map(AccountConfig::rule).collect();
+    let map = AccountMap::new(&rules).map_err(|e| AppError::Config(e.to_string()))?;
+    let mut exchanges: Vec<Arc<dyn Exchange>> = Vec::with_capacity(config.accounts.len());
+    let mut keys = Vec::with_capacity(config.accounts.len());
+    for account in &config.accounts {
+        let key = key_of(account).map_err(|error| match (config.accounts.len(), error) {
+            (1, error) => error,
+            (_, error) => AppError::Config(format!("account {:?}: {error}", account.name)),
+        })?;
+        let rate = NonZeroU32::new(account.rate_limit).unwrap_or(NonZeroU32::MIN);
+        exchanges.push(Arc::new(CoinbaseClient::new(&config.coinbase.api_url, key.clone(), rate, metrics.clone())?));
+        keys.push(key);
+    }
+    Ok((Accounts::new(map, exchanges), keys))
+}
+
 /// The Coinbase client the config describes, with `key`.
 pub fn coinbase_client(config: &Config, key: CdpKey, metrics: &Metrics) -> Result<Arc<dyn Exchange>, AppError> {
     let rate = NonZeroU32::new(config.coinbase.rate_limit).unwrap_or(NonZeroU32::MIN);
     let client = CoinbaseClient::new(&config.coinbase.api_url, key, rate, metrics.clone())?;
     Ok(Arc::new(client))
-}
-
-/// The Coinbase client the config describes.
-pub fn coinbase_from_config(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Exchange>, AppError> {
-    coinbase_client(config, key_from_config(config)?, metrics)
 }
 
 /// The reconciler settings from the config.
@@ -153,7 +177,7 @@ pub struct App {
     state: AppState,
     reconciler: Reconciler,
     metrics_refresh: Duration,
-    websocket: Option<Listener>,
+    websocket: Vec<Listener>,
     email: Option<(crate::config::EmailConfig, Duration)>,
     retention: Option<Duration>,
     /// One ordersync per SQLite file: held until the service has stopped.
@@ -183,12 +207,9 @@ impl App {
                 .map_err(|e| AppError::Config(format!("registering metrics failed: {e}")))?,
         };
         // Every configuration, credential and schema error is found before anything is written.
-        let (exchange, key) = match exchange {
-            Some(exchange) => (exchange, key),
-            None => {
-                let key = key_from_config(config)?;
-                (coinbase_client(config, key.clone(), &metrics)?, Some(key))
-            }
+        let (accounts, keys) = match exchange {
+            Some(exchange) => (Accounts::single(exchange), key.into_iter().collect()),
+            None => accounts_from_config(config, &metrics)?,
         };
         let listener = match listener {
             Some(listener) => listener,
@@ -208,14 +229,19 @@ impl App {
                 tracing::info!(migrations = ?applied, "applied ordersync migrations");
             }
         }
-        let reconciler = Reconciler::new(store.clone(), exchange, metrics.clone(), settings(config));
-        let websocket = key.filter(|_| config.coinbase.websocket).map(|key| {
-            let settings = ListenerSettings {
-                url: config.coinbase.ws_url.clone(),
-                stall_after: config.coinbase.websocket_stall_after,
-            };
-            Listener::new(settings, key, reconciler.clone(), metrics.clone())
-        });
+        let reconciler = Reconciler::with_accounts(store.clone(), accounts, metrics.clone(), settings(config));
+        // Each account's own user channel, with its own key: it brings news of that account's orders only.
+        let websocket: Vec<Listener> = keys
+            .into_iter()
+            .filter(|_| config.coinbase.websocket)
+            .map(|key| {
+                let settings = ListenerSettings {
+                    url: config.coinbase.ws_url.clone(),
+                    stall_after: config.coinbase.websocket_stall_after,
+                };
+                Listener::new(settings, key, reconciler.clone(), metrics.clone())
+            })
+            .collect();
         let state = AppState {
             store,
             metrics,
@@ -282,7 +308,7 @@ impl App {
         let reconciler = self.reconciler.clone();
         let (metrics, child) = (self.state.metrics.clone(), token.child_token());
         tracker.spawn(async move { keep_exchange_proven(reconciler, metrics, child).await });
-        if let Some(websocket) = self.websocket {
+        for websocket in self.websocket {
             tracker.spawn(websocket.run(token.child_token()));
         }
         if let Some((email, stuck_after)) = self.email {
@@ -373,12 +399,14 @@ async fn keep_exchange_proven(reconciler: Reconciler, metrics: Metrics, token: C
         let quiet = metrics.since_exchange_contact().is_none_or(|since| since >= EXCHANGE_PROBE_AFTER);
         if quiet {
             // A probe that hangs must not hold up shutdown.
-            let probe = tokio::select! {
+            let probes = reconciler.accounts().iter().map(|(account, exchange)| async move {
+                if let Err(error) = exchange.key_permissions().await {
+                    tracing::warn!(%error, account, "the exchange did not confirm the account's API key");
+                }
+            });
+            tokio::select! {
                 () = token.cancelled() => return,
-                probe = reconciler.exchange().key_permissions() => probe,
-            };
-            if let Err(error) = probe {
-                tracing::warn!(%error, "the exchange did not confirm the API key");
+                _ = futures_util::future::join_all(probes) => {}
             }
         }
         tokio::select! {

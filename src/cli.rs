@@ -463,7 +463,7 @@ enum Tables {
 async fn reconciler(config: &Config, tables: Tables) -> anyhow::Result<Reconciler> {
     // The key and the exchange first: a credential error is found before anything is written.
     let metrics = Metrics::standalone(config.stuck_after);
-    let exchange = app::coinbase_from_config(config, &metrics).map_err(app_error)?;
+    let (accounts, _) = app::accounts_from_config(config, &metrics).map_err(app_error)?;
     let store = app::connect_store(config).await.map_err(app_error)?;
     match tables {
         Tables::ReadOnly => {}
@@ -475,7 +475,7 @@ async fn reconciler(config: &Config, tables: Tables) -> anyhow::Result<Reconcile
         }
         Tables::Current => {}
     }
-    Ok(Reconciler::new(store, exchange, metrics, app::settings(config)))
+    Ok(Reconciler::with_accounts(store, accounts, metrics, app::settings(config)))
 }
 
 async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_migrate: bool) -> anyhow::Result<i32> {
@@ -646,7 +646,11 @@ async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::R
         }
     }
     if json {
-        let audit = serde_json::json!({"orders": report.checked, "terminal_conflicts": conflicts});
+        let audit = serde_json::json!({
+            "orders": report.checked,
+            "terminal_conflicts": conflicts,
+            "unmatched_rows": report.unmatched,
+        });
         println!("{}", serde_json::to_string_pretty(&audit).context("encoding the audit")?);
     } else {
         let mut out = std::io::stdout().lock();
@@ -702,6 +706,24 @@ async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::R
             }
         }
         let _ = writeln!(out, "{} terminal conflicts", conflicts.len());
+        if !report.unmatched.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nROWS OF NO CONFIGURED ACCOUNT (never asked about, never written: name the account in the row's \
+                 account column, or add the bot to an account's bots in [[accounts]])\n{:<38} {:<10} ACCOUNT",
+                "ORDER_ID", "BOT"
+            );
+            for u in &report.unmatched {
+                let _ = writeln!(
+                    out,
+                    "{:<38} {:<10} {}",
+                    u.order_id,
+                    u.bot_id.as_deref().unwrap_or("-"),
+                    u.account.as_deref().unwrap_or("-")
+                );
+            }
+            let _ = writeln!(out, "{} rows of no configured account", report.unmatched.len());
+        }
     }
     if let Some(why) = pass_failure(&report) {
         eprintln!("error: {why}");

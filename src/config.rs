@@ -224,6 +224,8 @@ pub struct TradesSchema {
     pub product_id: Option<OptionalColumn>,
     pub filled_price: Option<OptionalColumn>,
     pub filled_size: Option<OptionalColumn>,
+    /// The column naming each row's Coinbase account (`[trades] account`); none unless configured.
+    pub account: Option<OptionalColumn>,
     pub words: StatusWords,
 }
 
@@ -241,6 +243,7 @@ impl Default for TradesSchema {
             product_id: optional("product_id"),
             filled_price: optional("filled_price"),
             filled_size: optional("filled_size"),
+            account: None,
             words: StatusWords::default(),
         }
     }
@@ -272,6 +275,30 @@ pub struct CoinbaseConfig {
     pub websocket_stall_after: Duration,
 }
 
+/// One Coinbase account: its key, its rate limit, and which rows are its own.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    /// The `account` label and events column; `default` for the single key of the flags and environment.
+    pub name: String,
+    pub key_name: Option<String>,
+    pub key_file: Option<PathBuf>,
+    /// The private key itself, read from the environment variable the account names.
+    pub private_key: Option<SecretString>,
+    /// Requests per second with this key (Coinbase limits each key on its own).
+    pub rate_limit: u32,
+    /// Bot ids (exact or glob patterns) whose rows are this account's.
+    pub bots: Vec<String>,
+    /// Rows no other account claims are this account's.
+    pub default: bool,
+}
+
+impl AccountConfig {
+    /// The rule `account::AccountMap` compiles.
+    pub fn rule(&self) -> crate::account::AccountRule {
+        crate::account::AccountRule { name: self.name.clone(), bots: self.bots.clone(), default: self.default }
+    }
+}
+
 /// How to reach the SMTP server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmtpTls {
@@ -300,6 +327,9 @@ pub struct Config {
     /// The bot's database; may carry a password, so it is held as a secret (`db::redact_url` to show it).
     pub database_url: Option<SecretString>,
     pub coinbase: CoinbaseConfig,
+    /// The Coinbase accounts, at least one: `[[accounts]]`, or else one named `default` with the key of
+    /// `coinbase` (flags, environment, `[coinbase]`).
+    pub accounts: Vec<AccountConfig>,
     pub poll_interval: Duration,
     pub stuck_after: Duration,
     /// How long after the exchange ended an order the bot is given to write it itself, before ordersync
@@ -388,6 +418,9 @@ pub struct FileConfig {
     pub not_found: Option<FileNotFound>,
     #[serde(default)]
     pub coinbase: FileCoinbase,
+    /// `[[accounts]]`: several Coinbase accounts, each with its own key.
+    #[serde(default)]
+    pub accounts: Vec<FileAccount>,
     #[serde(default)]
     pub trades: FileTrades,
     #[serde(default)]
@@ -433,6 +466,22 @@ pub struct FileCoinbase {
     pub websocket_stall_after: Option<String>,
 }
 
+/// `[[accounts]]`: one Coinbase account. The key is a file or an environment variable, never this file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccount {
+    pub name: Option<String>,
+    pub key_file: Option<String>,
+    pub key_name: Option<String>,
+    /// The name of an environment variable holding the private key.
+    pub private_key_env: Option<String>,
+    pub rate_limit: Option<u32>,
+    #[serde(default)]
+    pub bots: Vec<String>,
+    #[serde(default)]
+    pub default: bool,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTrades {
@@ -446,6 +495,8 @@ pub struct FileTrades {
     pub product_id: Option<String>,
     pub filled_price: Option<String>,
     pub filled_size: Option<String>,
+    /// The column naming each row's account (`[[accounts]]` names).
+    pub account: Option<String>,
     #[serde(default)]
     pub status_words: BTreeMap<String, String>,
 }
@@ -666,6 +717,12 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         parse_retention,
     );
     let not_found = file.not_found.as_ref().and_then(|policy| resolve_not_found(&mut r, policy));
+    let single_key = [
+        (key_file.is_some(), "--coinbase-key-file / ORDERSYNC_COINBASE_KEY_FILE / coinbase.key_file"),
+        (over.coinbase_private_key.is_some(), "ORDERSYNC_COINBASE_PRIVATE_KEY"),
+        (key_name.is_some(), "--coinbase-key-name / ORDERSYNC_COINBASE_KEY_NAME / coinbase.key_name"),
+    ];
+    let accounts = resolve_accounts(&mut r, &file.accounts, &single_key, rate_limit);
     let trades = resolve_trades(&mut r, &file.trades);
     let email = resolve_email(&mut r, over, &file.email);
     // Settlements younger than the verify window keep recent terminal rows from being checked (and
@@ -687,14 +744,27 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         return Err(ConfigError::Invalid(r.bad));
     }
     let default_listen = DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid socket address");
+    let rate_limit = rate_limit.unwrap_or(DEFAULT_RATE_LIMIT);
+    let accounts = accounts.unwrap_or_else(|| {
+        vec![AccountConfig {
+            name: crate::account::DEFAULT_ACCOUNT.to_string(),
+            key_name: key_name.clone(),
+            key_file: key_file.clone(),
+            private_key: over.coinbase_private_key.clone(),
+            rate_limit,
+            bots: Vec::new(),
+            default: true,
+        }]
+    });
     Ok(Config {
         database_url,
+        accounts,
         coinbase: CoinbaseConfig {
             api_url: api_url.unwrap_or_else(|| DEFAULT_COINBASE_API_URL.to_string()),
             key_name,
             key_file,
             private_key: over.coinbase_private_key.clone(),
-            rate_limit: rate_limit.unwrap_or(DEFAULT_RATE_LIMIT),
+            rate_limit,
             ws_url: ws_url.unwrap_or_else(|| crate::exchange::ws::DEFAULT_USER_WS_URL.to_string()),
             websocket: websocket.unwrap_or(true),
             websocket_stall_after: websocket_stall_after.unwrap_or(DEFAULT_WEBSOCKET_STALL_AFTER),
@@ -719,6 +789,99 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         retention: retention.unwrap_or(Some(DEFAULT_RETENTION)),
         not_found,
     })
+}
+
+/// `[[accounts]]`, checked: `None` when there are none (the single key of `[coinbase]` serves). Each needs a
+/// name, exactly one key source, and valid bot patterns; the single-key settings may not be set beside them.
+fn resolve_accounts(
+    r: &mut Resolver<'_>,
+    file: &[FileAccount],
+    single_key: &[(bool, &str)],
+    default_rate: Option<u32>,
+) -> Option<Vec<AccountConfig>> {
+    if file.is_empty() {
+        return None;
+    }
+    let file_name = r.file_name.to_string();
+    for (set, key) in single_key {
+        if *set {
+            r.bad.push(BadValue {
+                key: (*key).to_string(),
+                value: "set".into(),
+                expected: format!(
+                    "unset when {file_name} has [[accounts]]: give each account its key in its own [[accounts]] \
+                     entry (key_file, or private_key_env)"
+                ),
+            });
+        }
+    }
+    let mut accounts = Vec::with_capacity(file.len());
+    for (index, entry) in file.iter().enumerate() {
+        let at = |field: &str| match &entry.name {
+            Some(name) => format!("accounts[{index}].{field} (account {name:?}) in {file_name}"),
+            None => format!("accounts[{index}].{field} in {file_name}"),
+        };
+        let mut bad = |key: String, value: String, expected: &str| {
+            r.bad.push(BadValue { key, value, expected: expected.to_string() })
+        };
+        let name = entry.name.clone().unwrap_or_default();
+        if !crate::account::valid_name(&name) {
+            bad(at("name"), name.clone(), "a name of 1 to 32 letters, digits, - or _ (the account label), e.g. main");
+        } else if file[..index].iter().any(|other| other.name.as_deref() == Some(name.as_str())) {
+            bad(at("name"), name.clone(), "a name no other account has");
+        }
+        let private_key = match &entry.private_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(value) if !value.trim().is_empty() => Some(SecretString::from(value)),
+                _ => {
+                    bad(at("private_key_env"), var.clone(), "the name of a set environment variable holding the key");
+                    None
+                }
+            },
+            None => None,
+        };
+        match (&entry.key_file, &entry.private_key_env) {
+            (Some(_), Some(_)) => bad(
+                at("key_file"),
+                entry.key_file.clone().unwrap_or_default(),
+                "either key_file or private_key_env, not both",
+            ),
+            (None, None) => bad(
+                at("key_file"),
+                String::new(),
+                "a CDP key file (key_file), or private_key_env naming the environment variable that holds the key",
+            ),
+            _ => {}
+        }
+        let rate_limit = match entry.rate_limit {
+            Some(rate) => match parse_rate_limit(&rate.to_string()) {
+                Ok(rate) => rate,
+                Err(expected) => {
+                    bad(at("rate_limit"), rate.to_string(), &expected);
+                    DEFAULT_RATE_LIMIT
+                }
+            },
+            None => default_rate.unwrap_or(DEFAULT_RATE_LIMIT),
+        };
+        accounts.push(AccountConfig {
+            name,
+            key_name: entry.key_name.clone(),
+            key_file: entry.key_file.as_ref().map(PathBuf::from),
+            private_key,
+            rate_limit,
+            bots: entry.bots.clone(),
+            default: entry.default,
+        });
+    }
+    let rules: Vec<crate::account::AccountRule> = accounts.iter().map(AccountConfig::rule).collect();
+    if let Err(error) = crate::account::AccountMap::new(&rules) {
+        r.bad.push(BadValue {
+            key: format!("[[accounts]] in {file_name}"),
+            value: error.0,
+            expected: "glob patterns such as grid-* or dca-[0-9], and at most one default account".into(),
+        });
+    }
+    Some(accounts)
 }
 
 /// `off`, or a duration of at least a day.
@@ -915,6 +1078,7 @@ fn resolve_trades(r: &mut Resolver<'_>, file: &FileTrades) -> TradesSchema {
     let product_id = optional("product_id", &file.product_id, defaults.product_id);
     let filled_price = optional("filled_price", &file.filled_price, defaults.filled_price);
     let filled_size = optional("filled_size", &file.filled_size, defaults.filled_size);
+    let account = optional("account", &file.account, defaults.account);
 
     let mut words = StatusWords::default();
     for (key, value) in &file.status_words {
@@ -963,6 +1127,7 @@ fn resolve_trades(r: &mut Resolver<'_>, file: &FileTrades) -> TradesSchema {
         product_id,
         filled_price,
         filled_size,
+        account,
         words,
     }
 }

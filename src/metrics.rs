@@ -114,6 +114,7 @@ pub struct Metrics {
     pub product_conflicts: IntGaugeVec,
     pub written_off: IntCounterVec,
     pub deferred_orders: IntGauge,
+    pub unmatched_rows: IntGauge,
     pub correction_brake: IntGauge,
     pub corrections_held: IntGauge,
     pub observe_only: IntGauge,
@@ -268,6 +269,12 @@ impl Metrics {
                 "ordersync_deferred_orders",
                 "Unresolved pending orders (404, an unknown status word) the last pass did not ask about: their \
                  exponential backoff has them wait.",
+            ))?,
+            unmatched_rows: IntGauge::with_opts(opts(
+                "ordersync_unmatched_rows",
+                "Pending rows the last pass found belonging to no configured Coinbase account (by the account \
+                 column, the bot patterns or the default account): never asked about with another account's key, \
+                 never written; ordersync audit lists them.",
             ))?,
             correction_brake: IntGauge::with_opts(opts(
                 "ordersync_correction_brake_engaged",
@@ -455,6 +462,7 @@ impl Metrics {
             Box::new(metrics.product_conflicts.clone()),
             Box::new(metrics.written_off.clone()),
             Box::new(metrics.deferred_orders.clone()),
+            Box::new(metrics.unmatched_rows.clone()),
             Box::new(metrics.correction_brake.clone()),
             Box::new(metrics.corrections_held.clone()),
             Box::new(metrics.observe_only.clone()),
@@ -814,6 +822,7 @@ mod tests {
             created_raw: None,
             bot_id: Some(bot.into()),
             product_id: Some("AVNT-USD".into()),
+            account: None,
         }
     }
 

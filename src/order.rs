@@ -74,6 +74,8 @@ pub struct TradeRow {
     pub created_raw: Option<String>,
     pub bot_id: Option<String>,
     pub product_id: Option<String>,
+    /// The Coinbase account the row names, when the table has an account column (`[trades] account`).
+    pub account: Option<String>,
 }
 
 impl TradeRow {

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::account::{AccountMap, Belongs, DEFAULT_ACCOUNT};
 use crate::db::{
     Applied, CheckRecord, CheckState, ConflictKind, Correction, NewConflict, Source, Store, StoreError, Write, Written,
 };
@@ -129,6 +130,15 @@ struct BrakeState {
 pub enum Mode {
     Apply,
     DryRun,
+}
+
+/// A pending row no configured account claims, as audit lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unmatched {
+    pub order_id: String,
+    pub bot_id: Option<String>,
+    /// What the row's account column holds, when the table has one.
+    pub account: Option<String>,
 }
 
 /// One order checked: what the exchange said, what was decided, what happened.
@@ -279,6 +289,9 @@ pub struct PassReport {
     pub too_young: usize,
     /// Unresolved pending rows not asked about in this pass: their backoff has them wait.
     pub deferred: usize,
+    /// Pending rows that belong to no configured account: left alone (never asked about, never written).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatched: Vec<Unmatched>,
     /// Orders checked and found live and unchanged that the service loop does not list in `checked`.
     #[serde(skip_serializing_if = "is_zero")]
     pub omitted: usize,
@@ -322,19 +335,91 @@ pub enum ReconcileError {
     UnknownOrder(OrderId),
 }
 
-/// Ask the exchange about `ids`: one batch lookup, then Get Order for each id the batch did not return
-/// (absence from a batch proves nothing); FILLED answers without their figures are completed from List
-/// Fills. Every id gets an answer.
-pub async fn lookup(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId, Answer> {
-    lookup_with(exchange, ids, true).await
+/// The Coinbase accounts: the rules that say whose a row is, and each account's exchange (its key, its
+/// rate limiter). An order is asked about only with its own account's key, never by guess with another.
+pub struct Accounts {
+    map: AccountMap,
+    exchanges: Vec<Arc<dyn Exchange>>,
 }
 
-/// As `lookup`, but an id the batch did not return is taken as `NotFound` rather than confirmed with Get
-/// Order (for terminal rows: only a positive answer matters there, and they are asked again later).
-pub async fn lookup_batch(exchange: &dyn Exchange, ids: &[OrderId]) -> HashMap<OrderId, Answer> {
-    lookup_with(exchange, ids, false).await
+impl Accounts {
+    /// One account, `default`, that every row belongs to.
+    pub fn single(exchange: Arc<dyn Exchange>) -> Accounts {
+        Accounts { map: AccountMap::single(DEFAULT_ACCOUNT), exchanges: vec![exchange] }
+    }
+
+    /// `exchanges` in the order of `map.names()`.
+    ///
+    /// # Panics
+    /// Never with what `app` builds; a count that differs is a programming error.
+    pub fn new(map: AccountMap, exchanges: Vec<Arc<dyn Exchange>>) -> Accounts {
+        assert_eq!(map.names().len(), exchanges.len(), "one exchange per account");
+        Accounts { map, exchanges }
+    }
+
+    /// Where `row` belongs.
+    pub fn belongs(&self, row: &TradeRow) -> Belongs {
+        self.map.belongs(row.account.as_deref(), row.bot_id.as_deref())
+    }
+
+    /// Each account's name and exchange.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Arc<dyn Exchange>)> {
+        self.map.names().iter().map(String::as_str).zip(self.exchanges.iter())
+    }
+
+    pub fn map(&self) -> &AccountMap {
+        &self.map
+    }
 }
 
+/// What a lookup across accounts found: an answer for every id, and which accounts answered with at least
+/// one order (only then does a 404 from that account count towards the not-found policy).
+#[derive(Default)]
+pub struct Looked {
+    pub answers: HashMap<OrderId, Answer>,
+    answered: Vec<bool>,
+}
+
+impl Looked {
+    /// Whether the account `belongs` names answered normally in this lookup.
+    pub fn answering(&self, belongs: Belongs) -> bool {
+        match belongs {
+            Belongs::To(index) => self.answered.get(index).copied().unwrap_or(false),
+            Belongs::Nowhere => false,
+        }
+    }
+}
+
+/// Why a row no account claims gets no answer.
+const NO_ACCOUNT: &str = "the row belongs to no configured account: never asked with another account's key";
+
+/// Look up orders, each with its own account's key (`lookup_with`),
+/// the accounts side by side.
+pub async fn lookup_accounts(accounts: &Accounts, ids: &[(OrderId, Belongs)], confirm_absent: bool) -> Looked {
+    let mut groups: Vec<Vec<OrderId>> = vec![Vec::new(); accounts.exchanges.len()];
+    let mut looked = Looked { answers: HashMap::with_capacity(ids.len()), answered: vec![false; groups.len()] };
+    for (id, belongs) in ids {
+        match belongs {
+            Belongs::To(index) if *index < groups.len() => groups[*index].push(id.clone()),
+            _ => {
+                looked.answers.insert(id.clone(), Answer::Ambiguous(NO_ACCOUNT.into()));
+            }
+        }
+    }
+    let running = groups.iter().enumerate().filter(|(_, ids)| !ids.is_empty()).map(|(index, ids)| async move {
+        (index, lookup_with(accounts.exchanges[index].as_ref(), ids, confirm_absent).await)
+    });
+    for (index, found) in futures_util::future::join_all(running).await {
+        looked.answered[index] = answering(&found);
+        looked.answers.extend(found);
+    }
+    looked
+}
+
+/// Ask the exchange about `ids`: one batch lookup, then (with `confirm_absent`) Get Order for each id the
+/// batch did not return (absence from a batch proves nothing), else such an id is taken as not found (for
+/// terminal rows: only a positive answer matters there, and they are asked again later); FILLED answers
+/// without their figures are completed from List Fills. Every id gets an answer.
 async fn lookup_with(exchange: &dyn Exchange, ids: &[OrderId], confirm_absent: bool) -> HashMap<OrderId, Answer> {
     let mut answers = HashMap::with_capacity(ids.len());
     // Only what can be a Coinbase order id is ever put in a request: a row holding `..`, `batch` or a client
@@ -513,7 +598,7 @@ impl DueChecks {
 #[derive(Clone)]
 pub struct Reconciler {
     store: Store,
-    exchange: Arc<dyn Exchange>,
+    accounts: Arc<Accounts>,
     metrics: Metrics,
     settings: Settings,
     wake: Arc<Notify>,
@@ -534,10 +619,16 @@ fn seen_by(source: Source) -> EndSource {
 }
 
 impl Reconciler {
+    /// One account (`default`): every row is asked about with `exchange`.
     pub fn new(store: Store, exchange: Arc<dyn Exchange>, metrics: Metrics, settings: Settings) -> Reconciler {
+        Reconciler::with_accounts(store, Accounts::single(exchange), metrics, settings)
+    }
+
+    /// Several accounts: each row is asked about with its own account's exchange.
+    pub fn with_accounts(store: Store, accounts: Accounts, metrics: Metrics, settings: Settings) -> Reconciler {
         Reconciler {
             store,
-            exchange,
+            accounts: Arc::new(accounts),
             metrics,
             settings,
             wake: Arc::new(Notify::new()),
@@ -622,8 +713,19 @@ impl Reconciler {
         &self.store
     }
 
-    pub fn exchange(&self) -> &Arc<dyn Exchange> {
-        &self.exchange
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Wait until some account could send a request under its rate limit now.
+    async fn any_account_ready(&self) {
+        let ready = self.accounts.exchanges.iter().map(|exchange| Box::pin(exchange.ready()));
+        let _ = futures_util::future::select_all(ready).await;
+    }
+
+    /// The rows' ids, each with where it belongs.
+    fn placed(&self, rows: &[TradeRow]) -> Vec<(OrderId, Belongs)> {
+        rows.iter().map(|row| (row.order_id.clone(), self.accounts.belongs(row))).collect()
     }
 
     /// Ask the loop for a pass now rather than at the next tick (after a WebSocket gap, say).
@@ -706,11 +808,24 @@ impl Reconciler {
         for row in &rows {
             self.metrics.bot_label(row.bot_id.as_deref());
         }
+        // A row no account claims is never asked about with another account's key: reported, left alone.
+        let (rows, unmatched): (Vec<TradeRow>, Vec<TradeRow>) =
+            rows.into_iter().partition(|row| self.accounts.belongs(row) != Belongs::Nowhere);
+        if !unmatched.is_empty() {
+            tracing::warn!(
+                rows = unmatched.len(),
+                "pending rows belong to no configured Coinbase account; left alone (ordersync audit lists them)"
+            );
+        }
+        let unmatched: Vec<Unmatched> = unmatched
+            .into_iter()
+            .map(|row| Unmatched { order_id: row.order_id.to_string(), bot_id: row.bot_id, account: row.account })
+            .collect();
         let pending = rows.len();
         let cutoff = Utc::now() - chrono_duration(self.settings.grace);
         let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) =
             rows.into_iter().partition(|r| r.created_at.is_none_or(|at| at <= cutoff));
-        let mut report = PassReport { too_young: young.len(), ..PassReport::default() };
+        let mut report = PassReport { too_young: young.len(), unmatched, ..PassReport::default() };
         // Unresolved orders whose backoff has them wait are not asked about in this pass.
         let waiting = match self.store.deferred(Utc::now()).await {
             Ok(waiting) => waiting,
@@ -740,14 +855,14 @@ impl Reconciler {
         for (index, chunk) in chunks.iter().enumerate() {
             let Some(mut lookup) = next.take() else { break };
             // A request that hangs is abandoned when the pass is cancelled: only reads are in flight here.
-            let answers = tokio::select! {
+            let looked = tokio::select! {
                 biased;
                 () = token.cancelled() => {
                     lookup.abort();
                     report.interrupted = true;
                     break;
                 }
-                answers = &mut lookup => answers.unwrap_or_default(),
+                looked = &mut lookup => looked.unwrap_or_default(),
             };
             // Cancelled as the answers came: nothing of this chunk is written.
             if token.is_cancelled() {
@@ -755,7 +870,7 @@ impl Reconciler {
                 break;
             }
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
-            let round_answering = answering(&answers);
+            let answers = &looked.answers;
             certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
             let now = Utc::now();
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
@@ -764,8 +879,8 @@ impl Reconciler {
             let mut checks = Vec::with_capacity(chunk.len());
             for row in chunk.iter() {
                 let answer = answers.get(&row.order_id).unwrap_or(&no_answer);
-                let item =
-                    Item { row, answer, state: states.get(&row.order_id), hint: None, answering: round_answering };
+                let answering = looked.answering(self.accounts.belongs(row));
+                let item = Item { row, answer, state: states.get(&row.order_id), hint: None, answering };
                 let plan = self.plan(&item, Source::Poll, now);
                 if plan.corrects() {
                     corrections += 1;
@@ -774,7 +889,7 @@ impl Reconciler {
                     checks.push(plan);
                 }
             }
-            drop((answers, states));
+            drop((looked, states));
             planned += chunk.len();
             // Checks that correct nothing are written now; corrections as soon as the brake cannot trip
             // whatever the rest of the pass finds, and until then they wait.
@@ -827,6 +942,7 @@ impl Reconciler {
             let flagged = report.checked.iter().filter(|c| c.verdict == "flagged").count() + flagged_waiting;
             self.metrics.flagged_orders.set(flagged as i64);
             self.metrics.deferred_orders.set(report.deferred as i64);
+            self.metrics.unmatched_rows.set(i64::try_from(report.unmatched.len()).unwrap_or(i64::MAX));
             let (verified, answered) = self.verify_terminal(mode, token).await;
             asked += verified.len();
             certain += answered;
@@ -864,19 +980,20 @@ impl Reconciler {
             if token.is_cancelled() {
                 break;
             }
-            let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
             // Only a positive answer settles a terminal row or shows a conflict: an order the batch did not
             // return is not confirmed one request at a time, it is asked about again later.
-            let answers = tokio::select! {
-                answers = lookup_batch(self.exchange.as_ref(), &ids) => answers,
+            let placed = self.placed(chunk);
+            let looked = tokio::select! {
+                looked = lookup_accounts(&self.accounts, &placed, false) => looked,
                 () = token.cancelled() => break,
             };
+            let answers = &looked.answers;
             answered += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
             let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
             let items: Vec<Item> = chunk
                 .iter()
                 .map(|row| Item {
-                    answering: answering(&answers),
+                    answering: looked.answering(self.accounts.belongs(row)),
                     row,
                     answer: answers.get(&row.order_id).unwrap_or(&no_answer),
                     state: states.get(&row.order_id),
@@ -889,10 +1006,10 @@ impl Reconciler {
     }
 
     /// Start looking up a batch in the background.
-    fn prefetch(&self, chunk: &[TradeRow]) -> tokio::task::JoinHandle<HashMap<OrderId, Answer>> {
-        let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
-        let exchange = self.exchange.clone();
-        tokio::spawn(async move { lookup(exchange.as_ref(), &ids).await })
+    fn prefetch(&self, chunk: &[TradeRow]) -> tokio::task::JoinHandle<Looked> {
+        let ids = self.placed(chunk);
+        let accounts = self.accounts.clone();
+        tokio::spawn(async move { lookup_accounts(&accounts, &ids, true).await })
     }
 
     async fn check_states(&self, ids: &[OrderId]) -> HashMap<OrderId, CheckState> {
@@ -914,8 +1031,16 @@ impl Reconciler {
     /// `UnknownOrder` when the bot's table has no such order; `Store` when it cannot be read.
     pub async fn reconcile_one(&self, order_id: &OrderId, mode: Mode) -> Result<Checked, ReconcileError> {
         let row = self.store.trade(order_id).await?.ok_or_else(|| ReconcileError::UnknownOrder(order_id.clone()))?;
-        let mut answers = HashMap::from([(order_id.clone(), answer_of(self.exchange.order(order_id).await))]);
-        complete_figures(self.exchange.as_ref(), &mut answers).await;
+        let belongs = self.accounts.belongs(&row);
+        let mut answers = match belongs {
+            Belongs::To(index) if index < self.accounts.exchanges.len() => {
+                let exchange = self.accounts.exchanges[index].as_ref();
+                let mut answers = HashMap::from([(order_id.clone(), answer_of(exchange.order(order_id).await))]);
+                complete_figures(exchange, &mut answers).await;
+                answers
+            }
+            _ => HashMap::from([(order_id.clone(), Answer::Ambiguous(NO_ACCOUNT.into()))]),
+        };
         let answer = answers.remove(order_id).unwrap_or_else(|| Answer::Ambiguous("no answer".into()));
         let states = self.check_states(std::slice::from_ref(order_id)).await;
         // One order asked about alone: no other order answered with it, so a 404 here never counts.
@@ -958,7 +1083,7 @@ impl Reconciler {
             // waiting rides in the same request instead of waiting for the next turn.
             tokio::select! {
                 () = token.cancelled() => return done,
-                () = self.exchange.ready() => {}
+                () = self.any_account_ready() => {}
             }
             let (taken, _) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
             let checked = self.check_due(taken, token).await;
@@ -980,7 +1105,7 @@ impl Reconciler {
         };
         let words = self.store.words();
         // Rows the bot already wrote are settled from the news; pending ones need the exchange's figures.
-        let mut lookups = Vec::new();
+        let mut lookups: Vec<(OrderId, Belongs)> = Vec::new();
         let mut answers: HashMap<OrderId, Answer> = HashMap::new();
         for (id, due) in &taken {
             let Some(row) = rows.get(id) else { continue };
@@ -989,19 +1114,17 @@ impl Reconciler {
                     answers.insert(id.clone(), Answer::Order(news.clone()));
                 }
                 (DbStatus::Other, _) => {}
-                _ => lookups.push(id.clone()),
+                _ => lookups.push((id.clone(), self.accounts.belongs(row))),
             }
         }
-        let mut lookup_answering = false;
+        let mut looked = Looked::default();
         if !lookups.is_empty() {
             tokio::select! {
-                found = lookup(self.exchange.as_ref(), &lookups) => {
-                    lookup_answering = answering(&found);
-                    answers.extend(found);
-                }
+                found = lookup_accounts(&self.accounts, &lookups, true) => looked = found,
                 () = token.cancelled() => return Vec::new(),
             }
         }
+        answers.extend(looked.answers.drain());
         let checked_ids: Vec<OrderId> = answers.keys().cloned().collect();
         let states = self.check_states(&checked_ids).await;
         let mut checked = Vec::new();
@@ -1010,9 +1133,10 @@ impl Reconciler {
                 .iter()
                 .filter(|(_, due)| due.source == source)
                 .filter_map(|(id, due)| {
+                    let row = rows.get(id)?;
                     Some(Item {
-                        answering: lookup_answering,
-                        row: rows.get(id)?,
+                        answering: looked.answering(self.accounts.belongs(row)),
+                        row,
                         answer: answers.get(id)?,
                         state: states.get(id),
                         hint: Some(due.seen),

@@ -1438,6 +1438,7 @@ struct RawTrade {
     created_at: Option<String>,
     bot_id: Option<String>,
     product_id: Option<String>,
+    account: Option<String>,
 }
 
 impl RawTrade {
@@ -1452,6 +1453,7 @@ impl RawTrade {
             created_at: row.try_get(2)?,
             bot_id: row.try_get(3)?,
             product_id: row.try_get(4)?,
+            account: row.try_get(5)?,
         })
     }
 
@@ -1476,6 +1478,7 @@ impl RawTrade {
             created_at,
             bot_id: self.bot_id,
             product_id: self.product_id,
+            account: self.account,
         })
     }
 }

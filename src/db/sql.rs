@@ -316,6 +316,7 @@ pub struct BoundSchema {
     backend: Backend,
     bot_id: Option<SqlIdent>,
     product_id: Option<SqlIdent>,
+    account: Option<SqlIdent>,
     filled_price: Option<(SqlIdent, Cast)>,
     filled_size: Option<(SqlIdent, Cast)>,
     order_id: Cast,
@@ -386,6 +387,8 @@ impl BoundSchema {
         let product_id =
             optional(&config.product_id, "product_id", "the product, e.g. AVNT-USD (or set it to \"\")", None)
                 .map(|c| c.0);
+        let account = optional(&config.account, "account", "each row's Coinbase account name (or leave it out)", None)
+            .map(|c| c.0);
         let filled_price = optional(
             &config.filled_price,
             "filled_price",
@@ -422,18 +425,20 @@ impl BoundSchema {
             None => "CAST(NULL AS TEXT)".to_string(),
         };
         let columns = format!(
-            "CAST(t.{} AS TEXT), CAST(t.{} AS TEXT), CAST(t.{} AS TEXT), {}, {}",
+            "CAST(t.{} AS TEXT), CAST(t.{} AS TEXT), CAST(t.{} AS TEXT), {}, {}, {}",
             config.order_id.quoted(),
             config.status.quoted(),
             config.created_at.quoted(),
             text(&bot_id),
             text(&product_id),
+            text(&account),
         );
         Ok(BoundSchema {
             config,
             backend,
             bot_id,
             product_id,
+            account,
             filled_price,
             filled_size,
             order_id,
@@ -494,7 +499,7 @@ impl BoundSchema {
     /// Which optional columns are in use, for the start-up log.
     pub fn optional_columns(&self) -> Vec<&str> {
         let figures = [&self.filled_price, &self.filled_size].map(|column| column.as_ref().map(|(name, _)| name));
-        [self.bot_id.as_ref(), self.product_id.as_ref()]
+        [self.bot_id.as_ref(), self.product_id.as_ref(), self.account.as_ref()]
             .into_iter()
             .chain(figures)
             .flatten()

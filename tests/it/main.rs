@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod accounts;
 mod alerting;
 pub mod cli;
 mod coinbase;
