@@ -32,7 +32,7 @@ fn requests(metrics: &Metrics) -> u64 {
         .iter()
         .flat_map(|endpoint| {
             ["ok", "rate_limited", "transient", "not_found"]
-                .map(|o| metrics.exchange_requests.with_label_values(&[endpoint, o]).get())
+                .map(|o| metrics.exchange_requests.with_label_values(&["default", endpoint, o]).get())
         })
         .sum()
 }

@@ -120,7 +120,9 @@ async fn run(backend: &str, url: &str, seconds: u64, grace: &str) {
     let store = app.store().clone();
     let handle = tokio::spawn(app.run(token.clone()));
     // Start once the first pass (every order OPEN) is done and the socket is subscribed.
-    while metrics.reconcile_runs.with_label_values(&["success"]).get() == 0 || metrics.websocket_connected.get() == 0 {
+    while metrics.reconcile_runs.with_label_values(&["success"]).get() == 0
+        || metrics.websocket_connected.with_label_values(&["default"]).get() == 0
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

@@ -131,7 +131,8 @@ pub fn accounts_from_config(config: &Config, metrics: &Metrics) -> Result<(Accou
             (_, error) => AppError::Config(format!("account {:?}: {error}", account.name)),
         })?;
         let rate = NonZeroU32::new(account.rate_limit).unwrap_or(NonZeroU32::MIN);
-        exchanges.push(Arc::new(CoinbaseClient::new(&config.coinbase.api_url, key.clone(), rate, metrics.clone())?));
+        let client = CoinbaseClient::new(&config.coinbase.api_url, key.clone(), rate, metrics.clone())?;
+        exchanges.push(Arc::new(client.with_account(&account.name)));
         keys.push(key);
     }
     Ok((Accounts::new(map, exchanges), keys))
@@ -231,11 +232,15 @@ impl App {
         }
         let reconciler = Reconciler::with_accounts(store.clone(), accounts, metrics.clone(), settings(config));
         // Each account's own user channel, with its own key: it brings news of that account's orders only.
+        let names: Vec<String> = reconciler.accounts().map().names().to_vec();
+        metrics.accounts(&names);
         let websocket: Vec<Listener> = keys
             .into_iter()
+            .zip(names)
             .filter(|_| config.coinbase.websocket)
-            .map(|key| {
+            .map(|(key, account)| {
                 let settings = ListenerSettings {
+                    account,
                     url: config.coinbase.ws_url.clone(),
                     stall_after: config.coinbase.websocket_stall_after,
                 };
@@ -396,10 +401,16 @@ pub const EXCHANGE_PROBE_AFTER: Duration = Duration::from_secs(60);
 /// ever), ask Get API Key Permissions. Its answer (or refusal) is recorded like any other request.
 async fn keep_exchange_proven(reconciler: Reconciler, metrics: Metrics, token: CancellationToken) {
     loop {
-        let quiet = metrics.since_exchange_contact().is_none_or(|since| since >= EXCHANGE_PROBE_AFTER);
-        if quiet {
-            // A probe that hangs must not hold up shutdown.
-            let probes = reconciler.accounts().iter().map(|(account, exchange)| async move {
+        // A probe that hangs must not hold up shutdown; each quiet account's key is proven on its own.
+        let quiet: Vec<_> = reconciler
+            .accounts()
+            .iter()
+            .filter(|(account, _)| {
+                metrics.since_exchange_contact(account).is_none_or(|since| since >= EXCHANGE_PROBE_AFTER)
+            })
+            .collect();
+        if !quiet.is_empty() {
+            let probes = quiet.into_iter().map(|(account, exchange)| async move {
                 if let Err(error) = exchange.key_permissions().await {
                     tracing::warn!(%error, account, "the exchange did not confirm the account's API key");
                 }

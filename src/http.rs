@@ -102,6 +102,33 @@ struct ReadyCheck {
     message: String,
 }
 
+/// Whether `account`'s exchange counts as ready, and why.
+fn exchange_readiness(state: &AppState, account: &str) -> (bool, String) {
+    match state.metrics.exchange_health(account, state.exchange_stale_after) {
+        ExchangeHealth::NotContacted => (true, "not contacted yet".to_string()),
+        ExchangeHealth::NeverAnswered => {
+            (false, "no authenticated answer from the exchange yet: every request so far failed".to_string())
+        }
+        ExchangeHealth::Rejected(why) => {
+            (false, format!("the exchange rejected the credentials ({why}): check the API key name and private key"))
+        }
+        ExchangeHealth::Answered(since) if since <= state.exchange_stale_after => {
+            (true, format!("last authenticated answer {}s ago", since.as_secs()))
+        }
+        ExchangeHealth::Answered(since) => {
+            (false, format!("no answer for {}s (bound {}s)", since.as_secs(), state.exchange_stale_after.as_secs()))
+        }
+        ExchangeHealth::RestFailing(failing) => (
+            false,
+            format!(
+                "every REST request has failed for {}s (the user channel still answers; bound {}s)",
+                failing.as_secs(),
+                state.exchange_stale_after.as_secs()
+            ),
+        ),
+    }
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let mut checks = Vec::new();
     let database = tokio::time::timeout(DB_TIMEOUT, state.store.ping()).await;
@@ -129,30 +156,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
             None => "unknown: the database is not reachable".into(),
         },
     });
-    let (exchange_ok, message) = match state.metrics.exchange_health(state.exchange_stale_after) {
-        ExchangeHealth::NotContacted => (true, "not contacted yet".to_string()),
-        ExchangeHealth::NeverAnswered => {
-            (false, "no authenticated answer from the exchange yet: every request so far failed".to_string())
-        }
-        ExchangeHealth::Rejected(why) => {
-            (false, format!("the exchange rejected the credentials ({why}): check the API key name and private key"))
-        }
-        ExchangeHealth::Answered(since) if since <= state.exchange_stale_after => {
-            (true, format!("last authenticated answer {}s ago", since.as_secs()))
-        }
-        ExchangeHealth::Answered(since) => {
-            (false, format!("no answer for {}s (bound {}s)", since.as_secs(), state.exchange_stale_after.as_secs()))
-        }
-        ExchangeHealth::RestFailing(failing) => (
-            false,
-            format!(
-                "every REST request has failed for {}s (the user channel still answers; bound {}s)",
-                failing.as_secs(),
-                state.exchange_stale_after.as_secs()
-            ),
-        ),
-    };
-    checks.push(ReadyCheck { name: "exchange", ok: exchange_ok, message });
+    // Each account's key on its own: one refused key or one silent account makes the replica not ready.
+    let names: Vec<String> = state.reconciler.accounts().map().names().to_vec();
+    let multi = names.len() > 1;
+    for account in &names {
+        let (exchange_ok, message) = exchange_readiness(&state, account);
+        let message = if multi { format!("account {account}: {message}") } else { message };
+        checks.push(ReadyCheck { name: "exchange", ok: exchange_ok, message });
+    }
     let ready = checks.iter().all(|check| check.ok);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(Readiness { ready, checks })).into_response()

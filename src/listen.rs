@@ -27,6 +27,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
     pub url: String,
+    /// The account whose key subscribes: its orders' news only.
+    pub account: String,
     /// Reconnect when nothing (not even a heartbeat) arrived for this long.
     pub stall_after: Duration,
 }
@@ -106,7 +108,7 @@ impl Listener {
         let mut connected_before = false;
         loop {
             let result = self.session(&token, connected_before, &mut failures).await;
-            self.metrics.websocket_connected.set(0);
+            self.metrics.websocket_connected.with_label_values(&[self.settings.account.as_str()]).set(0);
             match result {
                 SessionEnd::Cancelled => return,
                 end => {
@@ -183,8 +185,10 @@ impl Listener {
                         if let Err(refused) = self.handle(&text, &mut last_sequence).await {
                             return SessionEnd::Refused(refused);
                         }
-                        if self.metrics.websocket_connected.get() == 0 {
-                            self.metrics.websocket_connected.set(1);
+                        let connected =
+                            self.metrics.websocket_connected.with_label_values(&[self.settings.account.as_str()]);
+                        if connected.get() == 0 {
+                            connected.set(1);
                             *failures = 0;
                             tracing::info!(url = %self.settings.url, "subscribed to the user channel");
                         }
@@ -226,7 +230,7 @@ impl Listener {
             "user" => self.user_events(&envelope),
             "heartbeats" => {
                 // An authenticated channel's heartbeat: the exchange is up and takes the key.
-                self.metrics.exchange_heard();
+                self.metrics.exchange_heard(&self.settings.account);
                 self.metrics.websocket_messages.with_label_values(&["heartbeat"]).inc();
             }
             "subscriptions" => self.metrics.websocket_messages.with_label_values(&["subscriptions"]).inc(),

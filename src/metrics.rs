@@ -132,18 +132,19 @@ pub struct Metrics {
     pub last_successful_reconcile: Gauge,
     pub exchange_requests: IntCounterVec,
     pub exchange_request_duration: HistogramVec,
-    pub exchange_up: IntGauge,
+    pub exchange_up: IntGaugeVec,
     pub database_up: IntGauge,
     pub collector_success: IntGaugeVec,
     pub collector_duration: GaugeVec,
     pub last_successful_collection: GaugeVec,
     pub store_errors: IntCounter,
     pub alert_emails: IntCounterVec,
-    pub websocket_connected: IntGauge,
+    pub websocket_connected: IntGaugeVec,
     pub websocket_messages: IntCounterVec,
     pub websocket_reconnects: IntCounter,
     pub websocket_sequence_gaps: IntCounter,
-    exchange: Arc<Mutex<ExchangeContact>>,
+    /// What each account's exchange last said, by account name.
+    exchange: Arc<Mutex<BTreeMap<String, ExchangeContact>>>,
     names: Arc<Vec<String>>,
 }
 
@@ -365,19 +366,25 @@ impl Metrics {
                 "When (Unix seconds) the last reconcile pass completed without failing.",
             ))?,
             exchange_requests: IntCounterVec::new(
-                opts("ordersync_exchange_requests_total", "Requests to the exchange API by endpoint and outcome."),
-                &["endpoint", "outcome"],
+                opts(
+                    "ordersync_exchange_requests_total",
+                    "Requests to the exchange API by account (its API key), endpoint and outcome.",
+                ),
+                &["account", "endpoint", "outcome"],
             )?,
             exchange_request_duration: HistogramVec::new(
                 HistogramOpts::new("ordersync_exchange_request_duration_seconds", "Duration of requests to the exchange API.")
                     .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 &["endpoint"],
             )?,
-            exchange_up: IntGauge::with_opts(opts(
-                "ordersync_exchange_up",
-                "1 if the exchange's last REST answer was authenticated (even a 404), 0 if the request failed or \
-                 the credentials were refused (401/403).",
-            ))?,
+            exchange_up: IntGaugeVec::new(
+                opts(
+                    "ordersync_exchange_up",
+                    "1 if the exchange's last REST answer to the account's key was authenticated (even a 404), 0 if \
+                     the request failed or the credentials were refused (401/403), by account.",
+                ),
+                &["account"],
+            )?,
             database_up: IntGauge::with_opts(opts(
                 "ordersync_database_up",
                 "1 if the last query of the bot's database succeeded, 0 if it failed.",
@@ -408,10 +415,14 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
-            websocket_connected: IntGauge::with_opts(opts(
-                "ordersync_websocket_connected",
-                "1 while subscribed to Coinbase's user channel (real-time order updates), 0 otherwise.",
-            ))?,
+            websocket_connected: IntGaugeVec::new(
+                opts(
+                    "ordersync_websocket_connected",
+                    "1 while subscribed to Coinbase's user channel (real-time order updates) with the account's key, \
+                     0 otherwise, by account.",
+                ),
+                &["account"],
+            )?,
             websocket_messages: IntCounterVec::new(
                 opts("ordersync_websocket_messages_total", "Messages received on the user-channel WebSocket, by type."),
                 &["type"],
@@ -424,7 +435,7 @@ impl Metrics {
                 "ordersync_websocket_sequence_gaps_total",
                 "Jumps in the WebSocket's sequence numbers: messages were lost; each triggers a full resync.",
             ))?,
-            exchange: Arc::new(Mutex::new(ExchangeContact::default())),
+            exchange: Arc::new(Mutex::new(BTreeMap::new())),
             names: Arc::new(Vec::new()),
             registry,
         };
@@ -608,55 +619,71 @@ impl Metrics {
         );
     }
 
-    /// Record one request to the exchange. `answered`: the exchange gave an authenticated answer (not a
-    /// transient failure); `rejected`: it refused the credentials (401/403), with what it said.
+    /// The accounts' series exist from the first scrape: exchange not up, user channel not connected.
+    pub fn accounts(&self, names: &[String]) {
+        for name in names {
+            self.exchange_up.with_label_values(&[name.as_str()]).set(0);
+            self.websocket_connected.with_label_values(&[name.as_str()]).set(0);
+        }
+    }
+
+    /// Record one request to the exchange with `account`'s key. `answered`: the exchange gave an
+    /// authenticated answer (not a transient failure); `rejected`: it refused the credentials (401/403), with
+    /// what it said.
     pub fn exchange_request(
         &self,
+        account: &str,
         endpoint: &str,
         outcome: &str,
         took: Duration,
         answered: bool,
         rejected: Option<&str>,
     ) {
-        self.exchange_requests.with_label_values(&[endpoint, outcome]).inc();
+        self.exchange_requests.with_label_values(&[account, endpoint, outcome]).inc();
         self.exchange_request_duration.with_label_values(&[endpoint]).observe(took.as_secs_f64());
-        let mut contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        let up = self.exchange_up.with_label_values(&[account]);
+        let mut contacts = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        let contact = contacts.entry(account.to_string()).or_default();
         contact.attempted = true;
         match rejected {
             Some(why) => {
                 contact.rejected = Some(why.to_string());
-                self.exchange_up.set(0);
+                up.set(0);
             }
             None if answered => {
                 contact.rejected = None;
                 contact.rest_failing_since = None;
                 contact.answered = Some(Instant::now());
-                self.exchange_up.set(1);
+                up.set(1);
             }
             None => {
                 contact.rest_failing_since.get_or_insert_with(Instant::now);
-                self.exchange_up.set(0);
+                up.set(0);
             }
         }
     }
 
-    /// An authenticated message from the exchange outside REST (a user-channel heartbeat): the exchange is
-    /// alive and takes the key. `ordersync_exchange_up` stays about REST.
-    pub fn exchange_heard(&self) {
-        let mut contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+    /// An authenticated message from the exchange outside REST (a user-channel heartbeat to `account`'s
+    /// key): the exchange is alive and takes the key. `ordersync_exchange_up` stays about REST.
+    pub fn exchange_heard(&self, account: &str) {
+        let mut contacts = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        let contact = contacts.entry(account.to_string()).or_default();
         contact.answered = Some(Instant::now());
         contact.attempted = true;
     }
 
-    /// How long ago the exchange last gave an authenticated answer; `None` if it never has.
-    pub fn since_exchange_contact(&self) -> Option<Duration> {
-        self.exchange.lock().unwrap_or_else(|p| p.into_inner()).answered.map(|at| at.elapsed())
+    /// How long ago the exchange last gave `account`'s key an authenticated answer; `None` if it never has.
+    pub fn since_exchange_contact(&self, account: &str) -> Option<Duration> {
+        let contacts = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        contacts.get(account).and_then(|contact| contact.answered).map(|at| at.elapsed())
     }
 
-    /// Where the exchange stands, for readiness: REST failing for `failing_after` is not ready even while
-    /// the user channel's heartbeats come (the figures ordersync writes come from REST).
-    pub fn exchange_health(&self, failing_after: Duration) -> ExchangeHealth {
-        let contact = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+    /// Where the exchange stands for `account`, for readiness: REST failing for `failing_after` is not ready
+    /// even while the user channel's heartbeats come (the figures ordersync writes come from REST).
+    pub fn exchange_health(&self, account: &str, failing_after: Duration) -> ExchangeHealth {
+        let contacts = self.exchange.lock().unwrap_or_else(|p| p.into_inner());
+        let none = ExchangeContact::default();
+        let contact = contacts.get(account).unwrap_or(&none);
         let failing = contact.rest_failing_since.map(|since| since.elapsed()).filter(|d| *d >= failing_after);
         match (&contact.rejected, contact.answered, contact.attempted, failing) {
             (Some(why), _, _, _) => ExchangeHealth::Rejected(why.clone()),
@@ -882,27 +909,35 @@ mod tests {
     #[test]
     fn readiness_follows_what_the_exchange_last_said() {
         let metrics = Metrics::standalone(Duration::from_secs(300));
-        let health = || metrics.exchange_health(Duration::ZERO);
+        let health = || metrics.exchange_health("a", Duration::ZERO);
         assert_eq!(health(), ExchangeHealth::NotContacted);
-        metrics.exchange_request("get_order", "transient", Duration::ZERO, false, None);
+        metrics.exchange_request("a", "get_order", "transient", Duration::ZERO, false, None);
         assert_eq!(health(), ExchangeHealth::NeverAnswered);
-        assert_eq!(metrics.exchange_up.get(), 0);
-        metrics.exchange_request("get_order", "ok", Duration::ZERO, true, None);
+        assert_eq!(metrics.exchange_up.with_label_values(&["a"]).get(), 0);
+        metrics.exchange_request("a", "get_order", "ok", Duration::ZERO, true, None);
         assert!(matches!(health(), ExchangeHealth::Answered(_)));
-        assert_eq!(metrics.exchange_up.get(), 1);
-        metrics.exchange_request("get_order", "unauthorized", Duration::ZERO, false, Some("HTTP 401"));
+        assert_eq!(metrics.exchange_up.with_label_values(&["a"]).get(), 1);
+        metrics.exchange_request("a", "get_order", "unauthorized", Duration::ZERO, false, Some("HTTP 401"));
         assert_eq!(health(), ExchangeHealth::Rejected("HTTP 401".into()));
-        assert_eq!(metrics.exchange_up.get(), 0);
-        metrics.exchange_heard();
-        assert_eq!(metrics.exchange_up.get(), 0, "a heartbeat does not make refused credentials work");
-        metrics.exchange_request("get_order", "ok", Duration::ZERO, true, None);
-        assert_eq!(metrics.exchange_up.get(), 1);
+        assert_eq!(metrics.exchange_up.with_label_values(&["a"]).get(), 0);
+        metrics.exchange_heard("a");
+        assert_eq!(
+            metrics.exchange_up.with_label_values(&["a"]).get(),
+            0,
+            "a heartbeat does not make refused credentials work"
+        );
+        metrics.exchange_request("a", "get_order", "ok", Duration::ZERO, true, None);
+        assert_eq!(metrics.exchange_up.with_label_values(&["a"]).get(), 1);
         // REST fails while heartbeats keep coming: not ready once it has failed for the bound.
-        metrics.exchange_request("list_orders", "transient", Duration::ZERO, false, None);
-        metrics.exchange_heard();
+        metrics.exchange_request("a", "list_orders", "transient", Duration::ZERO, false, None);
+        metrics.exchange_heard("a");
         assert!(matches!(health(), ExchangeHealth::RestFailing(_)), "{:?}", health());
-        assert!(matches!(metrics.exchange_health(Duration::from_secs(60)), ExchangeHealth::Answered(_)));
-        assert_eq!(metrics.exchange_up.get(), 0, "about REST, whatever the heartbeats say");
+        assert!(matches!(metrics.exchange_health("a", Duration::from_secs(60)), ExchangeHealth::Answered(_)));
+        assert_eq!(metrics.exchange_up.with_label_values(&["a"]).get(), 0, "about REST, whatever the heartbeats say");
+        // Each account stands on its own: b's key was never used.
+        assert_eq!(metrics.exchange_health("b", Duration::ZERO), ExchangeHealth::NotContacted);
+        assert_eq!(metrics.since_exchange_contact("b"), None);
+        assert!(metrics.since_exchange_contact("a").is_some());
     }
 
     #[test]

@@ -183,6 +183,8 @@ fn answering(answers: &HashMap<OrderId, Answer>) -> bool {
 /// One order decided on, before its write.
 pub struct Plan<'a> {
     row: &'a TradeRow,
+    /// The account the row belongs to (its events carry it).
+    account: String,
     action: Action,
     exchange_status: Option<String>,
     /// A bounded word for the exchange's answer.
@@ -243,6 +245,7 @@ impl Plan<'_> {
                 detected_at: now,
                 seen: self.seen.unwrap_or((fill.ended_at, fill.end_source)),
                 because,
+                account: &self.account,
             }));
         }
         let (error, flagged) = match &self.action {
@@ -1401,6 +1404,10 @@ impl Reconciler {
         }
         Plan {
             row,
+            account: match self.accounts.belongs(row) {
+                Belongs::To(index) => self.accounts.map.name(index).to_string(),
+                Belongs::Nowhere => String::new(),
+            },
             action,
             exchange_status,
             label,

@@ -135,6 +135,8 @@ pub struct Correction<'a> {
     pub seen: (DateTime<Utc>, EndSource),
     /// Why: the exchange ended the order, or the not-found policy wrote it off.
     pub because: &'a Because,
+    /// The Coinbase account whose key asked (`account::DEFAULT_ACCOUNT` with one key).
+    pub account: &'a str,
 }
 
 /// One write of a batch.
@@ -306,6 +308,8 @@ pub struct EventRow {
     pub end_source: Option<String>,
     /// `None` when the exchange ended the order; `not_found` when the not-found policy wrote it off.
     pub reason: Option<String>,
+    /// The account whose key asked (`None` for events written before accounts existed).
+    pub account: Option<String>,
 }
 
 #[derive(Clone)]
@@ -398,7 +402,8 @@ macro_rules! flush_own_rows {
                         .bind(e.note.as_deref())
                         .bind(fill.ended_at)
                         .bind(fill.end_source.as_str())
-                        .bind(e.reason);
+                        .bind(e.reason)
+                        .bind(c.account);
                 }
                 query.execute(&mut *$conn).await?;
             }
@@ -1566,6 +1571,7 @@ where
         ended_at: row.try_get(15)?,
         end_source: row.try_get(16)?,
         reason: row.try_get(17)?,
+        account: row.try_get(18)?,
     })
 }
 

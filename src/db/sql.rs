@@ -40,6 +40,12 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_backoff_and_not_found.sql"),
         postgres: include_str!("../../migrations/postgres/0004_backoff_and_not_found.sql"),
     },
+    Migration {
+        version: 5,
+        name: "accounts",
+        sqlite: include_str!("../../migrations/sqlite/0005_accounts.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_accounts.sql"),
+    },
 ];
 
 pub(super) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ordersync_migrations \
@@ -59,14 +65,14 @@ fn value_groups(rows: usize, cols: usize) -> String {
         .join(", ")
 }
 
-pub(super) const EVENT_COLUMNS: usize = 18;
+pub(super) const EVENT_COLUMNS: usize = 19;
 
 /// `rows` events (`EVENT_COLUMNS` parameters each).
 pub(super) fn insert_events(rows: usize) -> String {
     format!(
         "INSERT INTO ordersync_events (order_id, bot_id, product_id, from_status, to_status, exchange_status, \
          exchange_fill_time, fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note, \
-         ended_at, end_source, reason) VALUES {}",
+         ended_at, end_source, reason, account) VALUES {}",
         value_groups(rows, EVENT_COLUMNS)
     )
 }
@@ -170,7 +176,7 @@ pub(super) fn select_events(which: EventFilter) -> String {
     format!(
         "SELECT order_id, bot_id, product_id, from_status, to_status, exchange_status, exchange_fill_time, \
          fill_price, fill_size, detected_at, applied_at, source, outcome, latency_seconds, note, ended_at, \
-         end_source, reason FROM ordersync_events {filter}ORDER BY id"
+         end_source, reason, account FROM ordersync_events {filter}ORDER BY id"
     )
 }
 

@@ -74,6 +74,8 @@ pub struct CoinbaseClient {
     limiter: Limiter,
     retry: RetryPolicy,
     metrics: Metrics,
+    /// The account the key is, for the `account` label.
+    account: String,
 }
 
 impl std::fmt::Debug for CoinbaseClient {
@@ -106,7 +108,14 @@ impl CoinbaseClient {
             limiter: Limiter::per_second(rate_limit),
             retry: RetryPolicy::default(),
             metrics,
+            account: crate::account::DEFAULT_ACCOUNT.to_string(),
         })
+    }
+
+    /// The account this client's key is (`default` unless set): its requests are counted under it.
+    pub fn with_account(mut self, account: &str) -> Self {
+        self.account = account.to_string();
+        self
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -162,7 +171,7 @@ impl CoinbaseClient {
                 Err(ExchangeError::Unauthorized(why)) => Some(why.as_str()),
                 _ => None,
             };
-            self.metrics.exchange_request(endpoint, outcome, started.elapsed(), answered, rejected);
+            self.metrics.exchange_request(&self.account, endpoint, outcome, started.elapsed(), answered, rejected);
             let hint = match &result {
                 Err(ExchangeError::RateLimited { retry_after }) => *retry_after,
                 Err(ExchangeError::Transient(_)) => None,

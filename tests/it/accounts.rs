@@ -91,6 +91,11 @@ async fn two_accounts_each_row_asked_with_its_own_key(backend: Backend) {
     for id in [&nobody, &unknown] {
         assert_eq!(db.trade(id).await.status, "pending", "{id}: no account claims it, left alone");
     }
+    // Each correction's event names the account whose key asked.
+    for (id, account) in [(&by_bot, "a"), (&by_column, "b"), (&by_bot_b, "b")] {
+        let rows = db.rows(&format!("SELECT account FROM ordersync_events WHERE order_id = '{id}'")).await;
+        assert_eq!(rows, vec![vec![Some(account.to_string())]], "{id}");
+    }
     let received = sandbox.received();
     for key in [KEY_A, KEY_B] {
         assert!(received.iter().any(|r| r.key == key), "{key} asked: {received:?}");
@@ -129,4 +134,66 @@ async fn account_settings_that_cannot_work_are_named_at_start() {
     ] {
         assert!(out.stderr.contains(says), "names {says:?}: {}", out.stderr);
     }
+}
+
+/// `serve` with two accounts: each has its own series from the first scrape, and `/readyz` checks each key on
+/// its own: the one the exchange refuses makes the service not ready, naming that account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_metrics_are_per_account() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    let token = CancellationToken::new();
+    let (url, keys) = sandbox_http_keys(&sandbox, &[KEY_A], None, &token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (good, refused) = (dir.path().join("a.pem"), dir.path().join("b.pem"));
+    std::fs::write(&good, keys[0].to_pem().unwrap().expose_secret()).unwrap();
+    // B's key is one the exchange has never heard of.
+    let stranger = ordersync::exchange::auth::CdpKey::generate(KEY_B);
+    std::fs::write(&refused, stranger.to_pem().unwrap().expose_secret()).unwrap();
+    let file = format!(
+        "poll_interval = \"1h\"\n[coinbase]\nwebsocket = false\n\n\
+         [[accounts]]\nname = \"a\"\nkey_file = \"{}\"\nkey_name = \"{KEY_A}\"\ndefault = true\n\n\
+         [[accounts]]\nname = \"b\"\nkey_file = \"{}\"\nkey_name = \"{KEY_B}\"\nbots = [\"beta-*\"]\n",
+        good.display(),
+        refused.display()
+    );
+    let mut config = crate::harness::config_with(&db, &file);
+    config.coinbase.api_url = url;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let parts = ordersync::app::AppParts { listener: Some(listener), ..Default::default() };
+    let app = ordersync::app::App::build(&config, parts).await.unwrap();
+    let (addr, metrics) = (app.addr(), app.metrics().clone());
+    let scrape = metrics.encode();
+    for series in ["ordersync_exchange_up{account=\"a\"} 0", "ordersync_exchange_up{account=\"b\"} 0"] {
+        assert!(scrape.contains(series), "{series} from the first scrape:\n{scrape}");
+    }
+    let run = token.clone();
+    tokio::spawn(async move { app.run(run).await.unwrap() });
+    let ready_url = format!("http://{addr}/readyz");
+    let mut body = serde_json::Value::Null;
+    for _ in 0..100 {
+        let response = reqwest::get(&ready_url).await.unwrap();
+        body = response.json().await.unwrap();
+        let says = |account: &str, what: &str| {
+            body["checks"].as_array().unwrap().iter().any(|c| {
+                let message = c["message"].as_str().unwrap_or_default();
+                c["name"] == "exchange" && message.starts_with(&format!("account {account}:")) && message.contains(what)
+            })
+        };
+        // Both keys probed: a's answered, b's refused.
+        if says("a", "last authenticated answer") && says("b", "rejected") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(body["ready"], false, "{body}");
+    let checks = body["checks"].as_array().unwrap();
+    let a = checks.iter().find(|c| c["message"].as_str().unwrap_or_default().starts_with("account a:")).unwrap();
+    assert_eq!(a["ok"], true, "a's key works: {body}");
+    let b = checks.iter().find(|c| c["message"].as_str().unwrap_or_default().starts_with("account b:")).unwrap();
+    assert!(b["message"].as_str().unwrap().contains("rejected the credentials"), "{body}");
+    assert_eq!(metrics.exchange_up.with_label_values(&["a"]).get(), 1);
+    assert_eq!(metrics.exchange_up.with_label_values(&["b"]).get(), 0);
+    assert!(metrics.exchange_requests.with_label_values(&["b", "key_permissions", "unauthorized"]).get() >= 1);
+    token.cancel();
 }

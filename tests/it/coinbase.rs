@@ -32,7 +32,7 @@ fn place(sandbox: &Sandbox, count: usize) -> Vec<OrderId> {
 }
 
 fn requests(metrics: &Metrics, endpoint: &str, outcome: &str) -> u64 {
-    metrics.exchange_requests.with_label_values(&[endpoint, outcome]).get()
+    metrics.exchange_requests.with_label_values(&["default", endpoint, outcome]).get()
 }
 
 #[tokio::test]
@@ -231,7 +231,7 @@ async fn server_errors_are_retried_then_reported_as_transient() {
 
     assert_eq!(error, ExchangeError::Transient("HTTP 503".into()));
     assert_eq!(requests(&metrics, "get_order", "transient"), 4, "one try and three retries");
-    assert_eq!(metrics.exchange_up.get(), 0);
+    assert_eq!(metrics.exchange_up.with_label_values(&["default"]).get(), 0);
 }
 
 #[tokio::test]

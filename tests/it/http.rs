@@ -69,8 +69,14 @@ async fn a_reconcile_pass_moves_every_metric_and_promtool_is_content(backend: Ba
     );
     assert_eq!(value(&scrape, "ordersync_sync_latency_seconds_count{source=\"poll\"}"), Some(3.0));
     assert_eq!(value(&scrape, "ordersync_reconcile_runs_total{result=\"success\"}"), Some(1.0));
-    assert_eq!(value(&scrape, "ordersync_exchange_requests_total{endpoint=\"list_orders\",outcome=\"ok\"}"), Some(1.0));
-    assert_eq!(value(&scrape, "ordersync_exchange_up"), Some(1.0));
+    assert_eq!(
+        value(
+            &scrape,
+            "ordersync_exchange_requests_total{account=\"default\",endpoint=\"list_orders\",outcome=\"ok\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(value(&scrape, "ordersync_exchange_up{account=\"default\"}"), Some(1.0));
     assert_eq!(value(&scrape, "ordersync_database_up"), Some(1.0));
     assert_eq!(value(&scrape, "ordersync_collector_success{collector=\"pending_orders\"}"), Some(1.0));
     assert!(!scrape.contains("ordersync_stuck_orders{"), "nothing is stuck");

@@ -22,7 +22,7 @@ fn ms(at: DateTime<Utc>) -> DateTime<Utc> {
 
 async fn connected(app: &TestApp) {
     app.eventually("the first pass and a subscription to the user channel", || async {
-        app.metric("ordersync_websocket_connected").await == Some(1.0)
+        app.metric("ordersync_websocket_connected{account=\"default\"}").await == Some(1.0)
             && app.metric("ordersync_reconcile_runs_total{result=\"success\"}").await >= Some(1.0)
     })
     .await;
@@ -351,7 +351,7 @@ async fn rejected_credentials_are_not_ready_and_the_pass_fails() {
     let body: serde_json::Value = response.json().await.unwrap();
     let exchange = body["checks"].as_array().unwrap().iter().find(|c| c["name"] == "exchange").unwrap().clone();
     assert!(exchange["message"].as_str().unwrap().contains("rejected the credentials"), "{exchange}");
-    assert_eq!(app.metric("ordersync_exchange_up").await, Some(0.0));
+    assert_eq!(app.metric("ordersync_exchange_up{account=\"default\"}").await, Some(0.0));
     assert_eq!(app.metric("ordersync_last_successful_reconcile_timestamp_seconds").await, Some(0.0));
     assert_eq!(app.metric("ordersync_reconcile_runs_total{result=\"success\"}").await, Some(0.0));
 }
@@ -383,13 +383,15 @@ async fn an_idle_service_proves_its_key_and_stays_ready() {
     )
     .await;
     app.eventually("the key proven", || async {
-        app.metric("ordersync_exchange_requests_total{endpoint=\"key_permissions\",outcome=\"ok\"}").await >= Some(1.0)
+        app.metric("ordersync_exchange_requests_total{account=\"default\",endpoint=\"key_permissions\",outcome=\"ok\"}")
+            .await
+            >= Some(1.0)
     })
     .await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), 200);
     assert!(response.text().await.unwrap().contains("last authenticated answer"));
-    assert_eq!(app.metric("ordersync_exchange_up").await, Some(1.0));
+    assert_eq!(app.metric("ordersync_exchange_up{account=\"default\"}").await, Some(1.0));
 }
 
 /// The incident's orders ended hours before ordersync first ran on this database: ordersync settles them

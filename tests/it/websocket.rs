@@ -13,7 +13,7 @@ const HOURLY_POLL: &str = "poll_interval = \"1h\"\nmetrics_refresh = \"100ms\"";
 /// Wait until the first poll pass is done and the listener is subscribed.
 async fn connected(app: &TestApp) {
     app.eventually("the first pass and a subscription to the user channel", || async {
-        app.metric("ordersync_websocket_connected").await == Some(1.0)
+        app.metric("ordersync_websocket_connected{account=\"default\"}").await == Some(1.0)
             && app.metric("ordersync_reconcile_runs_total{result=\"success\"}").await >= Some(1.0)
     })
     .await;
@@ -91,7 +91,7 @@ async fn a_disconnect_reconnects_with_a_snapshot_and_loses_nothing(backend: Back
     completed(&app, &id).await;
     app.eventually("reconnected with a new snapshot", || async {
         app.metric("ordersync_websocket_messages_total{type=\"snapshot\"}").await.unwrap() > snapshots
-            && app.metric("ordersync_websocket_connected").await == Some(1.0)
+            && app.metric("ordersync_websocket_connected{account=\"default\"}").await == Some(1.0)
     })
     .await;
 
