@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppError, AppParts};
-use crate::config::Config;
+use crate::config::{AccountConfig, Config};
 use crate::exchange::auth::CdpKey;
 use crate::metrics::Metrics;
 use crate::order::sqlite_timestamp;
@@ -68,6 +68,9 @@ pub const INCIDENT_ORDERS: [(&str, &str, &str); 3] = [
     ("137cd41e-605e-4e97-96ff-cdbc517da514", "AVNT-USD", "0.7794"),
 ];
 
+/// The demo's bots that trade under the second account, `hedge`.
+pub const DEMO_HEDGE_BOTS: [&str; 2] = ["beta", "delta"];
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub database: PathBuf,
@@ -98,13 +101,17 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
         AppError::Config(format!("cannot create the demo database {}: {e}", options.database.display()))
     })?;
     let sandbox = Sandbox::new(options.seed);
-    let key = CdpKey::generate("organizations/demo/apiKeys/demo");
-    let keys = HashMap::from([(key.name().to_string(), key.public_key())]);
+    // Two Coinbase accounts, each with its own key and its own 30 requests/s: the bots of DEMO_HEDGE_BOTS
+    // trade under `hedge`, the others (and the incident) under `main`.
+    let main = CdpKey::generate("organizations/demo/apiKeys/main");
+    let hedge = CdpKey::generate("organizations/demo/apiKeys/hedge");
+    let keys =
+        HashMap::from([(main.name().to_string(), main.public_key()), (hedge.name().to_string(), hedge.public_key())]);
     let state = ServerState::new(sandbox.clone(), keys, NonZeroU32::new(30));
     let sim_addr = server::spawn("127.0.0.1:0", state, token.child_token())
         .await
         .map_err(|e| AppError::Config(format!("cannot start the simulator: {e}")))?;
-    seed_incident(&sandbox, &bot_db)
+    seed_incident(&sandbox, &bot_db, main.name())
         .await
         .map_err(|e| AppError::Config(format!("cannot seed the demo database: {e}")))?;
 
@@ -113,16 +120,22 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after)
         .map_err(|e| AppError::Config(format!("registering metrics failed: {e}")))?;
     config.coinbase.ws_url = format!("ws://{sim_addr}{}", server::WS_PATH);
-    let exchange = crate::app::coinbase_client(&config, key.clone(), &metrics)?;
+    let account = |name: &str, key: &CdpKey, bots: &[&str], default: bool| -> Result<AccountConfig, AppError> {
+        let pem = key.to_pem().ok_or_else(|| AppError::Config("the demo key has no PEM form".into()))?;
+        Ok(AccountConfig {
+            name: name.into(),
+            key_name: Some(key.name().to_string()),
+            key_file: None,
+            private_key: Some(pem),
+            rate_limit: config.coinbase.rate_limit,
+            bots: bots.iter().map(|b| b.to_string()).collect(),
+            default,
+        })
+    };
+    config.accounts = vec![account("main", &main, &[], true)?, account("hedge", &hedge, &DEMO_HEDGE_BOTS, false)?];
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| AppError::Listen { addr: config.listen, source })?;
-    let parts = AppParts {
-        exchange: Some(exchange),
-        listener: Some(listener),
-        metrics: Some(metrics),
-        key: Some(key),
-        ..AppParts::default()
-    };
+    let parts = AppParts { listener: Some(listener), metrics: Some(metrics), ..AppParts::default() };
     let app = App::build(&config, parts).await?;
     print_banner(app.addr(), sim_addr, &options);
 
@@ -130,7 +143,9 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
         let bot_name = ["alpha", "beta", "gamma", "delta", "epsilon"]
             .get(bot)
             .map_or_else(|| format!("bot{bot}"), |n| n.to_string());
+        let key = if DEMO_HEDGE_BOTS.contains(&bot_name.as_str()) { &hedge } else { &main };
         let bot = SimulatedBot {
+            account: key.name().to_string(),
             name: bot_name,
             sandbox: sandbox.clone(),
             db: bot_db.clone(),
@@ -152,6 +167,11 @@ fn print_banner(addr: SocketAddr, sim_addr: SocketAddr, options: &DemoOptions) {
     let _ = writeln!(out, "  sync status:    http://{addr}/api/v1/trades/sync-status");
     let _ = writeln!(out, "  readiness:      http://{addr}/readyz");
     let _ = writeln!(out, "  bot database:   sqlite://{}", options.database.display());
+    let _ = writeln!(
+        out,
+        "  accounts:       main (the default) and hedge (bots {}), each with its own key and rate limit",
+        DEMO_HEDGE_BOTS.join(", ")
+    );
     let _ =
         writeln!(out, "  simulator:      http://{sim_addr} (Coinbase Advanced Trade API, control API under /sandbox/)");
     let _ = writeln!(
@@ -169,8 +189,9 @@ fn print_banner(addr: SocketAddr, sim_addr: SocketAddr, options: &DemoOptions) {
     let _ = out.flush();
 }
 
-/// Put the incident's three orders in place: FILLED on the exchange hours ago, pending in the database.
-async fn seed_incident(sandbox: &Sandbox, db: &SqlitePool) -> Result<(), sqlx::Error> {
+/// Put the incident's three orders in place: FILLED on the exchange hours ago (under `account`'s key),
+/// pending in the database.
+async fn seed_incident(sandbox: &Sandbox, db: &SqlitePool, account: &str) -> Result<(), sqlx::Error> {
     let placed = Utc::now() - chrono::Duration::hours(3);
     for (order_id, product, price) in INCIDENT_ORDERS {
         let price = Decimal::from_str(price).unwrap_or(Decimal::ONE);
@@ -180,6 +201,7 @@ async fn seed_incident(sandbox: &Sandbox, db: &SqlitePool) -> Result<(), sqlx::E
             base_size: Decimal::from(100),
             limit_price: price,
             created_time: Some(placed),
+            account: Some(account.into()),
             ..NewOrder::default()
         };
         if sandbox.create_order(new).is_ok() {
@@ -198,6 +220,8 @@ async fn seed_incident(sandbox: &Sandbox, db: &SqlitePool) -> Result<(), sqlx::E
 /// A bot that places orders and hears of most, not all, completions.
 struct SimulatedBot {
     name: String,
+    /// The key (account) the bot trades under.
+    account: String,
     sandbox: Sandbox,
     db: SqlitePool,
     miss_rate: f64,
@@ -215,6 +239,7 @@ impl SimulatedBot {
                 product_id: product.into(),
                 base_size: Decimal::from(10),
                 limit_price: price,
+                account: Some(self.account.clone()),
                 ..NewOrder::default()
             };
             if let Ok(order_id) = self.sandbox.create_order(new) {

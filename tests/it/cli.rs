@@ -296,6 +296,24 @@ async fn the_demo_runs_without_credentials_and_fixes_the_incident() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fixed, 3.0, "the incident's three orders were corrected");
+    // Two accounts, each with its own key: both user channels connected, both keys proven.
+    let wanted = [
+        "ordersync_websocket_connected{account=\"main\"} 1",
+        "ordersync_websocket_connected{account=\"hedge\"} 1",
+        "ordersync_exchange_up{account=\"main\"} 1",
+        "ordersync_exchange_up{account=\"hedge\"} 1",
+    ];
+    let mut scrape = String::new();
+    for _ in 0..100 {
+        scrape = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        if wanted.iter().all(|series| scrape.contains(series)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for series in wanted {
+        assert!(scrape.contains(series), "{series}:\n{scrape}");
+    }
     signal(child.id().unwrap(), "INT").await;
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
     assert_eq!(status.code(), Some(0));
