@@ -28,6 +28,7 @@ use crate::http::{router, AppState};
 use crate::listen::{Listener, ListenerSettings};
 use crate::metrics::Metrics;
 use crate::reconcile::{Accounts, Reconciler, Settings};
+use crate::replica::{LeaseSettings, Ownership};
 
 /// The longest any HTTP request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,8 +120,13 @@ pub fn key_from_config(config: &Config) -> Result<CdpKey, AppError> {
 }
 
 /// Every account's key and client, in configuration order: each key signs only its own account's
-/// requests and has its own rate limiter. Every key is read before anything runs.
-pub fn accounts_from_config(config: &Config, metrics: &Metrics) -> Result<(Accounts, Vec<CdpKey>), AppError> {
+/// requests and has its own rate limiter, and asks only while `ownership` holds its account. Every key is
+/// read before anything runs.
+pub fn accounts_from_config(
+    config: &Config,
+    metrics: &Metrics,
+    ownership: Arc<Ownership>,
+) -> Result<(Accounts, Vec<CdpKey>), AppError> {
     let rules: Vec<_> = config.accounts.iter().map(AccountConfig::rule).collect();
     let map = AccountMap::new(&rules).map_err(|e| AppError::Config(e.to_string()))?;
     let mut exchanges: Vec<Arc<dyn Exchange>> = Vec::with_capacity(config.accounts.len());
@@ -132,10 +138,10 @@ pub fn accounts_from_config(config: &Config, metrics: &Metrics) -> Result<(Accou
         })?;
         let rate = NonZeroU32::new(account.rate_limit).unwrap_or(NonZeroU32::MIN);
         let client = CoinbaseClient::new(&config.coinbase.api_url, key.clone(), rate, metrics.clone())?;
-        exchanges.push(Arc::new(client.with_account(&account.name)));
+        exchanges.push(Arc::new(client.with_account(&account.name).with_ownership(ownership.clone())));
         keys.push(key);
     }
-    Ok((Accounts::new(map, exchanges), keys))
+    Ok((Accounts::new(map, exchanges, ownership), keys))
 }
 
 /// The Coinbase client the config describes, with `key`.
@@ -143,6 +149,18 @@ pub fn coinbase_client(config: &Config, key: CdpKey, metrics: &Metrics) -> Resul
     let rate = NonZeroU32::new(config.coinbase.rate_limit).unwrap_or(NonZeroU32::MIN);
     let client = CoinbaseClient::new(&config.coinbase.api_url, key, rate, metrics.clone())?;
     Ok(Arc::new(client))
+}
+
+/// Who serves which accounts: on PostgreSQL the replicas share them through leases (`replica`), under
+/// `name`; on SQLite this process, holding the file's lock, serves them all.
+pub fn ownership_for(config: &Config) -> Arc<Ownership> {
+    let postgres = config.database_url.as_ref().is_some_and(|url| url.expose_secret().starts_with("postgres"));
+    if postgres {
+        Arc::new(Ownership::leased(&config.replica))
+    } else {
+        let names: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
+        Arc::new(Ownership::solo(&config.replica, &names))
+    }
 }
 
 /// The reconciler settings from the config.
@@ -178,11 +196,14 @@ pub struct App {
     state: AppState,
     reconciler: Reconciler,
     metrics_refresh: Duration,
-    websocket: Vec<Listener>,
+    /// Each account's user channel: its settings and key (a listener runs while the account is served).
+    websocket: Vec<(ListenerSettings, CdpKey)>,
     email: Option<(crate::config::EmailConfig, Duration)>,
     retention: Option<Duration>,
     /// One ordersync per SQLite file: held until the service has stopped.
     instance: Option<InstanceLock>,
+    /// Replicas on PostgreSQL: the accounts come through leases.
+    lease: Option<LeaseSettings>,
 }
 
 impl App {
@@ -210,8 +231,9 @@ impl App {
         // Every configuration, credential and schema error is found before anything is written.
         let (accounts, keys) = match exchange {
             Some(exchange) => (Accounts::single(exchange), key.into_iter().collect()),
-            None => accounts_from_config(config, &metrics)?,
+            None => accounts_from_config(config, &metrics, ownership_for(config))?,
         };
+        let ownership = accounts.ownership().clone();
         let listener = match listener {
             Some(listener) => listener,
             None => TcpListener::bind(config.listen)
@@ -219,7 +241,10 @@ impl App {
                 .map_err(|source| AppError::Listen { addr: config.listen, source })?,
         };
         let instance = claim_database(config)?;
-        let store = connect_store(config).await?;
+        let mut store = connect_store(config).await?;
+        if ownership.is_leased() {
+            store = store.with_fence(ownership.clone());
+        }
         if no_migrate {
             if !store.has_own_tables() {
                 return Err(StoreError::NotMigrated { url: store.url().to_string() }.into());
@@ -234,7 +259,8 @@ impl App {
         // Each account's own user channel, with its own key: it brings news of that account's orders only.
         let names: Vec<String> = reconciler.accounts().map().names().to_vec();
         metrics.accounts(&names);
-        let websocket: Vec<Listener> = keys
+        let lease = ownership.is_leased().then(|| LeaseSettings { lease: config.lease, accounts: names.clone() });
+        let websocket: Vec<(ListenerSettings, CdpKey)> = keys
             .into_iter()
             .zip(names)
             .filter(|_| config.coinbase.websocket)
@@ -244,7 +270,7 @@ impl App {
                     url: config.coinbase.ws_url.clone(),
                     stall_after: config.coinbase.websocket_stall_after,
                 };
-                Listener::new(settings, key, reconciler.clone(), metrics.clone())
+                (settings, key)
             })
             .collect();
         let state = AppState {
@@ -270,6 +296,7 @@ impl App {
             email,
             retention: config.retention,
             instance,
+            lease,
         })
     }
 
@@ -304,6 +331,35 @@ impl App {
             Err(error) => tracing::warn!(%error, "cannot read the bots ordersync knows"),
         }
         self.state.metrics.refresh_pending(&self.state.store).await;
+        let ownership = self.reconciler.accounts().ownership().clone();
+        if let Some(lease) = self.lease {
+            // The first round before any work: a replica starts with its share of the accounts.
+            crate::replica::round(&self.state.store, &ownership, &lease).await;
+            let (store, ownership, child) = (self.state.store.clone(), ownership.clone(), token.child_token());
+            tracker.spawn(crate::replica::run(store, ownership, lease, child));
+        }
+        // `ordersync_account_owner`, and a pass at once when an account is taken.
+        let (metrics, reconciler, child) = (self.state.metrics.clone(), self.reconciler.clone(), token.child_token());
+        tracker.spawn(async move {
+            let ownership = reconciler.accounts().ownership().clone();
+            let mut watch = ownership.watch();
+            let mut before: Vec<bool> = Vec::new();
+            loop {
+                let now: Vec<bool> = reconciler.accounts().map().names().iter().map(|a| ownership.owns(a)).collect();
+                for (account, owns) in reconciler.accounts().map().names().iter().zip(&now) {
+                    metrics.account_owner.with_label_values(&[account.as_str()]).set(i64::from(*owns));
+                }
+                if now.iter().zip(before.iter().chain(std::iter::repeat(&false))).any(|(now, was)| *now && !*was) {
+                    reconciler.wake();
+                }
+                before = now;
+                tokio::select! {
+                    () = child.cancelled() => return,
+                    _ = watch.changed() => {}
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
         let reconciler = self.reconciler.clone();
         let child = token.child_token();
         tracker.spawn(async move { reconciler.run(child).await });
@@ -313,23 +369,34 @@ impl App {
         let reconciler = self.reconciler.clone();
         let (metrics, child) = (self.state.metrics.clone(), token.child_token());
         tracker.spawn(async move { keep_exchange_proven(reconciler, metrics, child).await });
-        for websocket in self.websocket {
-            tracker.spawn(websocket.run(token.child_token()));
+        // Each account's user channel runs on the replica that serves the account.
+        for (settings, key) in self.websocket {
+            let account = settings.account.clone();
+            let (reconciler, metrics) = (self.reconciler.clone(), self.state.metrics.clone());
+            tracker.spawn(crate::replica::while_owned(ownership.clone(), account, token.child_token(), move |child| {
+                Listener::new(settings.clone(), key.clone(), reconciler.clone(), metrics.clone()).run(child)
+            }));
         }
+        // The alert e-mails and the daily prune are the duties of whoever serves the first account: one
+        // replica sends each e-mail.
+        let duty = self.reconciler.accounts().map().name(0).to_string();
         if let Some((email, stuck_after)) = self.email {
-            let (store, metrics) = (self.state.store.clone(), self.state.metrics.clone());
-            tracker.spawn(crate::alert::run(
-                email,
-                store,
-                metrics,
-                stuck_after,
-                self.metrics_refresh,
+            let (store, metrics, refresh) =
+                (self.state.store.clone(), self.state.metrics.clone(), self.metrics_refresh);
+            tracker.spawn(crate::replica::while_owned(
+                ownership.clone(),
+                duty.clone(),
                 token.child_token(),
+                move |child| {
+                    crate::alert::run(email.clone(), store.clone(), metrics.clone(), stuck_after, refresh, child)
+                },
             ));
         }
         if let Some(retention) = self.retention {
-            let (store, child) = (self.state.store.clone(), token.child_token());
-            tracker.spawn(async move { prune_daily(store, retention, child).await });
+            let store = self.state.store.clone();
+            tracker.spawn(crate::replica::while_owned(ownership.clone(), duty, token.child_token(), move |child| {
+                prune_daily(store.clone(), retention, child)
+            }));
         }
         let metrics = self.state.metrics.clone();
         let store = self.state.store.clone();
@@ -406,7 +473,8 @@ async fn keep_exchange_proven(reconciler: Reconciler, metrics: Metrics, token: C
             .accounts()
             .iter()
             .filter(|(account, _)| {
-                metrics.since_exchange_contact(account).is_none_or(|since| since >= EXCHANGE_PROBE_AFTER)
+                reconciler.accounts().ownership().owns(account)
+                    && metrics.since_exchange_contact(account).is_none_or(|since| since >= EXCHANGE_PROBE_AFTER)
             })
             .collect();
         if !quiet.is_empty() {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -115,6 +116,13 @@ pub struct Global {
     /// [default: 90d]
     #[arg(long, global = true, env = config::ENV_RETENTION, value_name = "DURATION")]
     pub retention: Option<String>,
+    /// PostgreSQL replicas: how long an account's lease lasts; a dead replica's accounts are taken over
+    /// within two leases [default: 15s]
+    #[arg(long, global = true, env = config::ENV_LEASE, value_name = "DURATION")]
+    pub lease: Option<String>,
+    /// PostgreSQL replicas: this replica's name in the lease table and User-Agent [default: host-pid]
+    #[arg(long, global = true, env = config::ENV_REPLICA, value_name = "NAME")]
+    pub replica: Option<String>,
     /// HTTP address for /metrics and the API [default: 127.0.0.1:9787]
     #[arg(long, global = true, env = config::ENV_LISTEN, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -353,6 +361,8 @@ impl Global {
             max_correction_share: self.max_correction_share.clone(),
             observe_only: self.observe_only.clone(),
             retention: self.retention.clone(),
+            lease: self.lease.clone(),
+            replica: self.replica.clone(),
         }
     }
 }
@@ -443,6 +453,8 @@ async fn serve(config: &Config, no_migrate: bool) -> anyhow::Result<()> {
         backend = app.store().backend().as_str(),
         exchange = %config.coinbase.api_url,
         poll_interval = %config::format_duration(config.poll_interval),
+        replica = %config.replica,
+        accounts = config.accounts.len(),
         "ordersync started"
     );
     app.run(signal_token()).await.map_err(app_error)
@@ -460,11 +472,24 @@ enum Tables {
     Current,
 }
 
+/// A reconciler over the config's accounts. With `tables` read-only (audit, dry runs) this process serves
+/// every account alone: it writes nothing. Otherwise, on PostgreSQL, the accounts come through leases
+/// shared with running replicas (`replica`): the caller takes them.
 async fn reconciler(config: &Config, tables: Tables) -> anyhow::Result<Reconciler> {
     // The key and the exchange first: a credential error is found before anything is written.
     let metrics = Metrics::standalone(config.stuck_after);
-    let (accounts, _) = app::accounts_from_config(config, &metrics).map_err(app_error)?;
-    let store = app::connect_store(config).await.map_err(app_error)?;
+    let ownership = match tables {
+        Tables::ReadOnly => {
+            let names: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
+            Arc::new(crate::replica::Ownership::solo(&config.replica, &names))
+        }
+        _ => app::ownership_for(config),
+    };
+    let (accounts, _) = app::accounts_from_config(config, &metrics, ownership.clone()).map_err(app_error)?;
+    let mut store = app::connect_store(config).await.map_err(app_error)?;
+    if ownership.is_leased() {
+        store = store.with_fence(ownership);
+    }
     match tables {
         Tables::ReadOnly => {}
         Tables::Migrate => {
@@ -486,29 +511,60 @@ async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_mi
     };
     // A pass that writes is the one ordersync on a SQLite file for as long as it runs; a dry run only reads.
     let _instance = if dry_run { None } else { app::claim_database(config).map_err(app_error)? };
+    if !once && dry_run {
+        return Err(UsageError("--dry-run needs --once: a dry run is one pass".into()).into());
+    }
     let reconciler = reconciler(config, tables).await?;
     let token = signal_token();
+    let ownership = reconciler.accounts().ownership().clone();
+    let lease =
+        crate::replica::LeaseSettings { lease: config.lease, accounts: reconciler.accounts().map().names().to_vec() };
     if !once {
-        if dry_run {
-            return Err(UsageError("--dry-run needs --once: a dry run is one pass".into()).into());
-        }
+        // A replica like serve (without HTTP): on PostgreSQL it takes its share of the accounts.
+        let leases = ownership.is_leased().then(|| {
+            let (store, ownership, lease, token) =
+                (reconciler.store().clone(), ownership.clone(), lease, token.clone());
+            tokio::spawn(crate::replica::run(store, ownership, lease, token))
+        });
         // Orders found ended less than `grace` ago are checked again as the grace period ends, as in serve.
         let due = reconciler.clone();
         let due_token = token.clone();
         let due_checks = tokio::spawn(async move { due.run_due(due_token).await });
         reconciler.run(token).await;
         let _ = due_checks.await;
+        if let Some(leases) = leases {
+            let _ = leases.await;
+        }
         return Ok(0);
     }
-    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    let mut report = reconciler.pass(mode, &token).await.context("reconcile pass failed")?;
-    // Orders that ended less than `grace` ago are checked once the bot had its grace period.
-    for checked in reconciler.finish_due(&token).await {
-        match report.checked.iter_mut().find(|c| c.order_id == checked.order_id) {
-            Some(earlier) => *earlier = checked,
-            None => report.checked.push(checked),
+    if ownership.is_leased() {
+        // One pass: the accounts no running replica holds, given back at the end.
+        let skipped = crate::replica::claim_free(reconciler.store(), &ownership, &lease)
+            .await
+            .context("taking the accounts' leases")?;
+        for (account, owner) in skipped {
+            eprintln!("account {account} is served by replica {owner}: its orders are that replica's to check");
         }
     }
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    let report = reconciler.pass(mode, &token).await.context("reconcile pass failed");
+    let report = match report {
+        Ok(mut report) => {
+            // Orders that ended less than `grace` ago are checked once the bot had its grace period.
+            for checked in reconciler.finish_due(&token).await {
+                match report.checked.iter_mut().find(|c| c.order_id == checked.order_id) {
+                    Some(earlier) => *earlier = checked,
+                    None => report.checked.push(checked),
+                }
+            }
+            Ok(report)
+        }
+        Err(error) => Err(error),
+    };
+    if ownership.is_leased() {
+        crate::replica::release_all(reconciler.store(), &ownership).await;
+    }
+    let report = report?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
     } else {

@@ -46,6 +46,8 @@ pub const ENV_MAX_CORRECTIONS_PER_PASS: &str = "ORDERSYNC_MAX_CORRECTIONS_PER_PA
 pub const ENV_MAX_CORRECTION_SHARE: &str = "ORDERSYNC_MAX_CORRECTION_SHARE";
 pub const ENV_OBSERVE_ONLY: &str = "ORDERSYNC_OBSERVE_ONLY";
 pub const ENV_RETENTION: &str = "ORDERSYNC_RETENTION";
+pub const ENV_LEASE: &str = "ORDERSYNC_LEASE";
+pub const ENV_REPLICA: &str = "ORDERSYNC_REPLICA";
 pub const ENV_LOG: &str = "ORDERSYNC_LOG";
 pub const ENV_LOG_FORMAT: &str = "ORDERSYNC_LOG_FORMAT";
 
@@ -354,6 +356,10 @@ pub struct Config {
     /// What `serve` prunes daily, and `prune`'s default: check state of settled orders and settlements
     /// older than this. `None`: never.
     pub retention: Option<Duration>,
+    /// Replicas on PostgreSQL: an account's lease (`replica`).
+    pub lease: Duration,
+    /// This replica's name (default: host name and pid).
+    pub replica: String,
     /// The opt-in policy for orders Coinbase never knew; `None` (off) unless `[not_found]` is configured.
     pub not_found: Option<crate::decide::NotFoundPolicy>,
 }
@@ -393,6 +399,8 @@ pub struct Overrides {
     pub max_correction_share: Option<String>,
     pub observe_only: Option<String>,
     pub retention: Option<String>,
+    pub lease: Option<String>,
+    pub replica: Option<String>,
 }
 
 /// The TOML file. Every field is optional; unknown keys are an error so a typo never goes unnoticed.
@@ -414,6 +422,8 @@ pub struct FileConfig {
     pub observe_only: Option<bool>,
     /// A duration, or `off`.
     pub retention: Option<String>,
+    pub lease: Option<String>,
+    pub replica: Option<String>,
     /// Present: the not-found policy is on.
     pub not_found: Option<FileNotFound>,
     #[serde(default)]
@@ -716,6 +726,26 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         ("retention", file.retention.clone()),
         parse_retention,
     );
+    let lease =
+        r.pick(
+            ("--lease", ENV_LEASE, over.lease.as_ref()),
+            ("lease", file.lease.clone()),
+            |text| match parse_duration(text) {
+                Ok(lease) if (Duration::from_secs(3)..=Duration::from_secs(600)).contains(&lease) => Ok(lease),
+                _ => Err("a duration from 3s to 10m, e.g. 15s".to_string()),
+            },
+        );
+    let replica =
+        r.pick(("--replica", ENV_REPLICA, over.replica.as_ref()), ("replica", file.replica.clone()), |text| match text
+            .trim()
+        {
+            name if crate::account::valid_name(name)
+                || (name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic())) =>
+            {
+                Ok(name.to_string())
+            }
+            _ => Err("a name of at most 64 printable characters without spaces, e.g. ordersync-1".to_string()),
+        });
     let not_found = file.not_found.as_ref().and_then(|policy| resolve_not_found(&mut r, policy));
     let single_key = [
         (key_file.is_some(), "--coinbase-key-file / ORDERSYNC_COINBASE_KEY_FILE / coinbase.key_file"),
@@ -787,6 +817,8 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         },
         observe_only: observe_only.unwrap_or(false),
         retention: retention.unwrap_or(Some(DEFAULT_RETENTION)),
+        lease: lease.unwrap_or(crate::replica::DEFAULT_LEASE),
+        replica: replica.unwrap_or_else(crate::replica::default_replica_name),
         not_found,
     })
 }

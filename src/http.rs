@@ -104,6 +104,10 @@ struct ReadyCheck {
 
 /// Whether `account`'s exchange counts as ready, and why.
 fn exchange_readiness(state: &AppState, account: &str) -> (bool, String) {
+    let ownership = state.reconciler.accounts().ownership();
+    if !ownership.owns(account) {
+        return (true, "served by another replica (this one does not call Coinbase for it)".to_string());
+    }
     match state.metrics.exchange_health(account, state.exchange_stale_after) {
         ExchangeHealth::NotContacted => (true, "not contacted yet".to_string()),
         ExchangeHealth::NeverAnswered => {
@@ -294,6 +298,7 @@ async fn reconcile_order(State(state): State<AppState>, Path(order_id): Path<Str
     let order_id = OrderId::parse(&order_id).map_err(ApiError::BadRequest)?;
     match state.reconciler.reconcile_one(&order_id, Mode::Apply).await {
         Ok(checked) => Ok(Json(checked).into_response()),
+        Err(error @ ReconcileError::Elsewhere { .. }) => Err(ApiError::Unavailable(error.to_string())),
         Err(ReconcileError::UnknownOrder(id)) => {
             Err(ApiError::NotFound(format!("order {id} is not in the bot's table")))
         }

@@ -115,6 +115,7 @@ pub struct Metrics {
     pub written_off: IntCounterVec,
     pub deferred_orders: IntGauge,
     pub unmatched_rows: IntGauge,
+    pub account_owner: IntGaugeVec,
     pub correction_brake: IntGauge,
     pub corrections_held: IntGauge,
     pub observe_only: IntGauge,
@@ -277,6 +278,15 @@ impl Metrics {
                  column, the bot patterns or the default account): never asked about with another account's key, \
                  never written; ordersync audit lists them.",
             ))?,
+            account_owner: IntGaugeVec::new(
+                opts(
+                    "ordersync_account_owner",
+                    "1 while this replica serves the account (holds its lease: calls Coinbase for it, listens to its \
+                     user channel, writes its rows; always 1 on SQLite), 0 otherwise. Summed over the replicas: 1 \
+                     per account, 0 while it changes hands.",
+                ),
+                &["account"],
+            )?,
             correction_brake: IntGauge::with_opts(opts(
                 "ordersync_correction_brake_engaged",
                 "1 while the mass-correction brake holds every correction (a pass would correct more than \
@@ -474,6 +484,7 @@ impl Metrics {
             Box::new(metrics.written_off.clone()),
             Box::new(metrics.deferred_orders.clone()),
             Box::new(metrics.unmatched_rows.clone()),
+            Box::new(metrics.account_owner.clone()),
             Box::new(metrics.correction_brake.clone()),
             Box::new(metrics.corrections_held.clone()),
             Box::new(metrics.observe_only.clone()),
@@ -624,6 +635,7 @@ impl Metrics {
         for name in names {
             self.exchange_up.with_label_values(&[name.as_str()]).set(0);
             self.websocket_connected.with_label_values(&[name.as_str()]).set(0);
+            self.account_owner.with_label_values(&[name.as_str()]).set(0);
         }
     }
 

@@ -27,6 +27,7 @@ use crate::decide::{
 use crate::exchange::{Exchange, ExchangeError, ExchangeOrder};
 use crate::metrics::Metrics;
 use crate::order::{OrderId, TradeRow};
+use crate::replica::Ownership;
 
 /// Terminal rows the exchange gave no settling answer for (still live, absent, no certain answer) are asked
 /// about again after this long, not every pass...
@@ -98,7 +99,7 @@ impl Brake {
 pub struct Held {
     /// The corrections the pass would have written (WebSocket ones since the pass began included).
     pub would_correct: usize,
-    /// The pending rows at the time.
+    /// The pending rows at the time (with those the WebSocket path corrected since the last pass began).
     pub pending: usize,
     pub max_corrections: usize,
     pub max_share: f64,
@@ -276,6 +277,7 @@ impl Plan<'_> {
                 && conflict.is_none(),
             next_check_at: self.next_check_at,
             not_found_at: &self.not_found_at,
+            account: &self.account,
         };
         (!unchanged(self.previous.as_ref(), &record)).then_some(Write::Check(record))
     }
@@ -292,6 +294,9 @@ pub struct PassReport {
     pub too_young: usize,
     /// Unresolved pending rows not asked about in this pass: their backoff has them wait.
     pub deferred: usize,
+    /// Pending rows of accounts another replica serves: checked there.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub elsewhere: usize,
     /// Pending rows that belong to no configured account: left alone (never asked about, never written).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unmatched: Vec<Unmatched>,
@@ -336,6 +341,8 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error("order {0} is not in the bot's table")]
     UnknownOrder(OrderId),
+    #[error("order {order_id} belongs to account {account}, which another replica serves: ask that one")]
+    Elsewhere { order_id: OrderId, account: String },
 }
 
 /// The Coinbase accounts: the rules that say whose a row is, and each account's exchange (its key, its
@@ -343,21 +350,37 @@ pub enum ReconcileError {
 pub struct Accounts {
     map: AccountMap,
     exchanges: Vec<Arc<dyn Exchange>>,
+    /// Which accounts this process serves now (replicas on PostgreSQL share them; otherwise all).
+    ownership: Arc<Ownership>,
 }
 
 impl Accounts {
-    /// One account, `default`, that every row belongs to.
+    /// One account, `default`, that every row belongs to, served by this process alone.
     pub fn single(exchange: Arc<dyn Exchange>) -> Accounts {
-        Accounts { map: AccountMap::single(DEFAULT_ACCOUNT), exchanges: vec![exchange] }
+        let map = AccountMap::single(DEFAULT_ACCOUNT);
+        let ownership = Arc::new(Ownership::solo(DEFAULT_ACCOUNT, map.names()));
+        Accounts { map, exchanges: vec![exchange], ownership }
     }
 
-    /// `exchanges` in the order of `map.names()`.
+    /// `exchanges` in the order of `map.names()`, served as `ownership` says.
     ///
     /// # Panics
     /// Never with what `app` builds; a count that differs is a programming error.
-    pub fn new(map: AccountMap, exchanges: Vec<Arc<dyn Exchange>>) -> Accounts {
+    pub fn new(map: AccountMap, exchanges: Vec<Arc<dyn Exchange>>, ownership: Arc<Ownership>) -> Accounts {
         assert_eq!(map.names().len(), exchanges.len(), "one exchange per account");
-        Accounts { map, exchanges }
+        Accounts { map, exchanges, ownership }
+    }
+
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    /// Whether this process serves the account `belongs` names now.
+    pub fn serves(&self, belongs: Belongs) -> bool {
+        match belongs {
+            Belongs::To(index) => self.ownership.owns(self.map.name(index)),
+            Belongs::Nowhere => false,
+        }
     }
 
     /// Where `row` belongs.
@@ -403,6 +426,10 @@ pub async fn lookup_accounts(accounts: &Accounts, ids: &[(OrderId, Belongs)], co
     let mut looked = Looked { answers: HashMap::with_capacity(ids.len()), answered: vec![false; groups.len()] };
     for (id, belongs) in ids {
         match belongs {
+            Belongs::To(index) if *index < groups.len() && !accounts.serves(*belongs) => {
+                let why = format!("account {} is another replica's: not asked here", accounts.map.name(*index));
+                looked.answers.insert(id.clone(), Answer::Ambiguous(why));
+            }
             Belongs::To(index) if *index < groups.len() => groups[*index].push(id.clone()),
             _ => {
                 looked.answers.insert(id.clone(), Answer::Ambiguous(NO_ACCOUNT.into()));
@@ -814,6 +841,10 @@ impl Reconciler {
         // A row no account claims is never asked about with another account's key: reported, left alone.
         let (rows, unmatched): (Vec<TradeRow>, Vec<TradeRow>) =
             rows.into_iter().partition(|row| self.accounts.belongs(row) != Belongs::Nowhere);
+        // Rows of accounts another replica serves are that replica's to check.
+        let (rows, elsewhere): (Vec<TradeRow>, Vec<TradeRow>) =
+            rows.into_iter().partition(|row| self.accounts.serves(self.accounts.belongs(row)));
+        let elsewhere = elsewhere.len();
         if !unmatched.is_empty() {
             tracing::warn!(
                 rows = unmatched.len(),
@@ -828,7 +859,7 @@ impl Reconciler {
         let cutoff = Utc::now() - chrono_duration(self.settings.grace);
         let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) =
             rows.into_iter().partition(|r| r.created_at.is_none_or(|at| at <= cutoff));
-        let mut report = PassReport { too_young: young.len(), unmatched, ..PassReport::default() };
+        let mut report = PassReport { too_young: young.len(), unmatched, elsewhere, ..PassReport::default() };
         // Unresolved orders whose backoff has them wait are not asked about in this pass.
         let waiting = match self.store.deferred(Utc::now()).await {
             Ok(waiting) => waiting,
@@ -846,6 +877,9 @@ impl Reconciler {
         // The WebSocket path's corrections since the last pass began count towards this pass's brake; those
         // made from now on count towards the next one.
         let since_pass = std::mem::take(&mut self.brake.lock().unwrap_or_else(|p| p.into_inner()).since_pass);
+        // The rows the WebSocket path corrected since then were pending too, before this pass read the rows:
+        // the share is of them all (a row is never counted as corrected without being counted as pending).
+        let population = pending + since_pass;
         let brake = self.settings.brake;
         let mut certain = 0usize;
         let mut corrections = 0usize;
@@ -898,7 +932,7 @@ impl Reconciler {
             // whatever the rest of the pass finds, and until then they wait.
             let observe = self.settings.observe_only.then_some(Hold::Observe);
             let at_most = since_pass + corrections + (due.len() - planned);
-            if !brake.trips(at_most, pending) {
+            if !brake.trips(at_most, population) {
                 checks.append(&mut held);
             }
             for checked in self.apply(checks, mode, Source::Poll, observe).await {
@@ -915,12 +949,12 @@ impl Reconciler {
         }
         if !report.interrupted && !held.is_empty() {
             // Every order is decided: the brake knows the whole pass. Observe-only writes nothing anyway.
-            let tripped = !self.settings.observe_only && brake.trips(since_pass + corrections, pending);
+            let tripped = !self.settings.observe_only && brake.trips(since_pass + corrections, population);
             let hold = if self.settings.observe_only { Some(Hold::Observe) } else { tripped.then_some(Hold::Brake) };
             if tripped {
                 report.braked = Some(Held {
                     would_correct: since_pass + corrections,
-                    pending,
+                    pending: population,
                     max_corrections: brake.max_corrections,
                     max_share: brake.max_share,
                     since: Utc::now(),
@@ -967,8 +1001,9 @@ impl Reconciler {
         let recheck = now - chrono_duration(TERMINAL_RECHECK_AFTER);
         let candidates =
             self.store.terminal_candidates(since, TERMINAL_CHECKS_PER_PASS, recheck, TERMINAL_GIVE_UP_AFTER).await;
-        let rows = match candidates {
-            Ok(rows) => rows,
+        let rows: Vec<TradeRow> = match candidates {
+            // Only this replica's accounts: another replica checks its own.
+            Ok(rows) => rows.into_iter().filter(|row| self.accounts.serves(self.accounts.belongs(row))).collect(),
             Err(error) => {
                 tracing::warn!(%error, "reading recent terminal rows failed; checking them next pass");
                 self.metrics.store_errors.inc();
@@ -1035,6 +1070,12 @@ impl Reconciler {
     pub async fn reconcile_one(&self, order_id: &OrderId, mode: Mode) -> Result<Checked, ReconcileError> {
         let row = self.store.trade(order_id).await?.ok_or_else(|| ReconcileError::UnknownOrder(order_id.clone()))?;
         let belongs = self.accounts.belongs(&row);
+        if let Belongs::To(index) = belongs {
+            if !self.accounts.serves(belongs) {
+                let account = self.accounts.map.name(index).to_string();
+                return Err(ReconcileError::Elsewhere { order_id: order_id.clone(), account });
+            }
+        }
         let mut answers = match belongs {
             Belongs::To(index) if index < self.accounts.exchanges.len() => {
                 let exchange = self.accounts.exchanges[index].as_ref();
@@ -1423,6 +1464,13 @@ impl Reconciler {
     }
 
     fn store_failed(&self, checked: &mut Checked, order_id: &OrderId, error: &StoreError) {
+        if let StoreError::LeaseLost { .. } = error {
+            // Not an error: the account went to another replica mid-pass, which checks the order now.
+            tracing::debug!(order_id = %order_id, error = %error, "not written: the account is another replica's");
+            checked.result = "not_written";
+            checked.detail = Some(error.to_string());
+            return;
+        }
         tracing::error!(order_id = %order_id, error = %error, "writing the check failed; order left as it was");
         self.metrics.store_errors.inc();
         checked.result = "error";
@@ -1462,14 +1510,18 @@ impl Reconciler {
             crate::memory::release_free();
             let interval = self.settings.poll_interval.as_secs_f64();
             let pause = Duration::from_secs_f64(interval * rand::thread_rng().gen_range(0.9..=1.1));
+            let next_tick = Instant::now() + pause;
             let woken = tokio::select! {
                 () = token.cancelled() => break,
                 () = tokio::time::sleep(pause) => false,
                 () = self.wake.notified() => true,
             };
             if woken {
-                // However many wake-ups arrive, at most one extra pass per WAKE_COALESCE.
-                let rest = WAKE_COALESCE.saturating_sub(started.elapsed());
+                // However many wake-ups arrive, at most one extra pass per WAKE_COALESCE; never later than
+                // the pass the interval brings anyway.
+                let rest = WAKE_COALESCE
+                    .saturating_sub(started.elapsed())
+                    .min(next_tick.saturating_duration_since(Instant::now()));
                 tokio::select! {
                     () = token.cancelled() => break,
                     () = tokio::time::sleep(rest) => {}

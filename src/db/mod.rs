@@ -90,6 +90,8 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("database write failed, nothing of it kept: {0}")]
     Write(String),
+    #[error("not written: account {account} is no longer this replica's (its lease went to another, or ran out)")]
+    LeaseLost { account: String },
     #[error(
         "ordersync's tables in {url} are missing or not at the current version: run `ordersync migrate` with a \
          role that may create tables (or start serve without --no-migrate)"
@@ -146,6 +148,16 @@ pub enum Write<'a> {
     Check(CheckRecord<'a>),
 }
 
+impl Write<'_> {
+    /// The account the write is for.
+    pub fn account(&self) -> &str {
+        match self {
+            Write::Correction(c) => c.account,
+            Write::Check(c) => c.account,
+        }
+    }
+}
+
 /// What a write did. `settled` says whether this write settled the order (counted once, ever).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {
@@ -197,6 +209,31 @@ pub struct CheckRecord<'a> {
     pub next_check_at: Option<DateTime<Utc>>,
     /// The 404s that count towards the not-found policy, oldest first (empty once the order is found).
     pub not_found_at: &'a [DateTime<Utc>],
+    /// The account the row belongs to (its lease fences the write).
+    pub account: &'a str,
+}
+
+/// Which accounts this process may write for, at which lease epoch (`replica::Ownership`). With a fence
+/// that is `fenced`, every write transaction checks in the database, in the transaction, that this replica
+/// still holds each account it writes for at that epoch; otherwise it writes nothing.
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    fn replica(&self) -> &str;
+    /// The epoch at which this replica holds `account`, while it does.
+    fn epoch(&self, account: &str) -> Option<i64>;
+    /// Whether writes are fenced at all (PostgreSQL replicas; never SQLite).
+    fn fenced(&self) -> bool;
+    /// The database says the lease is gone: stop acting for the account.
+    fn lost(&self, account: &str);
+}
+
+/// A lease as `ordersync_leases` holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseRow {
+    pub account: String,
+    pub owner: Option<String>,
+    pub epoch: i64,
+    /// Still held by the database's clock.
+    pub held: bool,
 }
 
 /// What kind of disagreement a conflict is.
@@ -477,6 +514,8 @@ pub struct Store {
     ours: Arc<std::sync::atomic::AtomicBool>,
     /// The longest a write transaction lasted, begin to commit, in microseconds (the benchmark prints it).
     longest_write: Arc<std::sync::atomic::AtomicU64>,
+    /// The lease fence every write transaction checks (replicas on PostgreSQL).
+    fence: Option<Arc<dyn Fence>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -590,6 +629,7 @@ impl Store {
             watched_since: Arc::default(),
             ours: Arc::default(),
             longest_write: Arc::default(),
+            fence: None,
         };
         store.read_watched_since().await;
         let current = store.migrations_current().await.unwrap_or(false);
@@ -657,6 +697,120 @@ impl Store {
         self.read_watched_since().await;
         self.ours.store(true, std::sync::atomic::Ordering::Release);
         Ok(applied)
+    }
+
+    /// Fence every write transaction with `fence` (replicas on PostgreSQL): a write for an account this
+    /// replica no longer holds at its epoch is not made.
+    pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Store {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// This replica is alive (PostgreSQL).
+    pub async fn lease_heartbeat(&self, replica: &str) -> Result<(), StoreError> {
+        self.postgres(|pool| async move {
+            sqlx::query(sql::LEASE_HEARTBEAT).bind(replica).execute(&pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// This replica leaves: the others stop counting it at once.
+    pub async fn lease_leave(&self, replica: &str) -> Result<(), StoreError> {
+        self.postgres(|pool| async move {
+            sqlx::query(sql::LEASE_LEAVE).bind(replica).execute(&pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replicas seen within `lease`.
+    pub async fn lease_live(&self, lease: Duration) -> Result<i64, StoreError> {
+        self.postgres(|pool| async move {
+            Ok(sqlx::query_scalar(sql::LEASE_LIVE).bind(lease.as_secs_f64()).fetch_one(&pool).await?)
+        })
+        .await
+    }
+
+    /// A lease row for each account.
+    pub async fn lease_ensure(&self, accounts: &[String]) -> Result<(), StoreError> {
+        self.postgres(|pool| async move {
+            for account in accounts {
+                sqlx::query(sql::LEASE_ENSURE).bind(account).execute(&pool).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every account's lease.
+    pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
+        self.postgres(|pool| async move {
+            let rows: Vec<(String, Option<String>, i64, bool)> =
+                sqlx::query_as(sql::LEASE_LIST).fetch_all(&pool).await?;
+            Ok(rows.into_iter().map(|(account, owner, epoch, held)| LeaseRow { account, owner, epoch, held }).collect())
+        })
+        .await
+    }
+
+    /// Take `account` if nobody holds it; the new epoch when taken.
+    pub async fn lease_acquire(
+        &self,
+        account: &str,
+        replica: &str,
+        lease: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        self.postgres(|pool| async move {
+            Ok(sqlx::query_scalar(sql::LEASE_ACQUIRE)
+                .bind(account)
+                .bind(replica)
+                .bind(lease.as_secs_f64())
+                .fetch_optional(&pool)
+                .await?)
+        })
+        .await
+    }
+
+    /// Extend the lease held at `epoch`; `false` when it is no longer this replica's.
+    pub async fn lease_renew(
+        &self,
+        account: &str,
+        replica: &str,
+        epoch: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.postgres(|pool| async move {
+            let renewed: Option<i64> = sqlx::query_scalar(sql::LEASE_RENEW)
+                .bind(account)
+                .bind(replica)
+                .bind(epoch)
+                .bind(lease.as_secs_f64())
+                .fetch_optional(&pool)
+                .await?;
+            Ok(renewed.is_some())
+        })
+        .await
+    }
+
+    /// Let go of `account` (held at `epoch`).
+    pub async fn lease_release(&self, account: &str, replica: &str, epoch: i64) -> Result<(), StoreError> {
+        self.postgres(|pool| async move {
+            sqlx::query(sql::LEASE_RELEASE).bind(account).bind(replica).bind(epoch).execute(&pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Run `body` on the PostgreSQL pool; leases are PostgreSQL's alone.
+    async fn postgres<'a, T, F, Fut>(&'a self, body: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(PgPool) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + 'a,
+    {
+        match &self.pool {
+            Pool::Postgres(pool) => body(pool.clone()).await,
+            Pool::Sqlite(_) => Err(StoreError::Write("leases are kept on PostgreSQL only".into())),
+        }
     }
 
     /// The longest a write transaction of `write_batch` held the database, begin to commit.
@@ -810,7 +964,9 @@ impl Store {
         }
         let schema = &self.schema;
         let pending = schema.words().pending.clone();
-        let batch: Result<Vec<Result<Written, StoreError>>, sqlx::Error> = on_pool!(self, pool => {
+        // `Ok(Err(accounts))`: the fence found these accounts lost; nothing was written.
+        type Batch = Result<Vec<Result<Written, StoreError>>, Vec<String>>;
+        let batch: Result<Batch, sqlx::Error> = on_pool!(self, pool => {
             async {
                 let store = self;
                 // One order's write to the bot's row (and the conflict table) on `$conn`, the transaction or
@@ -904,6 +1060,40 @@ impl Store {
                 }
                 let began = std::time::Instant::now();
                 let mut tx = pool.begin().await?;
+                // The fence: each account written for is still this replica's at its epoch, checked in this
+                // transaction (its row lock holds a successor's takeover until the commit).
+                let fence = store.fence.as_ref().filter(|fence| fence.fenced() && store.backend() == Backend::Postgres);
+                let mut lost: Vec<String> = Vec::new();
+                if let Some(fence) = fence {
+                    let mut accounts: Vec<&str> = writes.iter().map(Write::account).collect();
+                    accounts.sort_unstable();
+                    accounts.dedup();
+                    for account in accounts {
+                        let held = match fence.epoch(account) {
+                            Some(epoch) => sqlx::query_scalar::<_, i64>(sql::LEASE_FENCE)
+                                .bind(account)
+                                .bind(fence.replica())
+                                .bind(epoch)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .is_some(),
+                            None => false,
+                        };
+                        if !held {
+                            lost.push(account.to_string());
+                        }
+                    }
+                }
+                if !lost.is_empty() {
+                    // The lost accounts' writes are not made; the others are, in a transaction of their own.
+                    tx.rollback().await?;
+                    if let Some(fence) = fence {
+                        for account in &lost {
+                            fence.lost(account);
+                        }
+                    }
+                    return Ok(Err(lost));
+                }
                 let mut own = OwnRows::default();
                 let mut done: Vec<Result<(Written, bool), StoreError>> = Vec::with_capacity(writes.len());
                 let mut inserted: Vec<String> = Vec::new();
@@ -948,12 +1138,24 @@ impl Store {
                 }
                 tx.commit().await?;
                 store.held_for(began.elapsed());
-                Ok(settle_results(writes, done, inserted))
+                Ok(Ok(settle_results(writes, done, inserted)))
             }
             .await
         });
         match batch {
-            Ok(results) => results,
+            Ok(Ok(results)) => results,
+            Ok(Err(lost)) => {
+                let is_lost = |write: &Write<'_>| lost.iter().any(|account| account == write.account());
+                let rest: Vec<Write<'_>> = writes.iter().filter(|w| !is_lost(w)).cloned().collect();
+                let mut written = Box::pin(self.write_transaction(&rest)).await.into_iter();
+                writes
+                    .iter()
+                    .map(|write| match is_lost(write) {
+                        true => Err(StoreError::LeaseLost { account: write.account().to_string() }),
+                        false => written.next().unwrap_or_else(|| Err(StoreError::Write("no result".into()))),
+                    })
+                    .collect()
+            }
             Err(error) => {
                 let message = error.to_string();
                 writes.iter().map(|_| Err(StoreError::Write(message.clone()))).collect()

@@ -46,6 +46,12 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_accounts.sql"),
         postgres: include_str!("../../migrations/postgres/0005_accounts.sql"),
     },
+    Migration {
+        version: 6,
+        name: "leases",
+        sqlite: include_str!("../../migrations/sqlite/0006_leases.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_leases.sql"),
+    },
 ];
 
 pub(super) const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS ordersync_migrations \
@@ -117,6 +123,32 @@ pub(super) const SELECT_SETTLEMENTS_SINCE: &str = "SELECT order_id, bot_id, sett
      ORDER BY settled_at, order_id";
 
 pub(super) const SELECT_KNOWN_BOTS: &str = "SELECT DISTINCT bot_id FROM ordersync_settlements";
+
+/// Replicas: this one is alive (PostgreSQL only; times are the database's).
+pub(super) const LEASE_HEARTBEAT: &str = "INSERT INTO ordersync_replicas (replica, seen_at) VALUES ($1, now()) \
+     ON CONFLICT (replica) DO UPDATE SET seen_at = now()";
+/// Replicas seen within `$1` seconds.
+pub(super) const LEASE_LIVE: &str =
+    "SELECT COUNT(*) FROM ordersync_replicas WHERE seen_at > now() - make_interval(secs => $1)";
+/// A replica leaving says so, so the others need not wait for its lease to run out to count it gone.
+pub(super) const LEASE_LEAVE: &str = "DELETE FROM ordersync_replicas WHERE replica = $1";
+pub(super) const LEASE_ENSURE: &str = "INSERT INTO ordersync_leases (account) VALUES ($1) ON CONFLICT DO NOTHING";
+/// Every account's lease: owner, epoch, and whether it is still held (by the database's clock).
+pub(super) const LEASE_LIST: &str = "SELECT account, owner, epoch, COALESCE(expires_at > now(), FALSE) \
+     FROM ordersync_leases ORDER BY account";
+/// Take an account nobody holds; gives the new epoch.
+pub(super) const LEASE_ACQUIRE: &str = "UPDATE ordersync_leases SET owner = $2, epoch = epoch + 1, \
+     expires_at = now() + make_interval(secs => $3) \
+     WHERE account = $1 AND (owner IS NULL OR expires_at IS NULL OR expires_at <= now()) RETURNING epoch";
+/// Extend a lease still held at this epoch.
+pub(super) const LEASE_RENEW: &str = "UPDATE ordersync_leases SET expires_at = now() + make_interval(secs => $4) \
+     WHERE account = $1 AND owner = $2 AND epoch = $3 AND expires_at > now() RETURNING epoch";
+pub(super) const LEASE_RELEASE: &str = "UPDATE ordersync_leases SET owner = NULL, expires_at = NULL \
+     WHERE account = $1 AND owner = $2 AND epoch = $3";
+/// The fence, in every write transaction: this replica still holds the account at this epoch. `FOR SHARE`
+/// makes a successor's takeover wait for the transaction to end.
+pub(super) const LEASE_FENCE: &str = "SELECT epoch FROM ordersync_leases \
+     WHERE account = $1 AND owner = $2 AND epoch = $3 AND expires_at > now() FOR SHARE";
 
 pub(super) const UPSERT_CONFLICT: &str = "INSERT INTO ordersync_conflicts (order_id, bot_id, product_id, row_status, \
      exchange_status, filled_size, found_at, kind, exchange_product_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \

@@ -5,6 +5,7 @@
 //! Deliberately not here: deciding what an answer means (`decide.rs`).
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -76,6 +77,9 @@ pub struct CoinbaseClient {
     metrics: Metrics,
     /// The account the key is, for the `account` label.
     account: String,
+    /// Replicas: a request is sent only while this replica holds the account's lease, and its User-Agent
+    /// names the replica and the epoch.
+    ownership: Option<Arc<crate::replica::Ownership>>,
 }
 
 impl std::fmt::Debug for CoinbaseClient {
@@ -109,7 +113,14 @@ impl CoinbaseClient {
             retry: RetryPolicy::default(),
             metrics,
             account: crate::account::DEFAULT_ACCOUNT.to_string(),
+            ownership: None,
         })
+    }
+
+    /// Ask only while `ownership` holds this client's account (replicas share the accounts).
+    pub fn with_ownership(mut self, ownership: Arc<crate::replica::Ownership>) -> Self {
+        self.ownership = Some(ownership);
+        self
     }
 
     /// The account this client's key is (`default` unless set): its requests are counted under it.
@@ -151,9 +162,26 @@ impl CoinbaseClient {
         let mut attempt = 0;
         loop {
             self.limiter.acquire().await;
+            let mut request = self.http.get(url.clone());
+            if let Some(ownership) = &self.ownership {
+                // Checked at the last moment: a lease lost while waiting for the limiter stops the request.
+                let Some(epoch) = ownership.epoch(&self.account) else {
+                    return Err(ExchangeError::NotOwner(format!(
+                        "account {} is not this replica's (its lease is another's, or ran out)",
+                        self.account
+                    )));
+                };
+                let agent = format!(
+                    "ordersync/{} (replica {}; account {}; epoch {epoch})",
+                    env!("CARGO_PKG_VERSION"),
+                    ownership.replica(),
+                    self.account
+                );
+                request = request.header(reqwest::header::USER_AGENT, agent);
+            }
             let token = self.key.jwt(Some(&uri), Utc::now().timestamp());
             let started = Instant::now();
-            let sent = self.http.get(url.clone()).bearer_auth(token).timeout(self.retry.timeout).send().await;
+            let sent = request.bearer_auth(token).timeout(self.retry.timeout).send().await;
             let result = match sent {
                 Ok(response) => read(response).await,
                 Err(error) if error.is_timeout() => {

@@ -33,6 +33,9 @@ pub enum ExchangeError {
     Malformed(String),
     #[error("the exchange rejected the request: {0}")]
     Rejected(String),
+    /// Never sent: the account's lease is another replica's (or ran out), so this one does not ask.
+    #[error("not asked: {0}")]
+    NotOwner(String),
 }
 
 impl ExchangeError {
@@ -45,6 +48,7 @@ impl ExchangeError {
             ExchangeError::Transient(_) => "transient",
             ExchangeError::Malformed(_) => "malformed",
             ExchangeError::Rejected(_) => "rejected",
+            ExchangeError::NotOwner(_) => "not_owner",
         }
     }
 }

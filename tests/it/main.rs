@@ -11,6 +11,7 @@ mod grafana;
 mod http;
 mod production;
 mod reconcile;
+mod replicas;
 mod report;
 mod schema;
 mod sli;
