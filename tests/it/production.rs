@@ -288,6 +288,41 @@ async fn websocket_corrections_count_towards_the_brake(backend: Backend) {
 }
 crate::both!(websocket_corrections_count_towards_the_brake);
 
+/// A row the WebSocket path corrected since the last pass began was pending too: the pass's share counts it
+/// in the pending rows as well as in the corrections. Found by the replicas test: 3 corrected by the news,
+/// then a pass correcting the other 9 of 9 pending read 12 corrections of 9 pending rows, and tripped a
+/// brake set to allow every row (`max_correction_share = 1`).
+async fn rows_the_websocket_path_corrected_count_as_pending_in_the_brakes_share(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    stale(&db, &sandbox, 0, 12).await;
+    let (reconciler, _) = reconciler_on(&db, Arc::new(sandbox.clone()), "max_correction_share = 1.0").await;
+    let first = pass(&reconciler).await;
+    assert!(first.braked.is_none());
+    let ids: Vec<String> = db
+        .rows("SELECT order_id FROM trades ORDER BY order_id")
+        .await
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect();
+    for id in &ids[..3] {
+        sandbox.fill(id, None, None, None).unwrap();
+        reconciler.ended_news(sandbox_order(&sandbox, id).await, Utc::now() - chrono::Duration::minutes(5));
+    }
+    let due = reconciler.finish_due(&CancellationToken::new()).await;
+    assert_eq!(due.iter().filter(|c| c.result == "corrected").count(), 3, "{due:?}");
+    for id in &ids[3..] {
+        sandbox.fill(id, None, None, None).unwrap();
+    }
+
+    let report = pass(&reconciler).await;
+
+    assert!(report.braked.is_none(), "12 corrections of the 12 rows pending since the last pass: {:?}", report.braked);
+    assert_eq!(report.count("corrected"), 9);
+    assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM trades WHERE status = 'pending'").await, 0);
+}
+crate::both!(rows_the_websocket_path_corrected_count_as_pending_in_the_brakes_share);
+
 async fn observe_only_checks_and_counts_everything_and_writes_nothing_to_the_bots_table(backend: Backend) {
     let db = TestDb::with_trades(backend).await;
     let sandbox = Sandbox::new(1);
