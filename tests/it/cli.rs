@@ -213,9 +213,11 @@ async fn signal(pid: u32, name: &str) {
     assert!(status.success());
 }
 
-#[tokio::test]
-async fn serve_stops_cleanly_on_sigterm() {
-    let setup = setup(Backend::Sqlite).await;
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// Start `serve` (polling hourly) on the setup's database; returns the child, the "ordersync started" log
+/// line, and the rest of its log.
+async fn start_serve(setup: &Setup) -> (tokio::process::Child, String, Lines) {
     let mut child = setup
         .command()
         .args(["serve", "--listen", "127.0.0.1:0", "--poll-interval", "1h"])
@@ -223,17 +225,24 @@ async fn serve_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut started = false;
     while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
         if line.contains("ordersync started") {
-            assert!(line.contains("backend=\"sqlite\"") || line.contains("backend=sqlite"), "{line}");
-            started = true;
+            return (child, line, lines);
         }
+    }
+    panic!("serve did not start");
+}
+
+#[tokio::test]
+async fn serve_stops_cleanly_on_sigterm() {
+    let setup = setup(Backend::Sqlite).await;
+    let (mut child, started, mut lines) = start_serve(&setup).await;
+    assert!(started.contains("backend=\"sqlite\"") || started.contains("backend=sqlite"), "{started}");
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
         if line.contains("corrected order") {
             break;
         }
     }
-    assert!(started);
     signal(child.id().unwrap(), "TERM").await;
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
     assert_eq!(status.code(), Some(0));
@@ -245,21 +254,7 @@ async fn serve_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn a_second_ordersync_on_one_sqlite_file_refuses_to_start() {
     let setup = setup(Backend::Sqlite).await;
-    let mut first = setup
-        .command()
-        .args(["serve", "--listen", "127.0.0.1:0", "--poll-interval", "1h"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
-    let mut started = false;
-    while let Ok(Ok(Some(line))) = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
-        if line.contains("ordersync started") {
-            started = true;
-            break;
-        }
-    }
-    assert!(started);
+    let (mut first, _, _lines) = start_serve(&setup).await;
     let pid = first.id().unwrap();
     for args in [&["serve", "--listen", "127.0.0.1:0"][..], &["reconcile", "--once"][..]] {
         let out = run(setup.command().args(args)).await;
