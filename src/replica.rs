@@ -207,14 +207,12 @@ pub async fn round(store: &Store, ownership: &Ownership, settings: &LeaseSetting
         store.lease_ensure(&settings.accounts).await?;
         let live = usize::try_from(store.lease_live(lease).await?).unwrap_or(1).max(1);
         let leases = store.leases().await?;
-        let held: Vec<String> = ownership.held().into_keys().collect();
-        // Free: nobody holds it, or an earlier run of this replica (same name) did.
         let free: Vec<String> = leases
             .iter()
-            .filter(|l| !l.held || (l.owner.as_deref() == Some(ownership.replica()) && !held.contains(&l.account)))
-            .filter(|l| settings.accounts.contains(&l.account))
+            .filter(|l| !l.held && settings.accounts.contains(&l.account))
             .map(|l| l.account.clone())
             .collect();
+        let held: Vec<String> = ownership.held().into_keys().collect();
         let plan = plan_round(settings.accounts.len(), live, &held, &free);
         for account in plan.release {
             if let Some(epoch) = ownership.epoch(&account) {

@@ -136,12 +136,10 @@ pub(super) const LEASE_ENSURE: &str = "INSERT INTO ordersync_leases (account) VA
 /// Every account's lease: owner, epoch, and whether it is still held (by the database's clock).
 pub(super) const LEASE_LIST: &str = "SELECT account, owner, epoch, COALESCE(expires_at > now(), FALSE) \
      FROM ordersync_leases ORDER BY account";
-/// Take an account nobody holds, or one held under this replica's own name by an earlier run of it (a restart
-/// with a stable `--replica` name resumes at once; the new epoch fences the old run); gives the new epoch.
+/// Take an account nobody holds; gives the new epoch.
 pub(super) const LEASE_ACQUIRE: &str = "UPDATE ordersync_leases SET owner = $2, epoch = epoch + 1, \
      expires_at = now() + make_interval(secs => $3) \
-     WHERE account = $1 AND (owner IS NULL OR owner = $2 OR expires_at IS NULL OR expires_at <= now()) \
-     RETURNING epoch";
+     WHERE account = $1 AND (owner IS NULL OR expires_at IS NULL OR expires_at <= now()) RETURNING epoch";
 /// Extend a lease still held at this epoch.
 pub(super) const LEASE_RENEW: &str = "UPDATE ordersync_leases SET expires_at = now() + make_interval(secs => $4) \
      WHERE account = $1 AND owner = $2 AND epoch = $3 AND expires_at > now() RETURNING epoch";
