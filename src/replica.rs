@@ -153,11 +153,14 @@ pub struct Round {
 
 /// This replica's share of `accounts` among `live` replicas (itself included): the accounts divided by the
 /// replicas, rounded up. Holding `held`, with `free` nobody holds: take free accounts up to the share (in
-/// order, so replicas racing for them spread out), let go of the last ones beyond it.
-pub fn plan_round(accounts: usize, live: usize, held: &[String], free: &[String]) -> Round {
+/// order, so replicas racing for them spread out), let go of those beyond it, keeping `sticky` ones (the first
+/// account, whose owner sends the alert e-mails: a handover would start its mail state afresh).
+pub fn plan_round(accounts: usize, live: usize, held: &[String], free: &[String], sticky: &[String]) -> Round {
     let share = accounts.div_ceil(live.max(1));
     if held.len() > share {
-        return Round { take: Vec::new(), release: held[share..].to_vec() };
+        let (keep, rest): (Vec<&String>, Vec<&String>) = held.iter().partition(|a| sticky.contains(a));
+        let room = share.saturating_sub(keep.len());
+        return Round { take: Vec::new(), release: rest.into_iter().skip(room).cloned().collect() };
     }
     let take = free.iter().filter(|a| !held.contains(a)).take(share - held.len()).cloned().collect();
     Round { take, release: Vec::new() }
@@ -195,43 +198,54 @@ pub async fn round(store: &Store, ownership: &Ownership, settings: &LeaseSetting
     // The local deadline counts from before the renewal was sent: it falls before the database's.
     let sent = Instant::now();
     let until = sent + lease - lease / 3;
-    let result: Result<(), crate::db::StoreError> = async {
-        store.lease_heartbeat(ownership.replica()).await?;
-        for (account, epoch) in ownership.held() {
-            if store.lease_renew(&account, ownership.replica(), epoch, lease).await? {
-                ownership.set(&account, epoch, until);
-            } else {
-                ownership.lost(&account);
+    // Each step on its own: a statement that fails (a lock not granted within the session's lock timeout,
+    // a lost connection) costs only its account this round; the others go on.
+    let warn = |what: &str, account: &str, error: &crate::db::StoreError| {
+        tracing::warn!(%error, account, "{what} failed this round; held accounts run out locally unless renewed");
+    };
+    if let Err(error) = store.lease_heartbeat(ownership.replica()).await {
+        warn("saying this replica is alive", "", &error);
+    }
+    for (account, epoch) in ownership.held() {
+        match store.lease_renew(&account, ownership.replica(), epoch, lease).await {
+            Ok(true) => ownership.set(&account, epoch, until),
+            Ok(false) => ownership.lost(&account),
+            Err(error) => warn("renewing the lease", &account, &error),
+        }
+    }
+    let (live, leases) =
+        match (store.lease_ensure(&settings.accounts).await, store.lease_live(lease).await, store.leases().await) {
+            (Ok(()), Ok(live), Ok(leases)) => (usize::try_from(live).unwrap_or(1).max(1), leases),
+            (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+                warn("reading the leases", "", &error);
+                return;
+            }
+        };
+    let free: Vec<String> = leases
+        .iter()
+        .filter(|l| !l.held && settings.accounts.contains(&l.account))
+        .map(|l| l.account.clone())
+        .collect();
+    let held: Vec<String> = ownership.held().into_keys().collect();
+    let plan = plan_round(settings.accounts.len(), live, &held, &free, &settings.accounts[..1]);
+    for account in plan.release {
+        if let Some(epoch) = ownership.epoch(&account) {
+            ownership.drop_account(&account);
+            match store.lease_release(&account, ownership.replica(), epoch).await {
+                Ok(()) => tracing::info!(account, epoch, live, "let go of an account beyond this replica's share"),
+                Err(error) => warn("releasing the lease", &account, &error),
             }
         }
-        store.lease_ensure(&settings.accounts).await?;
-        let live = usize::try_from(store.lease_live(lease).await?).unwrap_or(1).max(1);
-        let leases = store.leases().await?;
-        let free: Vec<String> = leases
-            .iter()
-            .filter(|l| !l.held && settings.accounts.contains(&l.account))
-            .map(|l| l.account.clone())
-            .collect();
-        let held: Vec<String> = ownership.held().into_keys().collect();
-        let plan = plan_round(settings.accounts.len(), live, &held, &free);
-        for account in plan.release {
-            if let Some(epoch) = ownership.epoch(&account) {
-                ownership.drop_account(&account);
-                store.lease_release(&account, ownership.replica(), epoch).await?;
-                tracing::info!(account, epoch, live, "let go of an account beyond this replica's share");
-            }
-        }
-        for account in plan.take {
-            if let Some(epoch) = store.lease_acquire(&account, ownership.replica(), lease).await? {
+    }
+    for account in plan.take {
+        match store.lease_acquire(&account, ownership.replica(), lease).await {
+            Ok(Some(epoch)) => {
                 ownership.set(&account, epoch, until);
                 tracing::info!(account, epoch, replica = %ownership.replica(), "took the account's lease");
             }
+            Ok(None) => {}
+            Err(error) => warn("taking the lease", &account, &error),
         }
-        Ok(())
-    }
-    .await;
-    if let Err(error) = result {
-        tracing::warn!(%error, "the lease round failed; held accounts run out locally unless the next one works");
     }
 }
 
@@ -323,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_lone_replica_takes_every_free_account() {
-        let round = plan_round(4, 1, &[], &names(&["a", "b", "c", "d"]));
+        let round = plan_round(4, 1, &[], &names(&["a", "b", "c", "d"]), &[]);
         assert_eq!(round.take, names(&["a", "b", "c", "d"]));
         assert!(round.release.is_empty());
     }
@@ -331,24 +345,29 @@ mod tests {
     #[test]
     fn replicas_divide_the_accounts_rounding_up() {
         // 4 accounts, 3 replicas: a share of 2.
-        assert_eq!(plan_round(4, 3, &[], &names(&["a", "b", "c", "d"])).take, names(&["a", "b"]));
-        assert_eq!(plan_round(4, 3, &names(&["a"]), &names(&["c", "d"])).take, names(&["c"]));
-        assert_eq!(plan_round(4, 3, &names(&["a", "b"]), &names(&["c", "d"])), Round::default());
+        assert_eq!(plan_round(4, 3, &[], &names(&["a", "b", "c", "d"]), &[]).take, names(&["a", "b"]));
+        assert_eq!(plan_round(4, 3, &names(&["a"]), &names(&["c", "d"]), &[]).take, names(&["c"]));
+        assert_eq!(plan_round(4, 3, &names(&["a", "b"]), &names(&["c", "d"]), &[]), Round::default());
         // Nothing free: nothing to take.
-        assert_eq!(plan_round(4, 2, &names(&["a"]), &[]), Round::default());
+        assert_eq!(plan_round(4, 2, &names(&["a"]), &[], &[]), Round::default());
     }
 
     #[test]
     fn a_replica_beyond_its_share_lets_the_last_ones_go() {
         // It held all four alone; two more replicas came.
-        let round = plan_round(4, 3, &names(&["a", "b", "c", "d"]), &[]);
+        let round = plan_round(4, 3, &names(&["a", "b", "c", "d"]), &[], &[]);
         assert_eq!(round.release, names(&["c", "d"]));
         assert!(round.take.is_empty());
+        // The first account (the e-mail duty) stays where it is; others go instead.
+        let round = plan_round(4, 3, &names(&["b", "c", "a", "d"]), &[], &names(&["a"]));
+        assert_eq!(round.release, names(&["c", "d"]));
+        let round = plan_round(4, 3, &names(&["b", "c", "d", "a"]), &[], &names(&["a"]));
+        assert_eq!(round.release, names(&["c", "d"]));
     }
 
     #[test]
     fn held_accounts_are_never_taken_twice() {
-        assert_eq!(plan_round(2, 1, &names(&["a"]), &names(&["a", "b"])).take, names(&["b"]));
+        assert_eq!(plan_round(2, 1, &names(&["a"]), &names(&["a", "b"]), &[]).take, names(&["b"]));
     }
 
     #[test]

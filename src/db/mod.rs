@@ -597,8 +597,12 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(5))
                 .after_connect(|connection, _| {
                     Box::pin(async move {
-                        // Timestamps without zone are read and written as UTC.
-                        sqlx::query("SET TIME ZONE 'UTC'").execute(connection).await.map(|_| ())
+                        // Timestamps without zone are read and written as UTC. ordersync never waits long on a
+                        // lock (a bot's long transaction, or a replica paused inside a write holding its lease
+                        // row): the statement fails and is tried again next round. A transaction of ours left
+                        // idle (its process stopped mid-write) is ended by the server, which frees its locks so
+                        // another replica can take the account over.
+                        sqlx::query(sql::PG_SESSION_SETUP).execute(connection).await.map(|_| ())
                     })
                 })
                 .connect_with(options)
@@ -666,6 +670,8 @@ impl Store {
         let applied = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             if backend == Backend::Postgres {
+                // Replicas starting together wait their turn to migrate, however long it takes.
+                sqlx::query("SET LOCAL lock_timeout = 0").execute(&mut *tx).await?;
                 sqlx::query(sql::PG_MIGRATION_LOCK).execute(&mut *tx).await?;
             }
             sqlx::query(sql::CREATE_MIGRATIONS_TABLE).execute(&mut *tx).await?;
@@ -761,12 +767,16 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<i64>, StoreError> {
         self.postgres(|pool| async move {
-            Ok(sqlx::query_scalar(sql::LEASE_ACQUIRE)
+            let mut tx = pool.begin().await?;
+            sqlx::query(&lease_lock_timeout(lease)).execute(&mut *tx).await?;
+            let epoch = sqlx::query_scalar(sql::LEASE_ACQUIRE)
                 .bind(account)
                 .bind(replica)
                 .bind(lease.as_secs_f64())
-                .fetch_optional(&pool)
-                .await?)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(epoch)
         })
         .await
     }
@@ -780,13 +790,16 @@ impl Store {
         lease: Duration,
     ) -> Result<bool, StoreError> {
         self.postgres(|pool| async move {
+            let mut tx = pool.begin().await?;
+            sqlx::query(&lease_lock_timeout(lease)).execute(&mut *tx).await?;
             let renewed: Option<i64> = sqlx::query_scalar(sql::LEASE_RENEW)
                 .bind(account)
                 .bind(replica)
                 .bind(epoch)
                 .bind(lease.as_secs_f64())
-                .fetch_optional(&pool)
+                .fetch_optional(&mut *tx)
                 .await?;
+            tx.commit().await?;
             Ok(renewed.is_some())
         })
         .await
@@ -1377,6 +1390,12 @@ const MIN_SQLITE_PAUSE: Duration = Duration::from_millis(5);
 
 /// Write transactions ordersync runs at once on PostgreSQL (its pool holds 8 connections).
 const PG_CONCURRENT_TRANSACTIONS: usize = 4;
+
+/// A lease statement waits for a row lock (a paused writer's fence) at most a tenth of the lease: a round
+/// stays well inside the time a lease counts as held locally.
+fn lease_lock_timeout(lease: Duration) -> String {
+    format!("SET LOCAL lock_timeout = '{}ms'", (lease.as_millis() / 10).max(100))
+}
 
 /// Rows deleted per statement when pruning.
 const PRUNE_SLICE: i64 = 1000;

@@ -124,6 +124,11 @@ pub(super) const SELECT_SETTLEMENTS_SINCE: &str = "SELECT order_id, bot_id, sett
 
 pub(super) const SELECT_KNOWN_BOTS: &str = "SELECT DISTINCT bot_id FROM ordersync_settlements";
 
+/// Each ordersync PostgreSQL session: UTC, a lock waited on for 2 s fails the statement, and a transaction
+/// idle for 5 s (its process stopped mid-write) is ended by the server. One statement (`set_config` each).
+pub(super) const PG_SESSION_SETUP: &str = "SELECT set_config('TimeZone', 'UTC', false), \
+     set_config('lock_timeout', '2s', false), set_config('idle_in_transaction_session_timeout', '5s', false)";
+
 /// Replicas: this one is alive (PostgreSQL only; times are the database's).
 pub(super) const LEASE_HEARTBEAT: &str = "INSERT INTO ordersync_replicas (replica, seen_at) VALUES ($1, now()) \
      ON CONFLICT (replica) DO UPDATE SET seen_at = now()";

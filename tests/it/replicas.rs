@@ -279,3 +279,77 @@ async fn three_replicas_share_four_accounts_through_kill_stop_and_lost_connectio
     }
     token.cancel();
 }
+
+/// A writer paused inside its transaction holds its account's lease row (the fence's `FOR SHARE`). Another
+/// account's healthy owner keeps renewing meanwhile (each lease statement waits at most the lock timeout, and
+/// each account is renewed on its own), and the held account is served again once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_row_held_by_a_paused_writer_stops_no_other_account() {
+    let db = TestDb::with_trades(Backend::Postgres).await;
+    let sandbox = Sandbox::new(1);
+    let token = CancellationToken::new();
+    let names = ["organizations/team/apiKeys/k0", "organizations/team/apiKeys/k1"];
+    let (api, keys) = sandbox_http_keys(&sandbox, &names, None, &token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = String::new();
+    for (i, key) in keys.iter().enumerate() {
+        let path = dir.path().join(format!("k{i}.pem"));
+        std::fs::write(&path, key.to_pem().unwrap().expose_secret()).unwrap();
+        config.push_str(&format!(
+            "[[accounts]]\nname = \"a{i}\"\nkey_file = \"{}\"\nkey_name = \"{}\"\n\n",
+            path.display(),
+            key.name()
+        ));
+    }
+    let config_path = dir.path().join("ordersync.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut replicas = vec![start("r1", &config_path, &db, &api).await, start("r2", &config_path, &db, &api).await];
+    // Wait until each serves one.
+    let mut divided = BTreeMap::new();
+    for _ in 0..150 {
+        divided = owners(&replicas).await;
+        if divided.len() == 2 && divided.values().all(|r| r.len() == 1) && divided["a0"] != divided["a1"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(divided.len() == 2 && divided["a0"] != divided["a1"], "{divided:?}");
+    let healthy = divided["a1"][0].clone();
+
+    // Hold a0's lease row as a writer stopped between its fence and its commit would, for over two leases.
+    let url = db.url.clone();
+    let holder = tokio::spawn(async move {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut tx = connection.begin().await.unwrap();
+        sqlx::query("SELECT epoch FROM ordersync_leases WHERE account = 'a0' FOR SHARE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tokio::time::sleep(LEASE * 3).await;
+        tx.rollback().await.unwrap();
+    });
+    let held_until = Instant::now() + LEASE * 3;
+    while Instant::now() < held_until {
+        let now = owners(&replicas).await;
+        assert_eq!(now.get("a1"), Some(&vec![healthy.clone()]), "a1's healthy owner kept it: {now:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    holder.await.unwrap();
+    // a0 is served again within two leases of the lock going.
+    let freed = Instant::now();
+    let mut now = BTreeMap::new();
+    while freed.elapsed() < LEASE * 2 + Duration::from_secs(1) {
+        now = owners(&replicas).await;
+        if now.get("a0").is_some_and(|r| r.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(now.get("a0").is_some_and(|r| r.len() == 1), "a0 served again: {now:?}");
+    for replica in &mut replicas {
+        signal(replica.child.id().unwrap(), "TERM").await;
+        let _ = replica.child.wait().await;
+    }
+    token.cancel();
+}
