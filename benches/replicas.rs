@@ -82,7 +82,7 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = String::from(
-        "max_corrections_per_pass = 1000000\nmax_correction_share = 1.0\n\n[coinbase]\nwebsocket = false\n\n\
+        "max_corrections_per_pass = 1000000\nmax_correction_share = 1.0\n\n[coinbase]\nwebsocket = false\nrate_limit = 30\n\n\
          [trades]\naccount = \"account\"\n\n",
     );
     for (i, key) in keys.iter().enumerate() {

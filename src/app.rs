@@ -136,6 +136,16 @@ pub fn accounts_from_config(
             (1, error) => error,
             (_, error) => AppError::Config(format!("account {:?}: {error}", account.name)),
         })?;
+        // One key is one account: Coinbase limits it once, however many entries name it.
+        if let Some(twin) = config.accounts.iter().zip(&keys).find(|(_, k): &(_, &CdpKey)| k.name() == key.name()) {
+            return Err(AppError::Config(format!(
+                "accounts {:?} and {:?} use the same API key {}: one key is one Coinbase account with one rate \
+                 limit; give each [[accounts]] entry its own key",
+                twin.0.name,
+                account.name,
+                key.name()
+            )));
+        }
         let rate = NonZeroU32::new(account.rate_limit).unwrap_or(NonZeroU32::MIN);
         let client = CoinbaseClient::new(&config.coinbase.api_url, key.clone(), rate, metrics.clone())?;
         exchanges.push(Arc::new(client.with_account(&account.name).with_ownership(ownership.clone())));
@@ -234,13 +244,15 @@ impl App {
             None => accounts_from_config(config, &metrics, ownership_for(config))?,
         };
         let ownership = accounts.ownership().clone();
+        // The database's lock before the port: a second serve on one SQLite file is told that, not that the
+        // port is taken.
+        let instance = claim_database(config)?;
         let listener = match listener {
             Some(listener) => listener,
             None => TcpListener::bind(config.listen)
                 .await
                 .map_err(|source| AppError::Listen { addr: config.listen, source })?,
         };
-        let instance = claim_database(config)?;
         let mut store = connect_store(config).await?;
         if ownership.is_leased() {
             store = store.with_fence(ownership.clone());
@@ -348,6 +360,10 @@ impl App {
                 let now: Vec<bool> = reconciler.accounts().map().names().iter().map(|a| ownership.owns(a)).collect();
                 for (account, owns) in reconciler.accounts().map().names().iter().zip(&now) {
                     metrics.account_owner.with_label_values(&[account.as_str()]).set(i64::from(*owns));
+                    if !owns {
+                        // What this replica last heard with the key is no news once another serves the account.
+                        metrics.exchange_up.with_label_values(&[account.as_str()]).set(0);
+                    }
                 }
                 if now.iter().zip(before.iter().chain(std::iter::repeat(&false))).any(|(now, was)| *now && !*was) {
                     reconciler.wake();

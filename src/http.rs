@@ -298,7 +298,16 @@ async fn reconcile_order(State(state): State<AppState>, Path(order_id): Path<Str
     let order_id = OrderId::parse(&order_id).map_err(ApiError::BadRequest)?;
     match state.reconciler.reconcile_one(&order_id, Mode::Apply).await {
         Ok(checked) => Ok(Json(checked).into_response()),
-        Err(error @ ReconcileError::Elsewhere { .. }) => Err(ApiError::Unavailable(error.to_string())),
+        Err(ReconcileError::Elsewhere { order_id, account }) => {
+            let owner =
+                state.store.leases().await.ok().and_then(|leases| {
+                    leases.into_iter().find(|l| l.account == account && l.held).and_then(|l| l.owner)
+                });
+            Err(ApiError::Unavailable(match owner {
+                Some(owner) => format!("order {order_id} belongs to account {account}, which replica {owner} serves: ask that one"),
+                None => format!("order {order_id} belongs to account {account}, which no replica serves right now: try again shortly"),
+            }))
+        }
         Err(ReconcileError::UnknownOrder(id)) => {
             Err(ApiError::NotFound(format!("order {id} is not in the bot's table")))
         }

@@ -391,7 +391,8 @@ impl Metrics {
                 opts(
                     "ordersync_exchange_up",
                     "1 if the exchange's last REST answer to the account's key was authenticated (even a 404), 0 if \
-                     the request failed or the credentials were refused (401/403), by account.",
+                     the request failed or the credentials were refused (401/403), by account; 0 on a replica that \
+                     does not serve the account (take max across replicas).",
                 ),
                 &["account"],
             )?,

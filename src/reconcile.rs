@@ -845,7 +845,10 @@ impl Reconciler {
         let (rows, elsewhere): (Vec<TradeRow>, Vec<TradeRow>) =
             rows.into_iter().partition(|row| self.accounts.serves(self.accounts.belongs(row)));
         let elsewhere = elsewhere.len();
-        if !unmatched.is_empty() {
+        // Said when the number changes, not on every pass of every replica.
+        if !unmatched.is_empty()
+            && self.metrics.unmatched_rows.get() != i64::try_from(unmatched.len()).unwrap_or(i64::MAX)
+        {
             tracing::warn!(
                 rows = unmatched.len(),
                 "pending rows belong to no configured Coinbase account; left alone (ordersync audit lists them)"

@@ -95,10 +95,13 @@ impl Ownership {
         }
     }
 
-    fn drop_account(&self, account: &str) {
-        if self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(account).is_some() {
+    /// Stop holding `account`; whether it was held.
+    fn drop_account(&self, account: &str) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(account).is_some();
+        if held {
             self.changed.send_modify(|n| *n += 1);
         }
+        held
     }
 
     /// Forget accounts whose lease ran out locally (a renewal that never came): their tasks stop.
@@ -139,8 +142,10 @@ impl Fence for Ownership {
     }
 
     fn lost(&self, account: &str) {
-        tracing::warn!(account, replica = %self.replica, "the account's lease is lost: its work stops here");
-        self.drop_account(account);
+        // Said once: writes still in flight for an account given up or lost find it gone too.
+        if self.drop_account(account) {
+            tracing::warn!(account, replica = %self.replica, "the account's lease is lost: its work stops here");
+        }
     }
 }
 
@@ -230,7 +235,7 @@ pub async fn round(store: &Store, ownership: &Ownership, settings: &LeaseSetting
     let plan = plan_round(settings.accounts.len(), live, &held, &free, &settings.accounts[..1]);
     for account in plan.release {
         if let Some(epoch) = ownership.epoch(&account) {
-            ownership.drop_account(&account);
+            let _ = ownership.drop_account(&account);
             match store.lease_release(&account, ownership.replica(), epoch).await {
                 Ok(()) => tracing::info!(account, epoch, live, "let go of an account beyond this replica's share"),
                 Err(error) => warn("releasing the lease", &account, &error),
@@ -277,7 +282,7 @@ pub async fn claim_free(
 /// Give back every account held (at the end of a one-off command, or at shutdown).
 pub async fn release_all(store: &Store, ownership: &Ownership) {
     for (account, epoch) in ownership.held() {
-        ownership.drop_account(&account);
+        let _ = ownership.drop_account(&account);
         if let Err(error) = store.lease_release(&account, ownership.replica(), epoch).await {
             tracing::warn!(%error, account, "releasing the account's lease failed; it runs out by itself");
         }

@@ -28,9 +28,14 @@ impl InstanceLock {
         (!file.is_empty() && file != ":memory:").then_some(file)
     }
 
-    /// The lock file beside the SQLite database `url` names; `None` for PostgreSQL and in-memory databases.
+    /// The lock file beside the SQLite database `url` names, by the file's real path (a symbolic link or
+    /// another spelling of the path finds the same lock); `None` for PostgreSQL and in-memory databases.
     pub fn path_for(url: &str) -> Option<PathBuf> {
-        Self::database_file(url).map(|file| PathBuf::from(format!("{file}.ordersync-lock")))
+        let file = Self::database_file(url)?;
+        let real = std::fs::canonicalize(file).unwrap_or_else(|_| PathBuf::from(file));
+        let mut name = real.into_os_string();
+        name.push(".ordersync-lock");
+        Some(PathBuf::from(name))
     }
 
     /// Take the lock for the SQLite database `url`, or say which process holds it.
@@ -74,6 +79,7 @@ mod tests {
 
     #[test]
     fn the_lock_file_sits_beside_the_database() {
+        // A file that does not exist (yet) keeps the path as written.
         assert_eq!(InstanceLock::path_for("sqlite://trades.db"), Some(PathBuf::from("trades.db.ordersync-lock")));
         assert_eq!(
             InstanceLock::path_for("sqlite:///var/lib/bot/trades.db?mode=rw"),
@@ -96,6 +102,16 @@ mod tests {
             }
             other => panic!("expected AlreadyRunning, got {other:?}"),
         }
+        // Another name for the same file finds the same lock.
+        std::fs::write(dir.path().join("trades.db"), b"").unwrap();
+        drop(first);
+        let first = InstanceLock::claim(&url).unwrap().unwrap();
+        std::os::unix::fs::symlink(dir.path().join("trades.db"), dir.path().join("link.db")).unwrap();
+        let link = format!("sqlite://{}", dir.path().join("link.db").display());
+        assert!(
+            matches!(InstanceLock::claim(&link), Err(StoreError::AlreadyRunning { .. })),
+            "a symlink is the same file"
+        );
         drop(first);
         assert!(InstanceLock::claim(&url).unwrap().is_some(), "free again once the holder is gone");
     }

@@ -716,6 +716,7 @@ impl Store {
     pub async fn lease_heartbeat(&self, replica: &str) -> Result<(), StoreError> {
         self.postgres(|pool| async move {
             sqlx::query(sql::LEASE_HEARTBEAT).bind(replica).execute(&pool).await?;
+            sqlx::query(sql::LEASE_FORGET).execute(&pool).await?;
             Ok(())
         })
         .await

@@ -132,6 +132,8 @@ pub(super) const PG_SESSION_SETUP: &str = "SELECT set_config('TimeZone', 'UTC', 
 /// Replicas: this one is alive (PostgreSQL only; times are the database's).
 pub(super) const LEASE_HEARTBEAT: &str = "INSERT INTO ordersync_replicas (replica, seen_at) VALUES ($1, now()) \
      ON CONFLICT (replica) DO UPDATE SET seen_at = now()";
+/// Replicas not seen for a day are forgotten (each run without a stable name adds one).
+pub(super) const LEASE_FORGET: &str = "DELETE FROM ordersync_replicas WHERE seen_at < now() - interval '1 day'";
 /// Replicas seen within `$1` seconds.
 pub(super) const LEASE_LIVE: &str =
     "SELECT COUNT(*) FROM ordersync_replicas WHERE seen_at > now() - make_interval(secs => $1)";

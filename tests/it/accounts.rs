@@ -197,3 +197,29 @@ async fn readiness_and_metrics_are_per_account() {
     assert!(metrics.exchange_requests.with_label_values(&["b", "key_permissions", "unauthorized"]).get() >= 1);
     token.cancel();
 }
+
+/// One key under two `[[accounts]]` entries would get two rate limiters (twice Coinbase's limit) and two
+/// user channels: refused at start, naming both accounts.
+#[tokio::test]
+async fn one_key_under_two_accounts_is_refused() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = ordersync::exchange::auth::CdpKey::generate(KEY_A);
+    let path = dir.path().join("a.pem");
+    std::fs::write(&path, key.to_pem().unwrap().expose_secret()).unwrap();
+    let config = dir.path().join("ordersync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[accounts]]\nname = \"a\"\nkey_file = \"{0}\"\nkey_name = \"{KEY_A}\"\ndefault = true\n\n\
+             [[accounts]]\nname = \"b\"\nkey_file = \"{0}\"\nkey_name = \"{KEY_A}\"\nbots = [\"beta-*\"]\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let out =
+        run(ordersync().args(["--config", config.to_str().unwrap(), "audit"]).env("ORDERSYNC_DATABASE_URL", &db.url))
+            .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("accounts \"a\" and \"b\" use the same API key"), "{}", out.stderr);
+}
