@@ -859,6 +859,8 @@ async fn sandbox(
         accepted.insert(key.name().to_string(), key.public_key());
     }
     let sandbox = Sandbox::new(seed);
+    // Which key and which replica asked, for GET /sandbox/requests.
+    sandbox.record_requests();
     if let Some(faults) = faults {
         let faults: Faults = serde_json::from_str(faults).map_err(|e| UsageError(format!("--faults: {e}")))?;
         sandbox.set_faults(faults);

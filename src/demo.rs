@@ -68,6 +68,17 @@ pub const INCIDENT_ORDERS: [(&str, &str, &str); 3] = [
     ("137cd41e-605e-4e97-96ff-cdbc517da514", "AVNT-USD", "0.7794"),
 ];
 
+/// The names of the demo's `count` simulated bots.
+fn demo_bot_names(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|bot| {
+            ["alpha", "beta", "gamma", "delta", "epsilon"]
+                .get(bot)
+                .map_or_else(|| format!("bot{bot}"), |n| n.to_string())
+        })
+        .collect()
+}
+
 /// The demo's bots that trade under the second account, `hedge`.
 pub const DEMO_HEDGE_BOTS: [&str; 2] = ["beta", "delta"];
 
@@ -140,9 +151,7 @@ pub async fn run(mut config: Config, options: DemoOptions, token: CancellationTo
     print_banner(app.addr(), sim_addr, &options);
 
     for bot in 0..options.bots {
-        let bot_name = ["alpha", "beta", "gamma", "delta", "epsilon"]
-            .get(bot)
-            .map_or_else(|| format!("bot{bot}"), |n| n.to_string());
+        let bot_name = demo_bot_names(options.bots).swap_remove(bot);
         let key = if DEMO_HEDGE_BOTS.contains(&bot_name.as_str()) { &hedge } else { &main };
         let bot = SimulatedBot {
             account: key.name().to_string(),
@@ -167,10 +176,12 @@ fn print_banner(addr: SocketAddr, sim_addr: SocketAddr, options: &DemoOptions) {
     let _ = writeln!(out, "  sync status:    http://{addr}/api/v1/trades/sync-status");
     let _ = writeln!(out, "  readiness:      http://{addr}/readyz");
     let _ = writeln!(out, "  bot database:   sqlite://{}", options.database.display());
+    let hedge: Vec<&str> =
+        DEMO_HEDGE_BOTS.iter().copied().filter(|bot| demo_bot_names(options.bots).iter().any(|b| b == bot)).collect();
     let _ = writeln!(
         out,
-        "  accounts:       main (the default) and hedge (bots {}), each with its own key and rate limit",
-        DEMO_HEDGE_BOTS.join(", ")
+        "  accounts:       main (the default) and hedge (bots: {}), each with its own key and rate limit",
+        if hedge.is_empty() { "none running".to_string() } else { hedge.join(", ") }
     );
     let _ =
         writeln!(out, "  simulator:      http://{sim_addr} (Coinbase Advanced Trade API, control API under /sandbox/)");

@@ -276,14 +276,18 @@ pub struct OrderChange {
     pub account: Option<String>,
 }
 
-/// A request as the simulator received it: which key signed it and what the client called itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request as the simulator received it: which key signed it and what the client called itself (replicas
+/// of ordersync name themselves, the account and the lease epoch there).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Received {
     pub at: DateTime<Utc>,
     pub key: String,
     pub user_agent: String,
     pub path: String,
 }
+
+/// The most requests `received` keeps.
+pub const MAX_RECEIVED: usize = 200_000;
 
 /// Who is asking: the name of the key that signed the request, or `None` for the simulator's own control
 /// side and in-process face, which see every order.
@@ -390,6 +394,10 @@ impl Sandbox {
     pub fn note_request(&self, key: &str, user_agent: &str, path: &str) {
         let at = self.now();
         if let Some(received) = self.state().received.as_mut() {
+            // A long-running simulator keeps the most recent ones.
+            if received.len() >= MAX_RECEIVED {
+                received.drain(..MAX_RECEIVED / 2);
+            }
             received.push(Received { at, key: key.into(), user_agent: user_agent.into(), path: path.into() });
         }
     }

@@ -268,6 +268,12 @@ async fn put_faults(State(state): State<ServerState>, Json(faults): Json<Faults>
     Json(state.sandbox.faults()).into_response()
 }
 
+/// Every authenticated request since recording began (`ordersync sandbox` records from the start): time,
+/// key name, User-Agent, path.
+async fn requests_received(State(state): State<ServerState>) -> Response {
+    Json(state.sandbox.received()).into_response()
+}
+
 async fn get_faults(State(state): State<ServerState>) -> Response {
     Json(state.sandbox.faults()).into_response()
 }
@@ -299,6 +305,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/sandbox/orders/{id}/omit", post(omit_figures))
         .route("/sandbox/clock/advance", post(advance_clock))
         .route("/sandbox/faults", get(get_faults).put(put_faults))
+        .route("/sandbox/requests", get(requests_received))
         .route("/sandbox/ws/disconnect", post(ws_disconnect))
         .route("/sandbox/ws/stall", post(ws_stall))
         .route(WS_PATH, get(crate::sandbox::ws::upgrade))

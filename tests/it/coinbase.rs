@@ -92,6 +92,11 @@ async fn a_key_sees_only_its_own_accounts_orders_and_has_its_own_rate_limit() {
     let received = sandbox.received();
     assert!(received.iter().any(|r| r.key == a) && received.iter().any(|r| r.key == b), "{received:?}");
     assert!(received.iter().all(|r| r.user_agent.starts_with("ordersync/")), "{received:?}");
+    // The same record over HTTP, for a simulator run as `ordersync sandbox`.
+    let listed: serde_json::Value =
+        reqwest::get(format!("{url}/sandbox/requests")).await.unwrap().json().await.unwrap();
+    let keys_seen: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|r| r["key"].as_str()).collect();
+    assert!(keys_seen.contains(&a) && keys_seen.contains(&b), "{listed}");
 
     // The user channel: A's snapshot lists A's live orders only, and B's fill never reaches A.
     let (live_a, live_b) = (owned(a), owned(b));

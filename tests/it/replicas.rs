@@ -199,10 +199,18 @@ async fn three_replicas_share_four_accounts_through_kill_stop_and_lost_connectio
     let _ = replicas[killed].child.wait().await;
     let alive: Vec<usize> = (0..replicas.len()).filter(|i| *i != killed).collect();
 
-    // SIGSTOP another for longer than two leases, then SIGCONT it.
+    // SIGSTOP one that serves accounts for longer than two leases, then SIGCONT it.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stopped = alive[0];
+    let now_owners = owners(&replicas).await;
+    let stopped = *alive
+        .iter()
+        .find(|i| now_owners.values().any(|r| r.contains(&replicas[**i].name)))
+        .expect("a live replica serves something");
+    let stopped_name = replicas[stopped].name.clone();
+    let stopped_accounts: Vec<String> =
+        now_owners.into_iter().filter(|(_, r)| r.contains(&stopped_name)).map(|(a, _)| a).collect();
     let stopped_pid = replicas[stopped].child.id().unwrap();
+    let stopped_at = Utc::now();
     signal(stopped_pid, "STOP").await;
     tokio::time::sleep(LEASE * 2 + Duration::from_secs(2)).await;
     signal(stopped_pid, "CONT").await;
@@ -249,6 +257,7 @@ async fn three_replicas_share_four_accounts_through_kill_stop_and_lost_connectio
     let mut by_epoch: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
     let mut newest: BTreeMap<String, i64> = BTreeMap::new();
     let mut first_after_kill: BTreeMap<String, chrono::DateTime<Utc>> = BTreeMap::new();
+    let mut first_after_stop: BTreeMap<String, chrono::DateTime<Utc>> = BTreeMap::new();
     for request in &received {
         let (replica, account, epoch) = tagged(&request.user_agent).unwrap_or_else(|| panic!("{request:?}"));
         let index: usize = account.trim_start_matches('a').parse().unwrap();
@@ -258,7 +267,10 @@ async fn three_replicas_share_four_accounts_through_kill_stop_and_lost_connectio
         assert!(epoch >= *seen, "{account}: {replica} asked at epoch {epoch} after epoch {seen} had begun");
         *seen = epoch;
         if killed_accounts.contains(&account) && replica != killed_name && request.at > killed_at {
-            first_after_kill.entry(account).or_insert(request.at);
+            first_after_kill.entry(account.clone()).or_insert(request.at);
+        }
+        if stopped_accounts.contains(&account) && replica != stopped_name && request.at > stopped_at {
+            first_after_stop.entry(account).or_insert(request.at);
         }
     }
     for ((account, epoch), replicas) in &by_epoch {
@@ -269,6 +281,13 @@ async fn three_replicas_share_four_accounts_through_kill_stop_and_lost_connectio
         let at = first_after_kill.get(account).unwrap_or_else(|| panic!("{account} was never taken over"));
         let took = (*at - killed_at).to_std().unwrap();
         assert!(took <= LEASE * 2 + Duration::from_secs(1), "{account} taken over after {took:?}");
+    }
+    // And those of the stopped one, while it was stopped.
+    assert!(!stopped_accounts.is_empty());
+    for account in &stopped_accounts {
+        let at = first_after_stop.get(account).unwrap_or_else(|| panic!("{account} was never taken over"));
+        let took = (*at - stopped_at).to_std().unwrap();
+        assert!(took <= LEASE * 2 + Duration::from_secs(1), "{account} taken over after {took:?} (stopped)");
     }
 
     for index in alive {
