@@ -179,7 +179,7 @@ pub struct LeaseSettings {
 }
 
 /// Keep this replica's leases until `token` is cancelled, then let every account go (so the others take
-/// them over at once rather than after the lease). `metrics_owner` is told what this replica holds.
+/// them over at once rather than after the lease).
 pub async fn run(store: Store, ownership: Arc<Ownership>, settings: LeaseSettings, token: CancellationToken) {
     let tick = settings.lease / 3;
     loop {
@@ -232,7 +232,8 @@ pub async fn round(store: &Store, ownership: &Ownership, settings: &LeaseSetting
         .map(|l| l.account.clone())
         .collect();
     let held: Vec<String> = ownership.held().into_keys().collect();
-    let plan = plan_round(settings.accounts.len(), live, &held, &free, &settings.accounts[..1]);
+    let duty = settings.accounts.get(..1).unwrap_or_default();
+    let plan = plan_round(settings.accounts.len(), live, &held, &free, duty);
     for account in plan.release {
         if let Some(epoch) = ownership.epoch(&account) {
             let _ = ownership.drop_account(&account);
