@@ -80,6 +80,30 @@ async fn owner_of(replicas: &[Replica], account: &str) -> String {
     panic!("nobody serves {account}");
 }
 
+/// A config file in `dir` with `head` and one `[[accounts]]` entry `a{i}` per key (its key file written
+/// beside it; with `by_bot`, the bots `bot{i}-*` are its rows). Returns the file's path.
+fn accounts_config(
+    dir: &std::path::Path,
+    keys: &[ordersync::exchange::auth::CdpKey],
+    head: &str,
+    by_bot: bool,
+) -> std::path::PathBuf {
+    let mut config = format!("{head}\n");
+    for (i, key) in keys.iter().enumerate() {
+        let path = dir.join(format!("k{i}.pem"));
+        std::fs::write(&path, key.to_pem().unwrap().expose_secret()).unwrap();
+        let bots = if by_bot { format!("bots = [\"bot{i}-*\"]\n") } else { String::new() };
+        config.push_str(&format!(
+            "[[accounts]]\nname = \"a{i}\"\nkey_file = \"{}\"\nkey_name = \"{}\"\n{bots}\n",
+            path.display(),
+            key.name()
+        ));
+    }
+    let config_path = dir.join("ordersync.toml");
+    std::fs::write(&config_path, config).unwrap();
+    config_path
+}
+
 async fn signal(pid: u32, name: &str) {
     let status = tokio::process::Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status().await;
     assert!(status.unwrap().success());
@@ -113,18 +137,7 @@ async fn three_replicas_share_four_accounts_through_kill_stop_and_lost_connectio
     let (api, keys) = sandbox_http_keys(&sandbox, &names, Some(30), &token).await;
     let dir = tempfile::tempdir().unwrap();
     // Every order ends in this run: a pass after a takeover may correct all of an account's pending rows.
-    let mut config = String::from("max_correction_share = 1.0\n\n");
-    for (i, key) in keys.iter().enumerate() {
-        let path = dir.path().join(format!("k{i}.pem"));
-        std::fs::write(&path, key.to_pem().unwrap().expose_secret()).unwrap();
-        config.push_str(&format!(
-            "[[accounts]]\nname = \"a{i}\"\nkey_file = \"{}\"\nkey_name = \"{}\"\nbots = [\"bot{i}-*\"]\n\n",
-            path.display(),
-            key.name()
-        ));
-    }
-    let config_path = dir.path().join("ordersync.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = accounts_config(dir.path(), &keys, "max_correction_share = 1.0\n", true);
     // Orders, open on the exchange and pending in the bot's table, each under its bot's account.
     let placed = Utc::now() - chrono::Duration::minutes(5);
     let mut orders: Vec<(usize, String)> = Vec::new();
@@ -310,18 +323,7 @@ async fn a_lease_row_held_by_a_paused_writer_stops_no_other_account() {
     let names = ["organizations/team/apiKeys/k0", "organizations/team/apiKeys/k1"];
     let (api, keys) = sandbox_http_keys(&sandbox, &names, None, &token).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = String::new();
-    for (i, key) in keys.iter().enumerate() {
-        let path = dir.path().join(format!("k{i}.pem"));
-        std::fs::write(&path, key.to_pem().unwrap().expose_secret()).unwrap();
-        config.push_str(&format!(
-            "[[accounts]]\nname = \"a{i}\"\nkey_file = \"{}\"\nkey_name = \"{}\"\n\n",
-            path.display(),
-            key.name()
-        ));
-    }
-    let config_path = dir.path().join("ordersync.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = accounts_config(dir.path(), &keys, "", false);
     let mut replicas = vec![start("r1", &config_path, &db, &api).await, start("r2", &config_path, &db, &api).await];
     // Wait until each serves one.
     let mut divided = BTreeMap::new();
