@@ -291,6 +291,9 @@ pub enum Command {
         /// Faults as JSON, e.g. '{"error_5xx_rate":0.1,"rate_limit_rate":0.1}'
         #[arg(long)]
         faults: Option<String>,
+        /// Run the simulator's clock this many milliseconds ahead of the host's (behind when negative)
+        #[arg(long, value_name = "MS", default_value_t = 0, allow_negative_numbers = true)]
+        clock_skew_ms: i64,
     },
     /// The embedded default: SQLite, the simulator and simulated bots, no credentials needed
     #[command(
@@ -410,8 +413,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Report { since, format, output } => {
             report(&config, &since, format, output.as_deref()).await.map(|()| 0)
         }
-        Command::Sandbox { listen, keys, rate_limit, seed, faults } => {
-            sandbox(&listen, &keys, rate_limit, seed, faults.as_deref()).await.map(|()| 0)
+        Command::Sandbox { listen, keys, rate_limit, seed, faults, clock_skew_ms } => {
+            sandbox(&listen, &keys, rate_limit, seed, faults.as_deref(), clock_skew_ms).await.map(|()| 0)
         }
         Command::Demo { database, bots, miss_rate, seed, order_every } => {
             let mut config = config;
@@ -840,6 +843,7 @@ async fn sandbox(
     rate_limit: u32,
     seed: u64,
     faults: Option<&str>,
+    clock_skew_ms: i64,
 ) -> anyhow::Result<()> {
     let mut accepted = HashMap::new();
     for entry in keys {
@@ -859,6 +863,7 @@ async fn sandbox(
         accepted.insert(key.name().to_string(), key.public_key());
     }
     let sandbox = Sandbox::new(seed);
+    sandbox.skew(chrono::Duration::milliseconds(clock_skew_ms));
     // Which key and which replica asked, for GET /sandbox/requests.
     sandbox.record_requests();
     if let Some(faults) = faults {

@@ -200,6 +200,10 @@ impl CoinbaseClient {
                 _ => None,
             };
             self.metrics.exchange_request(&self.account, endpoint, outcome, started.elapsed(), answered, rejected);
+            if let Err(ExchangeError::Malformed(why)) = &result {
+                // Counted above; the orders it was about stay as they were and are asked again.
+                tracing::warn!(endpoint, %why, "the exchange's answer could not be read; nothing was written from it");
+            }
             let hint = match &result {
                 Err(ExchangeError::RateLimited { retry_after }) => *retry_after,
                 Err(ExchangeError::Transient(_)) => None,

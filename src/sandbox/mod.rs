@@ -62,6 +62,9 @@ pub struct Faults {
     /// Serve at most this many orders a page whatever `limit` asks (0: as asked), so clients must follow
     /// the cursor.
     pub page_size: usize,
+    /// Share of orders answered as unknown though they exist (left out of a List Orders answer, 404 from
+    /// Get Order), drawn for each order in each answer: Coinbase's eventual consistency.
+    pub not_found_rate: f64,
 }
 
 /// A fault chosen for one request.
@@ -72,6 +75,25 @@ pub enum Fault {
     Malformed,
     UnknownStatus,
     Truncated,
+}
+
+impl Fault {
+    /// Its name in `served_faults`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::ServerError => "server_error",
+            Fault::RateLimited => "rate_limited_injected",
+            Fault::Malformed => "malformed",
+            Fault::UnknownStatus => "unknown_status",
+            Fault::Truncated => "truncated",
+        }
+    }
+}
+
+impl State {
+    fn count(&mut self, name: &'static str) {
+        *self.served.entry(name).or_default() += 1;
+    }
 }
 
 /// An order to place in the simulator.
@@ -319,6 +341,8 @@ struct State {
     requests: u64,
     /// Every authenticated request, once `record_requests` is called (tests): key, client, path.
     received: Option<Vec<Received>>,
+    /// How many of each fault were served (`served_faults`).
+    served: BTreeMap<&'static str, u64>,
 }
 
 /// The simulator. Cheap to clone; clones share state.
@@ -346,6 +370,7 @@ impl Sandbox {
                 rng: StdRng::seed_from_u64(seed),
                 requests: 0,
                 received: None,
+                served: BTreeMap::new(),
             })),
             changes: tokio::sync::broadcast::channel(65_536).0,
             control: tokio::sync::broadcast::channel(16).0,
@@ -412,7 +437,23 @@ impl Sandbox {
         let mut state = self.state();
         let faults = state.faults.clone();
         let mut hit = |rate: f64| rate > 0.0 && state.rng.gen_bool(rate.min(1.0));
-        (hit(faults.ws_drop_rate), hit(faults.ws_duplicate_rate), hit(faults.ws_reorder_rate))
+        let drawn = (hit(faults.ws_drop_rate), hit(faults.ws_duplicate_rate), hit(faults.ws_reorder_rate));
+        for (on, name) in [(drawn.0, "ws_dropped"), (drawn.1, "ws_duplicated"), (drawn.2, "ws_reordered")] {
+            if on {
+                state.count(name);
+            }
+        }
+        drawn
+    }
+
+    /// Note one fault served outside the draws (the simulator's own 429s, WebSocket disconnects and stalls).
+    pub fn count_fault(&self, name: &'static str) {
+        self.state().count(name);
+    }
+
+    /// How many of each fault the simulator has served: injected ones by kind, and its own 429s.
+    pub fn served_faults(&self) -> BTreeMap<&'static str, u64> {
+        self.state().served.clone()
     }
 
     /// Announce a change while the state lock is held, so updates go out in the order they happened.
@@ -433,6 +474,28 @@ impl Sandbox {
     /// Move the simulator's clock forward.
     pub fn advance(&self, by: std::time::Duration) {
         self.state().clock_offset += chrono::Duration::from_std(by).unwrap_or_default();
+    }
+
+    /// Set the simulator's clock this far ahead of real time (behind when negative): the skew between
+    /// Coinbase's clock and the host's that clients must live with.
+    pub fn skew(&self, by: chrono::Duration) {
+        self.state().clock_offset = by;
+    }
+
+    /// Every order as Get Order gives it, without faults: the ground truth for tests and the fault run.
+    pub fn all_orders(&self) -> Vec<WireOrder> {
+        self.state().orders.values().map(SimOrder::wire).collect()
+    }
+
+    /// Draw whether an order that exists is answered as unknown (`not_found_rate`).
+    pub fn draw_not_found(&self) -> bool {
+        let mut state = self.state();
+        let rate = state.faults.not_found_rate;
+        let hidden = rate > 0.0 && state.rng.gen_bool(rate.min(1.0));
+        if hidden {
+            state.count("not_found");
+        }
+        hidden
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -618,6 +681,12 @@ impl Sandbox {
         .into_iter()
         .find(|(rate, _)| hit(*rate))
         .map(|(_, fault)| fault);
+        if delay.is_some() {
+            state.count("delayed");
+        }
+        if let Some(fault) = fault {
+            state.count(fault.name());
+        }
         (fault, delay)
     }
 

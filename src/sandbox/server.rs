@@ -70,6 +70,7 @@ async fn admit(state: &ServerState, headers: &HeaderMap, path: &str) -> Result<(
     state.sandbox.note_request(&key, user_agent, path);
     if let Some(limiter) = state.limiters.get(&key) {
         if let Err(wait) = limiter.try_acquire() {
+            state.sandbox.count_fault("rate_limited");
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err(rate_limited(seconds));
         }
@@ -144,7 +145,10 @@ async fn list_orders(State(state): State<ServerState>, headers: HeaderMap, RawQu
         limit = limit.min(page_size);
     }
     match state.sandbox.list(&ids, limit, &cursor, Some(&key)) {
-        Ok(page) => answer(&page, fault),
+        Ok(mut page) => {
+            page.orders.retain(|_| !state.sandbox.draw_not_found());
+            answer(&page, fault)
+        }
         Err(error) => coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &error.to_string()),
     }
 }
@@ -157,7 +161,7 @@ async fn get_order(State(state): State<ServerState>, headers: HeaderMap, Path(or
     if !crate::sandbox::is_order_id(&order_id) {
         return coinbase_error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "order_id is not a valid UUID");
     }
-    match state.sandbox.wire_order(&order_id, Some(&key)) {
+    match state.sandbox.wire_order(&order_id, Some(&key)).filter(|_| !state.sandbox.draw_not_found()) {
         Some(order) => answer(&GetOrderResponse { order }, fault),
         None => coinbase_error(StatusCode::NOT_FOUND, "NOT_FOUND", "order with this orderID was not found"),
     }
@@ -274,16 +278,28 @@ async fn requests_received(State(state): State<ServerState>) -> Response {
     Json(state.sandbox.received()).into_response()
 }
 
+/// Every order as it stands, without faults: the ground truth.
+async fn all_orders(State(state): State<ServerState>) -> Response {
+    Json(state.sandbox.all_orders()).into_response()
+}
+
 async fn get_faults(State(state): State<ServerState>) -> Response {
     Json(state.sandbox.faults()).into_response()
 }
 
+/// How many of each fault the simulator has served.
+async fn served_faults(State(state): State<ServerState>) -> Response {
+    Json(state.sandbox.served_faults()).into_response()
+}
+
 async fn ws_disconnect(State(state): State<ServerState>) -> Response {
+    state.sandbox.count_fault("ws_disconnect");
     state.sandbox.disconnect_websockets();
     StatusCode::NO_CONTENT.into_response()
 }
 
 async fn ws_stall(State(state): State<ServerState>, Json(request): Json<AdvanceRequest>) -> Response {
+    state.sandbox.count_fault("ws_stall");
     state.sandbox.stall_websockets(std::time::Duration::from_secs(request.seconds));
     StatusCode::NO_CONTENT.into_response()
 }
@@ -299,12 +315,13 @@ pub fn router(state: ServerState) -> Router {
         .route(LIST_FILLS_PATH, get(list_fills))
         .route(KEY_PERMISSIONS_PATH, get(key_permissions))
         .route(&format!("{ORDERS_PATH}/{{order_id}}"), get(get_order))
-        .route("/sandbox/orders", post(create_order))
+        .route("/sandbox/orders", post(create_order).get(all_orders))
         .route("/sandbox/orders/{id}/fill", post(fill_order))
         .route("/sandbox/orders/{id}/end", post(end_order))
         .route("/sandbox/orders/{id}/omit", post(omit_figures))
         .route("/sandbox/clock/advance", post(advance_clock))
         .route("/sandbox/faults", get(get_faults).put(put_faults))
+        .route("/sandbox/faults/served", get(served_faults))
         .route("/sandbox/requests", get(requests_received))
         .route("/sandbox/ws/disconnect", post(ws_disconnect))
         .route("/sandbox/ws/stall", post(ws_stall))

@@ -7,6 +7,7 @@ mod alerting;
 pub mod cli;
 mod coinbase;
 mod email;
+mod faultrun;
 mod grafana;
 mod http;
 mod production;

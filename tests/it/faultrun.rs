@@ -1,0 +1,58 @@
+//! The randomized fault run, short: about 1,000 orders and 40 s of overlapping faults per run, on SQLite and
+//! PostgreSQL, two seeds each. The long run (`scripts/fault-run.sh`, figures in the README) is not here.
+
+use std::process::Command;
+
+const RUNNER: &str = env!("CARGO_BIN_EXE_ordersync-fault-run");
+const ORDERSYNC: &str = env!("CARGO_BIN_EXE_ordersync");
+
+fn fault_run(db: &str, seed: u64, extra: &[&str]) -> (i32, String) {
+    let output = Command::new(RUNNER)
+        .args(["--ordersync", ORDERSYNC, "--db", db, "--seed", &seed.to_string()])
+        .args(extra)
+        .output()
+        .expect("the fault run starts");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// A short run: every invariant holds, the table is printed, and faults were really served.
+fn short_run(db: &str, seed: u64) {
+    let (code, text) = fault_run(db, seed, &["--orders", "1000", "--seconds", "40", "--settle", "30"]);
+    assert_eq!(code, 0, "the fault run on {db} with seed {seed} broke an invariant:\n{text}");
+    for line in ["false completions", "lost updates", "bot writes overwritten", "sync latency"] {
+        assert!(text.contains(line), "{line}:\n{text}");
+    }
+    for served in ["server_error", "not_found", "ws_dropped", "ws_duplicated"] {
+        assert!(text.contains(served), "the simulator served no {served}:\n{text}");
+    }
+    // kill -9 happened and ordersync came back each time.
+    assert!(!text.contains("ordersync started 1 times"), "{text}");
+}
+
+/// Both databases, two seeds each, the four runs side by side (they mostly wait on the clock).
+#[test]
+fn short_fault_runs_keep_every_invariant_on_sqlite_and_postgres() {
+    let runs: Vec<_> = [("sqlite", 1), ("sqlite", 2), ("postgres", 3), ("postgres", 4)]
+        .into_iter()
+        .map(|(db, seed)| std::thread::spawn(move || short_run(db, seed)))
+        .collect();
+    let failed: Vec<String> = runs
+        .into_iter()
+        .filter_map(|run| run.join().err())
+        .map(|panic| panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "a run panicked".into()))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// A run whose end state was tampered with fails, with the seed, the broken invariant and the order's
+/// whole history: the checker can fail.
+#[test]
+fn a_wrong_row_fails_the_run_with_its_seed_and_history() {
+    let (code, text) = fault_run("sqlite", 11, &["--orders", "60", "--seconds", "4", "--settle", "5", "--tamper"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("FAILED: seed 11 (sqlite database): false completions"), "{text}");
+    assert!(text.contains("history of order"), "{text}");
+    assert!(text.contains("exchange at the end"), "{text}");
+    assert!(text.contains("replay: ordersync-fault-run --seed 11"), "{text}");
+}
