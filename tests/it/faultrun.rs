@@ -54,5 +54,5 @@ fn a_wrong_row_fails_the_run_with_its_seed_and_history() {
     assert!(text.contains("FAILED: seed 11 (sqlite database): false completions"), "{text}");
     assert!(text.contains("history of order"), "{text}");
     assert!(text.contains("exchange at the end"), "{text}");
-    assert!(text.contains("replay: ordersync-fault-run --seed 11"), "{text}");
+    assert!(text.contains("replay: scripts/fault-run.sh --seed 11"), "{text}");
 }

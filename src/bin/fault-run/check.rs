@@ -62,6 +62,8 @@ pub struct Collected {
     pub rows: HashMap<String, String>,
     pub changes: Vec<Change>,
     pub events: Vec<Event>,
+    /// The events as read beside the last scrape of the counters (before ordersync was stopped).
+    pub counted_events: Vec<Event>,
     pub logs: HashMap<String, OrderLog>,
     /// The last ordersync process: when it started and what its counters said at the end.
     pub final_start: DateTime<Utc>,
@@ -275,7 +277,7 @@ pub fn check(c: &Collected) -> Findings {
     }
     // The last process's counters against the events it wrote.
     let since: Vec<&Event> =
-        c.events.iter().filter(|e| e.outcome == "applied" && e.applied_at >= Some(c.final_start)).collect();
+        c.counted_events.iter().filter(|e| e.outcome == "applied" && e.applied_at >= Some(c.final_start)).collect();
     let events_since = since.len() as f64;
     if c.corrections_counted != events_since || c.mismatches_counted != events_since {
         metrics.hit("-", || {
@@ -372,6 +374,7 @@ mod tests {
         c.rows.insert(ID.into(), "completed".into());
         c.changes.push(ours("completed"));
         c.events.push(applied());
+        c.counted_events.push(applied());
         c.logs.insert(ID.into(), OrderLog { ended_at: Some(at(10)), ..OrderLog::default() });
         change(&mut c);
         check(&c)

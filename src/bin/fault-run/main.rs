@@ -123,15 +123,17 @@ fn ordersync_binary(args: &Args) -> anyhow::Result<PathBuf> {
     if !path.exists() {
         bail!("{} does not exist: build it (cargo build --bin ordersync) or pass --ordersync", path.display());
     }
-    Ok(path)
+    // The children run in the run's directory: a relative path would not find the binary from there.
+    Ok(std::fs::canonicalize(&path)?)
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
     let seed = args.seed.unwrap_or_else(|| Utc::now().timestamp_subsec_nanos().into());
     let faults_for = match args.minutes {
-        Some(minutes) if minutes > 0.0 => Duration::from_secs_f64(minutes * 60.0),
-        Some(_) => bail!("--minutes must be above 0"),
-        None => Duration::from_secs(args.seconds.max(1)),
+        Some(minutes) if minutes > 0.0 && minutes <= 24.0 * 60.0 => Duration::from_secs_f64(minutes * 60.0),
+        Some(minutes) => bail!("--minutes {minutes}: give a number above 0 and at most 1440 (a day)"),
+        None if args.seconds == 0 => bail!("--seconds 0: give at least 1"),
+        None => Duration::from_secs(args.seconds),
     };
     let plan = Plan::draw(seed, args.orders, faults_for);
     let binary = ordersync_binary(&args)?;
@@ -327,6 +329,8 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
         ("ORDERSYNC_METRICS_REFRESH", "2s".to_string()),
         ("ORDERSYNC_LISTEN", format!("127.0.0.1:{port}")),
         ("ORDERSYNC_REPLICA", "fault-run".to_string()),
+        // After a kill -9 on PostgreSQL the new process waits out the dead one's lease: the shortest one.
+        ("ORDERSYNC_LEASE", "3s".to_string()),
         ("ORDERSYNC_LOG", "info,sqlx=warn".to_string()),
     ]
     .into_iter()
@@ -370,7 +374,10 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
     }
     let _ = control.send(Control::Stop).await;
     let _ = supervisor.await;
-    let ((corrections, mismatches), events) = read.context("ordersync's /metrics never answered the same twice")?;
+    let ((corrections, mismatches), counted_events) =
+        read.context("ordersync's /metrics never answered the same twice")?;
+    // Everything else is read with ordersync stopped; the counters were compared with what was read beside them.
+    let events = db.events().await?;
     let truth_text = sim.send(reqwest::Method::GET, "/sandbox/orders", serde_json::Value::Null).await?;
     let served_text = sim.send(reqwest::Method::GET, "/sandbox/faults/served", serde_json::Value::Null).await?;
     let served: BTreeMap<String, u64> = serde_json::from_str(&served_text).context("reading the faults served")?;
@@ -391,6 +398,7 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
         rows: db.rows().await?,
         changes: db.changes().await?,
         events,
+        counted_events,
         logs: record.logs,
         final_start: record.final_start.unwrap_or_else(Utc::now),
         corrections_counted: corrections,
@@ -411,12 +419,13 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
             if let Some(order) = verdict.first.as_deref().filter(|o| *o != "-") {
                 print_history(order, plan, &collected);
             }
+            let length = match args.minutes {
+                Some(minutes) => format!("--minutes {minutes}"),
+                None => format!("--seconds {}", args.seconds),
+            };
             println!(
-                "  replay: ordersync-fault-run --seed {} --orders {} --seconds {} --db {}",
-                plan.seed,
-                args.orders,
-                plan.faults_for.as_secs(),
-                args.db
+                "  replay: scripts/fault-run.sh --seed {} --orders {} {length} --settle {} --poll-interval {} --db {}",
+                plan.seed, args.orders, args.settle, args.poll_interval, args.db
             );
             Ok(false)
         }

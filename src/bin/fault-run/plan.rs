@@ -181,6 +181,8 @@ impl Plan {
             for _ in 0..count {
                 let from = secs(&mut rng, 0.0, span);
                 let length = if longest > shortest { secs(&mut rng, shortest, longest) } else { Duration::ZERO };
+                // Every fault is over when the faulty part of the run ends.
+                let length = length.min(faults_for.saturating_sub(from));
                 faults.push(FaultWindow { kind, from, length });
             }
         }
@@ -188,7 +190,7 @@ impl Plan {
         let kills = ((span / 15.0).round() as usize).max(1);
         for _ in 0..kills {
             let from = secs(&mut rng, (span * 0.1).min(5.0), span);
-            let length = secs(&mut rng, 0.2, 3.0);
+            let length = secs(&mut rng, 0.2, 3.0).min(faults_for.saturating_sub(from));
             faults.push(FaultWindow { kind: FaultKind::Kill, from, length });
         }
         faults.sort_by_key(|w| (w.from, w.length));
