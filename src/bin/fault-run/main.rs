@@ -467,7 +467,16 @@ async fn live(order: plan::OrderPlan, start: Instant, sim: Sim, db: BotDb, share
         let result: anyhow::Result<String> = async {
             match step {
                 Step::Place => {
-                    db.insert_pending(&id, &order.bot, order.product, order.size).await?;
+                    let mut tries = 0;
+                    while let Err(error) = db.insert_pending(&id, &order.bot, order.product, order.size).await {
+                        if !db::is_locked(&error) || tries >= 20 {
+                            return Err(error.into());
+                        }
+                        tries += 1;
+                        record(&shared, |r| r.bot_lock_errors += 1);
+                        note(&shared, &id, format!("bot: inserting its row failed: {error}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     let body = serde_json::json!({
                         "order_id": id, "product_id": order.product, "side": "BUY",
                         "base_size": order.size.to_string(), "limit_price": order.price.to_string(),
