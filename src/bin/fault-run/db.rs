@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use ordersync::exchange::types::WireOrder;
 use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -99,17 +99,9 @@ pub fn is_locked(error: &sqlx::Error) -> bool {
     text.contains("database is locked") || text.contains("database is busy")
 }
 
+/// Every timestamp form both databases give, read the way ordersync reads the bot's timestamps.
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Some(at.to_utc());
-    }
-    if let Ok(at) = DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z") {
-        return Some(at.to_utc());
-    }
-    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-        .map(|at| at.and_utc())
+    ordersync::order::parse_timestamp(text).ok()
 }
 
 impl BotDb {
