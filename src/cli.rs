@@ -96,7 +96,8 @@ pub struct Global {
     /// terminal conflict) [default: 24h]
     #[arg(long, global = true, env = config::ENV_VERIFY_WINDOW, value_name = "DURATION")]
     pub verify_window: Option<String>,
-    /// Flag an order after this many checks in a row without a certain answer [default: 3]
+    /// Flag an order after this many checks in a row without a certain answer about it (a 404, an unknown
+    /// status; the exchange not answering at all does not count) [default: 3]
     #[arg(long, global = true, env = config::ENV_FLAG_AFTER, value_name = "N")]
     pub flag_after: Option<String>,
     /// Orders looked up and written per round, 1 to 1000 (each List Orders request carries as many ids as

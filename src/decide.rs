@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::config::StatusWords;
-use crate::exchange::{ExchangeFill, ExchangeOrder, ExchangeStatus};
+use crate::exchange::{ExchangeError, ExchangeFill, ExchangeOrder, ExchangeStatus};
 
 /// The terminal statuses a bot's row can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,8 +62,37 @@ pub enum Answer {
     Order(ExchangeOrder),
     /// Get Order answered 404.
     NotFound,
-    /// No certain answer: timeout, 5xx, rate limit, unauthorized, unparseable body. Says why.
+    /// No certain answer about this order: its fields unreadable, its id rejected, left out of a List Orders
+    /// answer. The order's own trouble: counts towards its flag. Says why.
     Ambiguous(String),
+    /// The exchange did not answer at all (a timeout, a 5xx, a rate limit, a refused key, a whole answer
+    /// unreadable, not asked): the exchange's trouble, counted by the exchange metrics and alerts, never
+    /// towards an order's flag, and nothing about the order is written. Says why.
+    Unavailable(String),
+}
+
+impl Answer {
+    /// Whether this is a certain answer (an order, or 404).
+    pub fn is_certain(&self) -> bool {
+        matches!(self, Answer::Order(_) | Answer::NotFound)
+    }
+}
+
+/// What a failed request tells about the orders it asked for. `one_order`: the request was about one order
+/// alone (Get Order, or a List Orders the exchange rejected until only this id was left), so an unreadable
+/// or rejected answer is about that order; a whole answer unreadable is the exchange's trouble.
+pub fn answer_for_error(error: &ExchangeError, one_order: bool) -> Answer {
+    match error {
+        ExchangeError::NotFound if one_order => Answer::NotFound,
+        ExchangeError::Malformed(_) | ExchangeError::Rejected(_) if one_order => Answer::Ambiguous(error.to_string()),
+        ExchangeError::NotFound
+        | ExchangeError::Malformed(_)
+        | ExchangeError::Rejected(_)
+        | ExchangeError::Unauthorized(_)
+        | ExchangeError::RateLimited { .. }
+        | ExchangeError::Transient(_)
+        | ExchangeError::NotOwner(_) => Answer::Unavailable(error.to_string()),
+    }
 }
 
 /// The latency goal: an order's row is right within 2 minutes of the order ending on the exchange. An order
@@ -203,7 +232,7 @@ pub fn next_check(
             let wait = poll.saturating_mul(1u32 << doublings).min(UNRESOLVED_BACKOFF_MAX);
             Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
         }
-        Unresolved::Ambiguous(_) | Unresolved::StillLive(_) => None,
+        Unresolved::Ambiguous(_) | Unresolved::Unavailable(_) | Unresolved::StillLive(_) => None,
     }
 }
 
@@ -214,6 +243,8 @@ pub enum Unresolved {
     UnknownOrderStatus,
     UnrecognizedStatus(String),
     Ambiguous(String),
+    /// The exchange did not answer at all (`Answer::Unavailable`).
+    Unavailable(String),
     /// The row is terminal but the exchange still shows the order live (a cancel in flight, say).
     StillLive(String),
 }
@@ -225,6 +256,7 @@ impl Unresolved {
             Unresolved::UnknownOrderStatus => "the exchange answered UNKNOWN_ORDER_STATUS".into(),
             Unresolved::UnrecognizedStatus(word) => format!("the exchange answered an unknown status {word:?}"),
             Unresolved::Ambiguous(why) => format!("no certain answer: {why}"),
+            Unresolved::Unavailable(why) => format!("the exchange did not answer: {why}"),
             Unresolved::StillLive(word) => format!("the row is terminal but the exchange still shows {word}"),
         }
     }
@@ -239,7 +271,8 @@ pub enum Verdict {
     SettledByBot,
     /// The exchange ended the order less than `grace` ago: the bot is given until `until` to write it.
     Waiting { until: DateTime<Utc> },
-    /// No certain answer. `flagged` once it has happened `flag_after` times in a row.
+    /// No certain answer. `flagged` once it has happened `flag_after` times in a row (an answer the exchange
+    /// did not give at all neither counts nor ends the run: a flagged order stays flagged through it).
     Unresolved { why: Unresolved, flagged: bool },
     /// The row is terminal and the exchange ended the order with another position (`position_conflict`): a
     /// terminal row is never written; the conflict is reported.
@@ -533,6 +566,10 @@ pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
         Answer::Order(order) => order,
         Answer::NotFound => return not_found(db, context).unwrap_or_else(|| unresolved(Unresolved::NotFound)),
         Answer::Ambiguous(why) => return unresolved(Unresolved::Ambiguous(why.clone())),
+        Answer::Unavailable(why) => {
+            let flagged = db == DbStatus::Pending && context.unresolved_before >= context.flag_after;
+            return Action::Keep(Verdict::Unresolved { why: Unresolved::Unavailable(why.clone()), flagged });
+        }
     };
     if db != DbStatus::Other {
         if let Some(row_product) = context.row_product.as_deref() {
@@ -793,7 +830,11 @@ mod tests {
     #[test]
     fn not_found_and_ambiguous_answers_never_change_anything_for_any_db_state() {
         for db in db_states() {
-            for answer in [Answer::NotFound, Answer::Ambiguous("HTTP 503".into())] {
+            for answer in [
+                Answer::NotFound,
+                Answer::Ambiguous("malformed answer: size".into()),
+                Answer::Unavailable("HTTP 503".into()),
+            ] {
                 let action = decide(db, &answer, &context());
                 assert!(
                     matches!(action, Action::Keep(Verdict::Unresolved { flagged: false, .. })),
@@ -821,6 +862,48 @@ mod tests {
             decide(DbStatus::Pending, &Answer::NotFound, &with(0, 1)),
             Action::Keep(Verdict::Unresolved { flagged: true, .. })
         ));
+    }
+
+    #[test]
+    fn the_exchange_not_answering_never_flags_an_order_and_a_flagged_one_stays_flagged() {
+        let with = |before| Context { unresolved_before: before, flag_after: 3, ..context() };
+        let flagged = |db, before| match decide(db, &Answer::Unavailable("HTTP 503".into()), &with(before)) {
+            Action::Keep(Verdict::Unresolved { why: Unresolved::Unavailable(_), flagged }) => flagged,
+            other => panic!("{other:?}"),
+        };
+        // Two unresolved checks before: a third about the order would flag it, the exchange's trouble does not.
+        assert_eq!((flagged(DbStatus::Pending, 0), flagged(DbStatus::Pending, 2)), (false, false));
+        // Flagged already (three before): it stays flagged.
+        assert_eq!((flagged(DbStatus::Pending, 3), flagged(DbStatus::Pending, 9)), (true, true));
+        assert!(!flagged(DbStatus::Terminal(Terminal::Completed), 9), "only pending orders are flagged");
+    }
+
+    #[test]
+    fn a_failed_request_is_the_orders_trouble_only_when_it_was_about_that_order_alone() {
+        let errors = [
+            ExchangeError::NotFound,
+            ExchangeError::Malformed("size".into()),
+            ExchangeError::Rejected("bad id".into()),
+            ExchangeError::Unauthorized("HTTP 401".into()),
+            ExchangeError::RateLimited { retry_after: None },
+            ExchangeError::Transient("HTTP 503".into()),
+            ExchangeError::NotOwner("lease".into()),
+        ];
+        let kind = |answer: Answer| match answer {
+            Answer::NotFound => "not_found",
+            Answer::Ambiguous(_) => "ambiguous",
+            Answer::Unavailable(_) => "unavailable",
+            Answer::Order(_) => "order",
+        };
+        let one: Vec<&str> = errors.iter().map(|e| kind(answer_for_error(e, true))).collect();
+        let many: Vec<&str> = errors.iter().map(|e| kind(answer_for_error(e, false))).collect();
+        assert_eq!(
+            one,
+            ["not_found", "ambiguous", "ambiguous", "unavailable", "unavailable", "unavailable", "unavailable"]
+        );
+        assert_eq!(many, ["unavailable"; 7], "a whole answer failing says nothing about any one order");
+        assert!(Answer::NotFound.is_certain() && !Answer::Unavailable(String::new()).is_certain());
+        assert!(!Answer::Ambiguous(String::new()).is_certain());
     }
 
     #[test]
@@ -976,7 +1059,8 @@ mod tests {
         assert_eq!(wait(&Unresolved::UnknownOrderStatus, 2), Some(60));
         assert_eq!(wait(&Unresolved::UnrecognizedStatus("SETTLING".into()), 3), Some(120));
         // The exchange's trouble (timeouts, 5xx, 429): asked again at the next pass.
-        assert_eq!(wait(&Unresolved::Ambiguous("HTTP 503".into()), 5), None);
+        assert_eq!(wait(&Unresolved::Ambiguous("malformed answer: size".into()), 5), None);
+        assert_eq!(wait(&Unresolved::Unavailable("HTTP 503".into()), 5), None);
         assert_eq!(wait(&Unresolved::StillLive("OPEN".into()), 5), None);
     }
 

@@ -5,7 +5,7 @@
 //! Deliberately not here: the decision itself (`decide.rs`), SQL (`db/`), HTTP and JSON. Cancellation is
 //! honoured only between orders, never inside a batch write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,8 @@ use crate::db::{
     Applied, CheckRecord, CheckState, ConflictKind, Correction, NewConflict, Source, Store, StoreError, Write, Written,
 };
 use crate::decide::{
-    complete_with_fills, decide, ended_at, ends_order, late, needs_fills, next_check, Action, Answer, Because, Context,
-    DbStatus, EndSource, NotFoundPolicy, SettledBy, Verdict,
+    answer_for_error, complete_with_fills, decide, ended_at, ends_order, late, needs_fills, next_check, Action, Answer,
+    Because, Context, DbStatus, EndSource, NotFoundPolicy, SettledBy, Unresolved, Verdict,
 };
 use crate::exchange::{Exchange, ExchangeError, ExchangeOrder};
 use crate::metrics::Metrics;
@@ -208,7 +208,8 @@ pub struct Plan<'a> {
 
 /// Whether a check record would leave the check state as it is: the same exchange status and verdict, no
 /// error, no flag, no new sighting, no backoff, no settlement. Such a check is not written (a steady pass over
-/// resting orders writes nothing); unresolved checks always are (they count towards a flag and the backoff).
+/// resting orders writes nothing); unresolved checks about the order always are (they count towards a flag
+/// and the backoff), while a check the exchange did not answer at all never is (`Plan::write`).
 fn unchanged(previous: Option<&CheckState>, record: &CheckRecord) -> bool {
     let Some(p) = previous else { return false };
     let standing_product_conflict =
@@ -236,6 +237,10 @@ impl Plan<'_> {
     /// What to write for this order: nothing when the check changes nothing; a held correction (observe-only,
     /// the brake) is recorded as a check that saw the mismatch.
     fn write(&self, source: Source, now: DateTime<Utc>, hold: Option<Hold>) -> Option<Write<'_>> {
+        // The exchange did not answer: nothing about the order changed, nothing is written.
+        if let Action::Keep(Verdict::Unresolved { why: Unresolved::Unavailable(_), .. }) = &self.action {
+            return None;
+        }
         if let (Action::Correct { to, fill, because }, None) = (&self.action, hold) {
             return Some(Write::Correction(Correction {
                 row: self.row,
@@ -398,6 +403,13 @@ impl Accounts {
     }
 }
 
+/// A batch looked up ahead: its check states as read before the lookup, and what the exchange said.
+#[derive(Default)]
+struct Prefetched {
+    looked: Looked,
+    states: HashMap<OrderId, CheckState>,
+}
+
 /// What a lookup across accounts found: an answer for every id, and which accounts answered with at least
 /// one order (only then does a 404 from that account count towards the not-found policy).
 #[derive(Default)]
@@ -416,19 +428,39 @@ impl Looked {
     }
 }
 
+/// What a lookup makes of an id a List Orders answer left out. Absence proves nothing (the docs: confirm
+/// with Get Order), but Get Order costs a request per order: an exchange that drops orders from its answers
+/// must not turn each pass into one request per order.
+#[derive(Debug, Clone)]
+pub enum Absent {
+    /// Confirm each with Get Order (the few orders the user channel said ended).
+    Confirm,
+    /// Confirm each except those in the set: orders the exchange answered for at their last check, so known to
+    /// exist (their absence is the exchange's eventual consistency, and a 404 would be too). They are
+    /// unresolved this time and asked again in the next pass's batch; left out again, they are confirmed.
+    ConfirmUnless(HashSet<OrderId>),
+    /// Take as not found without asking (terminal rows: only a positive answer matters there, and they are
+    /// asked again later).
+    NotFound,
+}
+
+/// Why an order the exchange answered for before and left out of a List Orders answer now is unresolved.
+const LEFT_OUT: &str = "left out of the List Orders answer though the exchange answered for it before (absence \
+     proves nothing): asked again, and confirmed with Get Order if left out again";
+
 /// Why a row no account claims gets no answer.
 const NO_ACCOUNT: &str = "the row belongs to no configured account: never asked with another account's key";
 
 /// Look up orders, each with its own account's key (`lookup_with`),
 /// the accounts side by side.
-pub async fn lookup_accounts(accounts: &Accounts, ids: &[(OrderId, Belongs)], confirm_absent: bool) -> Looked {
+pub async fn lookup_accounts(accounts: &Accounts, ids: &[(OrderId, Belongs)], absent: &Absent) -> Looked {
     let mut groups: Vec<Vec<OrderId>> = vec![Vec::new(); accounts.exchanges.len()];
     let mut looked = Looked { answers: HashMap::with_capacity(ids.len()), answered: vec![false; groups.len()] };
     for (id, belongs) in ids {
         match belongs {
             Belongs::To(index) if *index < groups.len() && !accounts.serves(*belongs) => {
                 let why = format!("account {} is another replica's: not asked here", accounts.map.name(*index));
-                looked.answers.insert(id.clone(), Answer::Ambiguous(why));
+                looked.answers.insert(id.clone(), Answer::Unavailable(why));
             }
             Belongs::To(index) if *index < groups.len() => groups[*index].push(id.clone()),
             _ => {
@@ -436,9 +468,10 @@ pub async fn lookup_accounts(accounts: &Accounts, ids: &[(OrderId, Belongs)], co
             }
         }
     }
-    let running = groups.iter().enumerate().filter(|(_, ids)| !ids.is_empty()).map(|(index, ids)| async move {
-        (index, lookup_with(accounts.exchanges[index].as_ref(), ids, confirm_absent).await)
-    });
+    let running =
+        groups.iter().enumerate().filter(|(_, ids)| !ids.is_empty()).map(|(index, ids)| async move {
+            (index, lookup_with(accounts.exchanges[index].as_ref(), ids, absent).await)
+        });
     for (index, found) in futures_util::future::join_all(running).await {
         looked.answered[index] = answering(&found);
         looked.answers.extend(found);
@@ -446,11 +479,9 @@ pub async fn lookup_accounts(accounts: &Accounts, ids: &[(OrderId, Belongs)], co
     looked
 }
 
-/// Ask the exchange about `ids`: one batch lookup, then (with `confirm_absent`) Get Order for each id the
-/// batch did not return (absence from a batch proves nothing), else such an id is taken as not found (for
-/// terminal rows: only a positive answer matters there, and they are asked again later); FILLED answers
-/// without their figures are completed from List Fills. Every id gets an answer.
-async fn lookup_with(exchange: &dyn Exchange, ids: &[OrderId], confirm_absent: bool) -> HashMap<OrderId, Answer> {
+/// Ask the exchange about `ids`: one batch lookup, then what `absent` says for each id the batch did not
+/// return; FILLED answers without their figures are completed from List Fills. Every id gets an answer.
+async fn lookup_with(exchange: &dyn Exchange, ids: &[OrderId], absent: &Absent) -> HashMap<OrderId, Answer> {
     let mut answers = HashMap::with_capacity(ids.len());
     // Only what can be a Coinbase order id is ever put in a request: a row holding `..`, `batch` or a client
     // order id is listed (unresolved, and flagged in time), never sent.
@@ -460,7 +491,7 @@ async fn lookup_with(exchange: &dyn Exchange, ids: &[OrderId], confirm_absent: b
         answers.insert(id, Answer::Ambiguous(why));
     }
     for (ids, result) in orders_isolating(exchange, &sendable).await {
-        answer_batch(exchange, &ids, result, confirm_absent, &mut answers).await;
+        answer_batch(exchange, &ids, result, absent, &mut answers).await;
     }
     complete_figures(exchange, &mut answers).await;
     answers
@@ -495,7 +526,7 @@ async fn answer_batch(
     exchange: &dyn Exchange,
     ids: &[OrderId],
     result: Result<crate::exchange::Batch, ExchangeError>,
-    confirm_absent: bool,
+    absent: &Absent,
     answers: &mut HashMap<OrderId, Answer>,
 ) {
     match result {
@@ -512,8 +543,11 @@ async fn answer_batch(
             }
             for id in ids {
                 if !answers.contains_key(id) {
-                    // Without confirming, an absentee is taken as not found: unresolved, asked again later.
-                    let answer = if confirm_absent { answer_of(exchange.order(id).await) } else { Answer::NotFound };
+                    let answer = match absent {
+                        Absent::ConfirmUnless(known) if known.contains(id) => Answer::Ambiguous(LEFT_OUT.into()),
+                        Absent::Confirm | Absent::ConfirmUnless(_) => answer_of(exchange.order(id).await),
+                        Absent::NotFound => Answer::NotFound,
+                    };
                     answers.insert(id.clone(), answer);
                 }
             }
@@ -523,8 +557,11 @@ async fn answer_batch(
             answers.insert(ids[0].clone(), Answer::Ambiguous(format!("the exchange rejects this order id: {why}")));
         }
         Err(error) => {
+            // A whole answer lost (a timeout, a 5xx, a body unreadable as a whole) says nothing about any one
+            // order: the orders' flags are not its to count.
+            let answer = answer_for_error(&error, false);
             for id in ids {
-                answers.insert(id.clone(), Answer::Ambiguous(error.to_string()));
+                answers.insert(id.clone(), answer.clone());
             }
         }
     }
@@ -559,8 +596,7 @@ async fn complete_figures(exchange: &dyn Exchange, answers: &mut HashMap<OrderId
 pub fn answer_of(result: Result<ExchangeOrder, ExchangeError>) -> Answer {
     match result {
         Ok(order) => Answer::Order(order),
-        Err(ExchangeError::NotFound) => Answer::NotFound,
-        Err(error) => Answer::Ambiguous(error.to_string()),
+        Err(error) => answer_for_error(&error, true),
     }
 }
 
@@ -895,14 +931,14 @@ impl Reconciler {
         for (index, chunk) in chunks.iter().enumerate() {
             let Some(mut lookup) = next.take() else { break };
             // A request that hangs is abandoned when the pass is cancelled: only reads are in flight here.
-            let looked = tokio::select! {
+            let Prefetched { looked, states } = tokio::select! {
                 biased;
                 () = token.cancelled() => {
                     lookup.abort();
                     report.interrupted = true;
                     break;
                 }
-                looked = &mut lookup => looked.unwrap_or_default(),
+                prefetched = &mut lookup => prefetched.unwrap_or_default(),
             };
             // Cancelled as the answers came: nothing of this chunk is written.
             if token.is_cancelled() {
@@ -911,11 +947,9 @@ impl Reconciler {
             }
             next = chunks.get(index + 1).map(|chunk| self.prefetch(chunk));
             let answers = &looked.answers;
-            certain += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
+            certain += answers.values().filter(|answer| answer.is_certain()).count();
             let now = Utc::now();
-            let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
-            let ids: Vec<OrderId> = chunk.iter().map(|row| row.order_id.clone()).collect();
-            let states = self.check_states(&ids).await;
+            let no_answer = Answer::Unavailable("the exchange lookup gave no answer".into());
             let mut checks = Vec::with_capacity(chunk.len());
             for row in chunk.iter() {
                 let answer = answers.get(&row.order_id).unwrap_or(&no_answer);
@@ -1025,12 +1059,12 @@ impl Reconciler {
             // return is not confirmed one request at a time, it is asked about again later.
             let placed = self.placed(chunk);
             let looked = tokio::select! {
-                looked = lookup_accounts(&self.accounts, &placed, false) => looked,
+                looked = lookup_accounts(&self.accounts, &placed, &Absent::NotFound) => looked,
                 () = token.cancelled() => break,
             };
             let answers = &looked.answers;
-            answered += answers.values().filter(|answer| !matches!(answer, Answer::Ambiguous(_))).count();
-            let no_answer = Answer::Ambiguous("the exchange lookup gave no answer".into());
+            answered += answers.values().filter(|answer| answer.is_certain()).count();
+            let no_answer = Answer::Unavailable("the exchange lookup gave no answer".into());
             let items: Vec<Item> = chunk
                 .iter()
                 .map(|row| Item {
@@ -1046,11 +1080,18 @@ impl Reconciler {
         (checked, answered)
     }
 
-    /// Start looking up a batch in the background.
-    fn prefetch(&self, chunk: &[TradeRow]) -> tokio::task::JoinHandle<Looked> {
-        let ids = self.placed(chunk);
-        let accounts = self.accounts.clone();
-        tokio::spawn(async move { lookup_accounts(&accounts, &ids, true).await })
+    /// Start looking up a batch in the background: its check states, then the exchange (an order left out
+    /// of List Orders is confirmed with Get Order unless the exchange answered for it at its last check).
+    fn prefetch(&self, chunk: &[TradeRow]) -> tokio::task::JoinHandle<Prefetched> {
+        let placed = self.placed(chunk);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ids: Vec<OrderId> = placed.iter().map(|(id, _)| id.clone()).collect();
+            let states = this.check_states(&ids).await;
+            let known = states.iter().filter(|(_, s)| s.last_exchange_status.is_some()).map(|(id, _)| id.clone());
+            let looked = lookup_accounts(&this.accounts, &placed, &Absent::ConfirmUnless(known.collect())).await;
+            Prefetched { looked, states }
+        })
     }
 
     async fn check_states(&self, ids: &[OrderId]) -> HashMap<OrderId, CheckState> {
@@ -1167,7 +1208,7 @@ impl Reconciler {
         let mut looked = Looked::default();
         if !lookups.is_empty() {
             tokio::select! {
-                found = lookup_accounts(&self.accounts, &lookups, true) => looked = found,
+                found = lookup_accounts(&self.accounts, &lookups, &Absent::Confirm) => looked = found,
                 () = token.cancelled() => return Vec::new(),
             }
         }
@@ -1329,7 +1370,9 @@ impl Reconciler {
                             "product conflict: the exchange's order of this id is for another product; not written"
                         );
                     }
-                    if matches!(verdict, Verdict::TerminalConflict) {
+                    // Said once, when the conflict is new: the row is checked again after each restart.
+                    let known = plan.previous.as_ref().is_some_and(|p| p.last_verdict == "terminal_conflict");
+                    if matches!(verdict, Verdict::TerminalConflict) && !known {
                         tracing::error!(
                             order_id = %plan.row.order_id,
                             row = %plan.row.status,
@@ -1385,6 +1428,7 @@ impl Reconciler {
             }
             Answer::NotFound => (None, "NOT_FOUND", None, None, None),
             Answer::Ambiguous(_) => (None, "AMBIGUOUS", None, None, None),
+            Answer::Unavailable(_) => (None, "UNAVAILABLE", None, None, None),
         };
         // The 404s that count towards the not-found policy: reset by an answer about the order, kept through
         // an answer that says nothing (an outage).
@@ -1392,7 +1436,7 @@ impl Reconciler {
         let mut not_found_at = match item.answer {
             _ if self.settings.not_found.is_none() => Vec::new(),
             Answer::NotFound if db == DbStatus::Pending => context.not_found_times(),
-            Answer::Ambiguous(_) => context.not_found_before.clone(),
+            Answer::Ambiguous(_) | Answer::Unavailable(_) => context.not_found_before.clone(),
             _ => Vec::new(),
         };
         if not_found_at.len() > NOT_FOUND_TIMES_KEPT {
@@ -1422,7 +1466,8 @@ impl Reconciler {
         match &action {
             Action::Keep(Verdict::Unresolved { why, flagged }) => {
                 checked.detail = Some(why.describe());
-                if *flagged {
+                // Said once, when the order becomes flagged; the flag stays in its check state and the gauge.
+                if *flagged && !state.is_some_and(|s| s.flagged) {
                     tracing::warn!(order_id = %row.order_id, why = %why.describe(), "order flagged: no certain answer after repeated checks");
                 } else {
                     tracing::debug!(order_id = %row.order_id, why = %why.describe(), "order unresolved this time");

@@ -15,7 +15,7 @@ use ordersync::reconcile::{Mode, Reconciler};
 use ordersync::sandbox::{Faults, NewOrder, Sandbox};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{client, config, dec, fast_retry, sandbox_http, sandbox_http_keys, settings, Backend, TestDb};
+use crate::harness::{client, dec, fast_retry, sandbox_http, sandbox_http_keys, settings, Backend, TestDb};
 
 fn place(sandbox: &Sandbox, count: usize) -> Vec<OrderId> {
     (0..count)
@@ -273,19 +273,29 @@ async fn malformed_and_truncated_bodies_are_malformed_errors_not_retried() {
     }
 }
 
+/// A reconciler asking the simulator over HTTP with the real client (fast retries), with `file` as config.
+async fn http_reconciler(
+    db: &TestDb,
+    sandbox: &Sandbox,
+    file: &str,
+    token: &CancellationToken,
+) -> (Reconciler, Metrics) {
+    let (url, key) = sandbox_http(sandbox, None, token).await;
+    let config = crate::harness::config_with(db, file);
+    let store = ordersync::db::Store::connect(&db.url, &config.trades).await.unwrap();
+    store.migrate().await.unwrap();
+    let metrics = Metrics::standalone(config.stuck_after);
+    let exchange = Arc::new(client(&url, key, &metrics));
+    (Reconciler::new(store, exchange, metrics.clone(), settings(&config)), metrics)
+}
+
 async fn malformed_answers_leave_the_order_as_it_was(backend: Backend) {
     let db = TestDb::with_trades(backend).await;
     let sandbox = Sandbox::new(1);
     crate::harness::incident(&db, &sandbox).await;
     sandbox.set_faults(Faults { malformed_rate: 1.0, ..Faults::default() });
     let token = CancellationToken::new();
-    let (url, key) = sandbox_http(&sandbox, None, &token).await;
-    let config = config(&db);
-    let store = ordersync::db::Store::connect(&db.url, &config.trades).await.unwrap();
-    store.migrate().await.unwrap();
-    let metrics = Metrics::standalone(config.stuck_after);
-    let exchange = Arc::new(client(&url, key, &metrics));
-    let reconciler = Reconciler::new(store, exchange, metrics.clone(), settings(&config));
+    let (reconciler, metrics) = http_reconciler(&db, &sandbox, "", &token).await;
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
@@ -294,6 +304,107 @@ async fn malformed_answers_leave_the_order_as_it_was(backend: Backend) {
     assert_eq!(metrics.order_checks.with_label_values(&["unknown"]).get(), 3);
 }
 crate::both!(malformed_answers_leave_the_order_as_it_was);
+
+/// Found by the fault run: whole answers lost (unreadable, truncated, 5xx) flagged every order of their batch
+/// after three in a row (thousands of flags for one exchange incident, each written to the bot's database).
+/// The exchange's trouble is counted by the exchange metrics; an order is flagged for its own (a 404 in a
+/// row), and the exchange's silence neither counts towards that run nor ends it.
+async fn an_exchange_that_does_not_answer_flags_no_order(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    let open = crate::harness::open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(20)).await;
+    let ghost = "0c5e2f39-0000-4000-8000-000000000001";
+    db.insert_pending(ghost, "alpha", "AVNT-USD", Utc::now() - chrono::Duration::minutes(18)).await;
+    let token = CancellationToken::new();
+    // Unresolved orders back off from the poll interval (10, 20, 40 ms here): each pass below is past it.
+    let (reconciler, metrics) =
+        http_reconciler(&db, &sandbox, "flag_after = 3\npoll_interval = \"10ms\"", &token).await;
+    let ids = [OrderId::parse(&open).unwrap(), OrderId::parse(ghost).unwrap()];
+    let pass = || async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+        let verdict = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().verdict;
+        (verdict(&open), verdict(ghost))
+    };
+
+    // Two checks about the ghost: a 404 from Get Order each time (List Orders leaves it out).
+    assert_eq!(pass().await, ("in_sync", "unresolved"));
+    assert_eq!(pass().await, ("in_sync", "unresolved"));
+    let before = reconciler.store().check_states(&ids).await.unwrap();
+    assert_eq!(before[&ids[1]].unresolved_in_a_row, 2);
+    for faults in [
+        Faults { malformed_rate: 1.0, ..Faults::default() },
+        Faults { truncated_rate: 1.0, ..Faults::default() },
+        Faults { error_5xx_rate: 1.0, ..Faults::default() },
+        Faults { malformed_rate: 1.0, ..Faults::default() },
+    ] {
+        sandbox.set_faults(faults.clone());
+        assert_eq!(pass().await, ("unresolved", "unresolved"), "{faults:?}");
+    }
+    assert_eq!(metrics.flagged_orders.get(), 0, "no order flagged for the exchange's silence");
+    let during = reconciler.store().check_states(&ids).await.unwrap();
+    for id in &ids {
+        assert_eq!(during[id], before[id], "nothing written about {id} while the exchange did not answer");
+    }
+    assert_eq!(db.trade(&open).await.status, "pending");
+    assert_eq!(db.trade(ghost).await.status, "pending");
+
+    // The exchange answers again: the ghost's third 404 in a row flags it, the open order is still in sync.
+    sandbox.set_faults(Faults::default());
+    assert_eq!(pass().await, ("in_sync", "flagged"));
+    assert_eq!(metrics.flagged_orders.get(), 1);
+    assert_eq!(requests(&metrics, "get_order", "not_found"), 3, "the ghost confirmed each time, never the open order");
+}
+crate::both!(an_exchange_that_does_not_answer_flags_no_order);
+
+/// Found by the fault run: an exchange that leaves orders out of List Orders (eventual consistency) made every
+/// pass confirm each of them with Get Order, one request per order, and the backlog grew behind the rate
+/// limit. An order the exchange answered for at its last check is known to exist: left out once, it is asked
+/// again in the next batch; only one left out again is confirmed.
+async fn an_order_left_out_of_list_orders_once_costs_no_request_of_its_own(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    let sandbox = Sandbox::new(1);
+    let mut ids = Vec::new();
+    for bot in ["alpha", "beta", "gamma"] {
+        ids.push(crate::harness::open_order(&db, &sandbox, bot, chrono::Duration::minutes(20)).await);
+    }
+    let token = CancellationToken::new();
+    let (reconciler, metrics) = http_reconciler(&db, &sandbox, "", &token).await;
+    let get_orders = || ["ok", "not_found"].iter().map(|outcome| requests(&metrics, "get_order", outcome)).sum::<u64>();
+    let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+    assert!(report.checked.iter().all(|c| c.verdict == "in_sync"), "{report:?}");
+
+    // Two fill on the exchange, and the next List Orders leaves all three out.
+    for id in &ids[..2] {
+        sandbox.fill(id, None, Some(dec("0.84")), Some(Utc::now() - chrono::Duration::minutes(1))).unwrap();
+    }
+    sandbox.set_faults(Faults { not_found_rate: 1.0, ..Faults::default() });
+    let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+    assert_eq!(report.checked.len(), 3);
+    for checked in &report.checked {
+        assert_eq!(checked.verdict, "unresolved", "{checked:?}");
+        assert!(checked.detail.as_deref().unwrap().contains("left out of the List Orders answer"), "{checked:?}");
+    }
+    assert_eq!(get_orders(), 0, "no Get Order for an order the exchange answered for before");
+
+    // The next batch answers for them: the two filled ones are corrected, still without a Get Order.
+    sandbox.set_faults(Faults::default());
+    let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+    assert_eq!(report.count("corrected"), 2, "{report:?}");
+    assert_eq!(get_orders(), 0);
+    for id in &ids[..2] {
+        assert_eq!(db.trade(id).await.status, "completed");
+    }
+
+    // Left out twice in a row: the second time it is confirmed with Get Order (here 404 as well).
+    sandbox.set_faults(Faults { not_found_rate: 1.0, ..Faults::default() });
+    reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+    assert_eq!(get_orders(), 0);
+    reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
+    assert_eq!(requests(&metrics, "get_order", "not_found"), 1);
+    assert_eq!(db.trade(&ids[2]).await.status, "pending");
+}
+crate::both!(an_order_left_out_of_list_orders_once_costs_no_request_of_its_own);
 
 /// Demo-style: the exchange ends orders the bot never hears of; with 10% 5xx and 10% 429 injected, every
 /// ended order is fixed, with the right status, and no live order is touched.
