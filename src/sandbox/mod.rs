@@ -78,11 +78,12 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// Its name in `served_faults`.
-    pub fn name(self) -> &'static str {
+    /// Its name in `served_faults`; an injected 429 says whether it carried `Retry-After`.
+    pub fn name(self, retry_after: bool) -> &'static str {
         match self {
             Fault::ServerError => "server_error",
-            Fault::RateLimited => "rate_limited_injected",
+            Fault::RateLimited if retry_after => "rate_limited_injected_with_retry_after",
+            Fault::RateLimited => "rate_limited_injected_without_retry_after",
             Fault::Malformed => "malformed",
             Fault::UnknownStatus => "unknown_status",
             Fault::Truncated => "truncated",
@@ -685,7 +686,7 @@ impl Sandbox {
             state.count("delayed");
         }
         if let Some(fault) = fault {
-            state.count(fault.name());
+            state.count(fault.name(faults.retry_after_seconds > 0));
         }
         (fault, delay)
     }
@@ -813,5 +814,18 @@ mod tests {
         assert_eq!(draws(7), draws(7));
         assert_ne!(draws(7), draws(8));
         assert!(draws(7).iter().any(Option::is_some) && draws(7).iter().any(Option::is_none));
+    }
+
+    #[test]
+    fn injected_429s_are_counted_with_and_without_retry_after_apart() {
+        let sandbox = Sandbox::new(1);
+        sandbox.set_faults(Faults { rate_limit_rate: 1.0, retry_after_seconds: 2, ..Faults::default() });
+        sandbox.draw_fault();
+        sandbox.draw_fault();
+        sandbox.set_faults(Faults { rate_limit_rate: 1.0, ..Faults::default() });
+        sandbox.draw_fault();
+        let served = sandbox.served_faults();
+        assert_eq!(served.get("rate_limited_injected_with_retry_after"), Some(&2));
+        assert_eq!(served.get("rate_limited_injected_without_retry_after"), Some(&1));
     }
 }

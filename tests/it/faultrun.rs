@@ -16,8 +16,9 @@ fn fault_run(db: &str, seed: u64, extra: &[&str]) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
-/// A short run: every invariant holds, the table is printed, and faults were really served.
-fn short_run(db: &str, seed: u64) {
+/// A short run: every invariant holds, the table is printed, and faults were really served. Gives how many
+/// kills landed inside a write transaction of ordersync's.
+fn short_run(db: &str, seed: u64) -> usize {
     let (code, text) = fault_run(db, seed, &["--orders", "1000", "--seconds", "40", "--settle", "30"]);
     assert_eq!(code, 0, "the fault run on {db} with seed {seed} broke an invariant:\n{text}");
     for line in ["false completions", "lost updates", "bot writes overwritten", "sync latency"] {
@@ -28,6 +29,11 @@ fn short_run(db: &str, seed: u64) {
     }
     // kill -9 happened and ordersync came back each time.
     assert!(!text.contains("ordersync started 1 times"), "{text}");
+    let landed = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("kills aimed at a write transaction: "))
+        .and_then(|rest| rest.rsplit(": ").next()?.trim().parse().ok());
+    landed.unwrap_or_else(|| panic!("no count of aimed kills:\n{text}"))
 }
 
 /// Both databases, two seeds each, the four runs side by side (they mostly wait on the clock).
@@ -37,12 +43,18 @@ fn short_fault_runs_keep_every_invariant_on_sqlite_and_postgres() {
         .into_iter()
         .map(|(db, seed)| std::thread::spawn(move || short_run(db, seed)))
         .collect();
-    let failed: Vec<String> = runs
-        .into_iter()
-        .filter_map(|run| run.join().err())
-        .map(|panic| panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "a run panicked".into()))
-        .collect();
+    let mut failed: Vec<String> = Vec::new();
+    let mut landed = 0;
+    for run in runs {
+        match run.join() {
+            Ok(count) => landed += count,
+            Err(panic) => {
+                failed.push(panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "a run panicked".into()))
+            }
+        }
+    }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    assert!(landed >= 1, "no kill -9 landed inside a write transaction in four runs");
 }
 
 /// A run whose end state was tampered with fails, with the seed, the broken invariant and the order's

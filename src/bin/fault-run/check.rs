@@ -71,8 +71,11 @@ pub struct Collected {
     pub mismatches_counted: f64,
     /// Exits of ordersync the run did not cause.
     pub crashes: Vec<String>,
-    /// Bot writes that met `database is locked` after their own busy timeout.
-    pub bot_lock_errors: u64,
+    /// Bot writes that met `database is locked` after their own busy timeout: when each attempt began and
+    /// when it failed.
+    pub bot_lock_errors: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// When the run itself held the database locked longer than a bot's busy timeout (`DatabaseLong`).
+    pub long_locks: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     /// When faults stopped.
     pub faults_until: DateTime<Utc>,
 }
@@ -96,6 +99,8 @@ pub struct Findings {
     pub beyond_goal: usize,
     pub ended: usize,
     pub settled_by_bot: usize,
+    /// Bot writes that gave up while the run's own long lock was held: the run's doing, not ordersync's.
+    pub locked_by_the_run: usize,
 }
 
 impl Findings {
@@ -118,6 +123,13 @@ pub fn word(exchange_status: &str) -> Option<&'static str> {
 pub const PENDING: &str = "pending";
 /// The sync-latency goal.
 pub const GOAL_SECONDS: f64 = 120.0;
+
+/// Whether a bot write that failed at `failed` gave up while the run's own long lock was held (with half a
+/// second for SQLite's last sleep before it reports the lock).
+fn under_long_lock(failed: DateTime<Utc>, long_locks: &[(DateTime<Utc>, DateTime<Utc>)]) -> bool {
+    let slack = chrono::Duration::milliseconds(500);
+    long_locks.iter().any(|(from, to)| *from <= failed && failed <= *to + slack)
+}
 
 fn close(a: Option<f64>, b: Option<f64>) -> bool {
     match (a, b) {
@@ -290,9 +302,10 @@ pub fn check(c: &Collected) -> Findings {
     for crash in &c.crashes {
         crashes.hit("-", || crash.clone());
     }
-    if c.bot_lock_errors > 0 {
-        locked.found = c.bot_lock_errors as usize;
-        locked.first = Some("-".into());
+    let (by_the_run, others): (Vec<_>, Vec<_>) =
+        c.bot_lock_errors.iter().partition(|(_, failed)| under_long_lock(*failed, &c.long_locks));
+    for (began, failed) in others {
+        locked.hit("-", || format!("a bot write began {began}, gave up {failed}"));
     }
     latencies.sort_by(f64::total_cmp);
     Findings {
@@ -302,6 +315,7 @@ pub fn check(c: &Collected) -> Findings {
         beyond_goal,
         ended,
         settled_by_bot,
+        locked_by_the_run: by_the_run.len(),
         verdicts: vec![
             false_completions.verdict(),
             regressions.verdict(),
@@ -429,7 +443,15 @@ mod tests {
             ("metrics against events", Box::new(|c| c.corrections_counted = 0.0)),
             ("metrics against events", Box::new(|c| c.mismatches_counted = 2.0)),
             ("ordersync exits", Box::new(|c| c.crashes.push("exit status 101".into()))),
-            ("database is locked", Box::new(|c| c.bot_lock_errors = 2)),
+            ("database is locked", Box::new(|c| c.bot_lock_errors = vec![(at(20), at(25)), (at(30), at(35))])),
+            (
+                "database is locked",
+                Box::new(|c| {
+                    // Gave up after the run's own long lock was over: not the run's doing.
+                    c.long_locks = vec![(at(18), at(24))];
+                    c.bot_lock_errors = vec![(at(20), at(25))];
+                }),
+            ),
         ];
         for (expected, bend) in cases {
             let findings = history(bend);
@@ -447,6 +469,16 @@ mod tests {
         });
         assert_eq!(broken(&findings), []);
         assert_eq!(findings.settled_by_bot, 1);
+    }
+
+    #[test]
+    fn a_bot_write_that_gave_up_under_the_runs_own_long_lock_is_not_held_against_ordersync() {
+        let findings = history(|c| {
+            c.long_locks = vec![(at(18), at(25))];
+            c.bot_lock_errors = vec![(at(19), at(24)), (at(20), at(25))];
+        });
+        assert_eq!(broken(&findings), []);
+        assert_eq!(findings.locked_by_the_run, 2);
     }
 
     #[test]

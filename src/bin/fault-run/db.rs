@@ -3,7 +3,7 @@
 //! checker needs.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -89,8 +89,18 @@ impl BotWrite {
 
 #[derive(Clone)]
 pub enum BotDb {
-    Sqlite { pool: SqlitePool, url: String },
-    Postgres { pool: PgPool, url: String, admin: String, name: String },
+    /// `journal`: the rollback journal beside the file, open only inside a write transaction.
+    Sqlite {
+        pool: SqlitePool,
+        url: String,
+        journal: PathBuf,
+    },
+    Postgres {
+        pool: PgPool,
+        url: String,
+        admin: String,
+        name: String,
+    },
 }
 
 /// `database is locked` / `busy` from SQLite.
@@ -117,7 +127,8 @@ impl BotDb {
             let pool = SqlitePoolOptions::new().max_connections(6).connect_with(options).await?;
             sqlx::raw_sql(ordersync::demo::BOT_SCHEMA).execute(&pool).await?;
             sqlx::raw_sql(SQLITE_EXTRA).execute(&pool).await?;
-            return Ok(BotDb::Sqlite { pool, url: format!("sqlite://{}", path.display()) });
+            let journal = dir.join("bot.db-journal");
+            return Ok(BotDb::Sqlite { pool, url: format!("sqlite://{}", path.display()), journal });
         }
         let name = format!("fault_run_{seed}_{}", std::process::id());
         let admin = PgPool::connect(postgres).await?;
@@ -249,6 +260,52 @@ impl BotDb {
                 .execute(pool)
                 .await;
             }
+        }
+    }
+
+    /// The long database fault: a bot holds the lock longer than ordersync waits for one. On SQLite the write
+    /// lock; on PostgreSQL the table in EXCLUSIVE mode (reads go on, every write waits). Gives when it was
+    /// held, from and to.
+    pub async fn hold_long(&self, length: Duration) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        match self {
+            BotDb::Sqlite { pool, .. } => {
+                let mut conn = pool.acquire().await.ok()?;
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.ok()?;
+                let from = Utc::now();
+                tokio::time::sleep(length).await;
+                let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
+                Some((from, Utc::now()))
+            }
+            BotDb::Postgres { pool, .. } => {
+                let mut tx = pool.begin().await.ok()?;
+                sqlx::query("LOCK TABLE trades IN EXCLUSIVE MODE").execute(&mut *tx).await.ok()?;
+                let from = Utc::now();
+                tokio::time::sleep(length).await;
+                let _ = tx.commit().await;
+                Some((from, Utc::now()))
+            }
+        }
+    }
+
+    /// Whether ordersync (process `pid`) is inside a write transaction: on SQLite it holds the rollback
+    /// journal open, on PostgreSQL one of its sessions has a transaction id and is writing the bot's rows, the
+    /// checks or the events (not a lease's renewal). Asked
+    /// with the process stopped, the answer still holds when it is killed.
+    pub async fn mid_write(&self, pid: u32) -> bool {
+        match self {
+            BotDb::Sqlite { journal, .. } => {
+                let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+                fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| &target == journal))
+            }
+            BotDb::Postgres { pool, .. } => sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name <> $1 AND backend_xid IS NOT NULL \
+                 AND (query LIKE '%trades%' OR query LIKE '%ordersync_order_checks%' OR query LIKE '%ordersync_events%'))",
+            )
+            .bind(BOT_APPLICATION)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(false),
         }
     }
 

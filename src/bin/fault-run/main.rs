@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use ordersync::exchange::types::WireOrder;
 use rust_decimal::Decimal;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -84,7 +84,13 @@ const KEY_NAME: &str = "organizations/fault-run/apiKeys/bot";
 #[derive(Default)]
 struct Record {
     logs: HashMap<String, OrderLog>,
-    bot_lock_errors: u64,
+    /// Bot writes that met `database is locked`: when the attempt began, when it failed.
+    bot_lock_errors: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// When the run itself held the database locked beyond a bot's busy timeout.
+    long_locks: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Kills aimed at a write transaction, and those that landed inside one.
+    aimed_kills: usize,
+    landed_mid_write: usize,
     crashes: Vec<String>,
     final_start: Option<DateTime<Utc>>,
     starts: usize,
@@ -195,7 +201,9 @@ impl Sim {
 }
 
 async fn start_simulator(binary: &Path, dir: &Path, seed: u64, skew_ms: i64) -> anyhow::Result<(Child, String)> {
-    let log = std::fs::File::create(dir.join("simulator.log"))?;
+    // Its stderr (the log) and its stdout (what it prints for people) both go to simulator.log.
+    let path = dir.join("simulator.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
     let mut child = Command::new(binary)
         .args(["sandbox", "--listen", "127.0.0.1:0", "--rate-limit", "30"])
         .arg("--key")
@@ -209,8 +217,10 @@ async fn start_simulator(binary: &Path, dir: &Path, seed: u64, skew_ms: i64) -> 
         .context("starting the simulator")?;
     let stdout = child.stdout.take().context("simulator stdout")?;
     let mut lines = BufReader::new(stdout).lines();
+    let mut out = tokio::fs::OpenOptions::new().append(true).open(&path).await?;
     let address = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await? {
+            out.write_all(format!("{line}\n").as_bytes()).await?;
             if let Some(address) = line.split("listening on ").nth(1) {
                 return Ok::<String, anyhow::Error>(address.trim().to_string());
             }
@@ -220,7 +230,11 @@ async fn start_simulator(binary: &Path, dir: &Path, seed: u64, skew_ms: i64) -> 
     .await
     .context("the simulator did not start in 30 s")??;
     // Keep reading its stdout so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = out.write_all(format!("{line}\n").as_bytes()).await;
+        }
+    });
     Ok((child, address))
 }
 
@@ -255,14 +269,14 @@ impl Serve {
 }
 
 enum Control {
-    /// `kill -9`, then start again after this long.
-    Kill(Duration),
+    /// `kill -9` (aimed at a write transaction or not), then start again after this long.
+    Kill { down: Duration, aimed: bool },
     /// SIGTERM and wait.
     Stop,
 }
 
 /// Runs ordersync: restarts it after a kill, notes any exit the run did not cause (and restarts it too).
-async fn supervise(serve: Serve, shared: Shared, mut control: tokio::sync::mpsc::Receiver<Control>) {
+async fn supervise(serve: Serve, shared: Shared, db: BotDb, mut control: tokio::sync::mpsc::Receiver<Control>) {
     let mut child = match serve.spawn(&shared) {
         Ok(child) => child,
         Err(error) => {
@@ -278,15 +292,21 @@ async fn supervise(serve: Serve, shared: Shared, mut control: tokio::sync::mpsc:
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             command = control.recv() => match command {
-                Some(Control::Kill(down)) => {
+                Some(Control::Kill { down, aimed }) => {
+                    if aimed {
+                        let landed = kill_mid_write(&mut child, &db).await;
+                        record(&shared, |r| {
+                            r.aimed_kills += 1;
+                            r.landed_mid_write += usize::from(landed);
+                        });
+                    }
                     let _ = child.start_kill();
                     let _ = child.wait().await;
                     tokio::time::sleep(down).await;
                 }
                 Some(Control::Stop) | None => {
                     if let Some(pid) = child.id() {
-                        // SAFETY: signalling our own child by its pid.
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                        signal(pid, libc::SIGTERM);
                     }
                     match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
                         Ok(Ok(status)) if status.success() => {}
@@ -308,6 +328,32 @@ async fn supervise(serve: Serve, shared: Shared, mut control: tokio::sync::mpsc:
             }
         }
     }
+}
+
+/// Send `signal` to process `pid` (our child).
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Wait (up to 10 s) for ordersync to be inside a write transaction, stop it, and if it still is, kill it
+/// there. Whether the kill landed mid-write; when none came, the caller kills it anyway.
+async fn kill_mid_write(child: &mut Child, db: &BotDb) -> bool {
+    let Some(pid) = child.id() else { return false };
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if db.mid_write(pid).await {
+            signal(pid, libc::SIGSTOP);
+            if db.mid_write(pid).await {
+                // SIGKILL ends a stopped process as it is: inside its transaction.
+                let _ = child.start_kill();
+                return true;
+            }
+            signal(pid, libc::SIGCONT);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
 }
 
 async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotDb) -> anyhow::Result<bool> {
@@ -339,7 +385,7 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
     let shared: Shared = Arc::default();
     let (control, receiver) = tokio::sync::mpsc::channel(16);
     let serve = Serve { binary: binary.to_path_buf(), dir: dir.to_path_buf(), env };
-    let supervisor = tokio::spawn(supervise(serve, shared.clone(), receiver));
+    let supervisor = tokio::spawn(supervise(serve, shared.clone(), db.clone(), receiver));
 
     let start = Instant::now();
     let mut orders = tokio::task::JoinSet::new();
@@ -347,7 +393,7 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
         let (sim, db, shared) = (sim.clone(), db.clone(), shared.clone());
         orders.spawn(async move { live(order, start, sim, db, shared).await });
     }
-    let faults = tokio::spawn(inject(plan.clone(), start, sim.clone(), db.clone(), control.clone()));
+    let faults = tokio::spawn(inject(plan.clone(), start, sim.clone(), db.clone(), control.clone(), shared.clone()));
     let faults_done = faults.await.context("the fault task failed")?;
     let faults_until = Utc::now();
     println!("  faults stopped after {:.0} s; waiting for the bots' last writes", start.elapsed().as_secs_f64());
@@ -405,10 +451,12 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
         mismatches_counted: mismatches,
         crashes: record.crashes,
         bot_lock_errors: record.bot_lock_errors,
+        long_locks: record.long_locks,
         faults_until,
     };
     let findings = check::check(&collected);
-    print_table(plan, &faults_done, &served, &findings, record.starts);
+    let kills = Kills { starts: record.starts, aimed: record.aimed_kills, landed: record.landed_mid_write };
+    print_table(plan, &faults_done, &served, &findings, &kills);
     match findings.first_broken() {
         None => Ok(true),
         Some(verdict) => {
@@ -468,12 +516,16 @@ async fn live(order: plan::OrderPlan, start: Instant, sim: Sim, db: BotDb, share
             match step {
                 Step::Place => {
                     let mut tries = 0;
-                    while let Err(error) = db.insert_pending(&id, &order.bot, order.product, order.size).await {
+                    loop {
+                        let began = Utc::now();
+                        let Err(error) = db.insert_pending(&id, &order.bot, order.product, order.size).await else {
+                            break;
+                        };
                         if !db::is_locked(&error) || tries >= 20 {
                             return Err(error.into());
                         }
                         tries += 1;
-                        record(&shared, |r| r.bot_lock_errors += 1);
+                        record(&shared, |r| r.bot_lock_errors.push((began, Utc::now())));
                         note(&shared, &id, format!("bot: inserting its row failed: {error}"));
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -543,11 +595,12 @@ async fn live(order: plan::OrderPlan, start: Instant, sim: Sim, db: BotDb, share
 async fn bot_write(db: &BotDb, id: &str, write: &BotWrite, shared: &Shared) -> anyhow::Result<()> {
     let mut tries = 0;
     loop {
+        let began = Utc::now();
         match db.bot_write(id, write).await {
             Ok(()) => return Ok(()),
             Err(error) if db::is_locked(&error) && tries < 20 => {
                 tries += 1;
-                record(shared, |r| r.bot_lock_errors += 1);
+                record(shared, |r| r.bot_lock_errors.push((began, Utc::now())));
                 note(shared, id, format!("bot: write failed: {error}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -563,6 +616,7 @@ async fn inject(
     sim: Sim,
     db: BotDb,
     control: tokio::sync::mpsc::Sender<Control>,
+    shared: Shared,
 ) -> BTreeMap<&'static str, usize> {
     let mut moments: Vec<(Duration, Option<plan::FaultWindow>)> =
         plan.rate_changes().into_iter().map(|at| (at, None)).collect();
@@ -570,7 +624,14 @@ async fn inject(
         plan.faults
             .iter()
             .filter(|w| {
-                matches!(w.kind, FaultKind::WsDisconnect | FaultKind::WsStall | FaultKind::Database | FaultKind::Kill)
+                matches!(
+                    w.kind,
+                    FaultKind::WsDisconnect
+                        | FaultKind::WsStall
+                        | FaultKind::Database
+                        | FaultKind::DatabaseLong
+                        | FaultKind::Kill { .. }
+                )
             })
             .map(|w| (w.from, Some(*w))),
     );
@@ -601,7 +662,18 @@ async fn inject(
                     tokio::spawn(async move { db.disturb(window.length).await });
                     Ok(())
                 }
-                FaultKind::Kill => control.send(Control::Kill(window.length)).await.map_err(|e| anyhow::anyhow!("{e}")),
+                FaultKind::DatabaseLong => {
+                    let (db, shared) = (db.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        if let Some(held) = db.hold_long(window.length).await {
+                            record(&shared, |r| r.long_locks.push(held));
+                        }
+                    });
+                    Ok(())
+                }
+                FaultKind::Kill { aimed } => {
+                    control.send(Control::Kill { down: window.length, aimed }).await.map_err(|e| anyhow::anyhow!("{e}"))
+                }
                 _ => Ok(()),
             },
         };
@@ -616,12 +688,19 @@ async fn inject(
     injected
 }
 
+/// ordersync's starts, and the kills aimed at a write transaction.
+struct Kills {
+    starts: usize,
+    aimed: usize,
+    landed: usize,
+}
+
 fn print_table(
     plan: &Plan,
     injected: &BTreeMap<&'static str, usize>,
     served: &BTreeMap<String, u64>,
     findings: &check::Findings,
-    starts: usize,
+    kills: &Kills,
 ) {
     println!("\nfault windows (overlapping), clock skew {} ms:", plan.clock_skew_ms);
     for (name, count) in injected {
@@ -629,7 +708,18 @@ fn print_table(
     }
     let served: Vec<String> = served.iter().map(|(name, count)| format!("{name} {count}")).collect();
     println!("  the simulator served: {}", served.join(", "));
-    println!("  ordersync started {starts} times (the first, and once after each kill -9)\n");
+    println!("  ordersync started {} times (the first, and once after each kill -9)", kills.starts);
+    println!(
+        "  kills aimed at a write transaction: {}, landed inside one (seen with ordersync stopped): {}",
+        kills.aimed, kills.landed
+    );
+    if findings.locked_by_the_run > 0 {
+        println!(
+            "  bot writes that gave up under the run's own lock held beyond their busy timeout: {} (the run's doing)",
+            findings.locked_by_the_run
+        );
+    }
+    println!();
     println!("{:<80} {:>7} {:>8}", "invariant", "found", "must be");
     for verdict in &findings.verdicts {
         println!("{:<80} {:>7} {:>8}", verdict.name, verdict.found, 0);

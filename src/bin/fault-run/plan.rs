@@ -97,8 +97,15 @@ pub enum FaultKind {
     /// SQLite: a bot holds the write lock for the window. PostgreSQL: ordersync's connections terminated
     /// (instant).
     Database,
-    /// `kill -9` of ordersync; restarted after the window.
-    Kill,
+    /// Longer than ordersync's 5 s wait for a lock, so its writes fail and must be made again. SQLite: a bot
+    /// holds the write lock; PostgreSQL: a bot's transaction holds the table in EXCLUSIVE mode (ordersync's
+    /// 2 s `lock_timeout` gives up).
+    DatabaseLong,
+    /// `kill -9` of ordersync; restarted after the window. `aimed`: at a moment ordersync is inside a write
+    /// transaction (seen with the process stopped, so the kill lands there).
+    Kill {
+        aimed: bool,
+    },
 }
 
 impl FaultKind {
@@ -118,7 +125,9 @@ impl FaultKind {
             FaultKind::WsDisconnect => "user channel: disconnects",
             FaultKind::WsStall => "user channel: stalls",
             FaultKind::Database => "database locked / connections terminated",
-            FaultKind::Kill => "kill -9 of ordersync and restart",
+            FaultKind::DatabaseLong => "database locked beyond ordersync's lock wait",
+            FaultKind::Kill { aimed: false } => "kill -9 of ordersync at a random moment",
+            FaultKind::Kill { aimed: true } => "kill -9 of ordersync mid-write (aimed)",
         }
     }
 }
@@ -151,6 +160,27 @@ fn secs(rng: &mut StdRng, from: f64, to: f64) -> Duration {
     Duration::from_secs_f64(rng.gen_range(from..to))
 }
 
+/// Between two of the run's database locks, at least a bot's busy timeout of free time: locks that follow
+/// each other at once would add up to a wait no bot sits out (two 3 s locks in a row lock a bot out for 6 s),
+/// which is the run's doing, not ordersync's. A window pushed past the end of the faults is dropped.
+pub const LOCK_GAP: Duration = Duration::from_secs(5);
+
+fn space_out_locks(faults: &mut Vec<FaultWindow>, faults_for: Duration) {
+    let is_lock = |w: &FaultWindow| matches!(w.kind, FaultKind::Database | FaultKind::DatabaseLong);
+    let (mut locks, others): (Vec<FaultWindow>, Vec<FaultWindow>) = faults.drain(..).partition(is_lock);
+    locks.sort_by_key(|w| (w.from, w.length));
+    let mut free_from = Duration::ZERO;
+    for mut lock in locks {
+        lock.from = lock.from.max(free_from);
+        if lock.from + lock.length > faults_for {
+            continue;
+        }
+        free_from = lock.from + lock.length + LOCK_GAP;
+        faults.push(lock);
+    }
+    faults.extend(others);
+}
+
 impl Plan {
     /// The plan for `orders` orders placed over `faults_for`, with faults over the same time.
     pub fn draw(seed: u64, orders: usize, faults_for: Duration) -> Plan {
@@ -160,7 +190,7 @@ impl Plan {
         let orders = (0..orders).map(|_| draw_order(&mut rng, span)).collect();
         let mut faults = Vec::new();
         // Each kind comes back about every `every` seconds of the run, for `length` seconds: they overlap.
-        let kinds: [(FaultKind, f64, f64, f64); 14] = [
+        let kinds: [(FaultKind, f64, f64, f64); 15] = [
             (FaultKind::ServerErrors, 12.0, 2.0, 8.0),
             (FaultKind::RateLimited { retry_after: 1 }, 20.0, 2.0, 6.0),
             (FaultKind::RateLimited { retry_after: 0 }, 20.0, 2.0, 6.0),
@@ -175,6 +205,7 @@ impl Plan {
             (FaultKind::WsDisconnect, 15.0, 0.0, 0.1),
             (FaultKind::WsStall, 20.0, 3.0, 15.0),
             (FaultKind::Database, 10.0, 0.5, 3.0),
+            (FaultKind::DatabaseLong, 60.0, 6.0, 8.0),
         ];
         for (kind, every, shortest, longest) in kinds {
             let count = ((span / every).round() as usize).max(1);
@@ -186,12 +217,14 @@ impl Plan {
                 faults.push(FaultWindow { kind, from, length });
             }
         }
-        // kill -9 every 15 s or so, ordersync down for up to 3 s; the first well after the start.
-        let kills = ((span / 15.0).round() as usize).max(1);
-        for _ in 0..kills {
+        space_out_locks(&mut faults, faults_for);
+        // kill -9 every 15 s or so, ordersync down for up to 3 s; the first well after the start. Every other
+        // kill waits for a write transaction to be under way.
+        let kills = ((span / 15.0).round() as usize).max(2);
+        for n in 0..kills {
             let from = secs(&mut rng, (span * 0.1).min(5.0), span);
             let length = secs(&mut rng, 0.2, 3.0).min(faults_for.saturating_sub(from));
-            faults.push(FaultWindow { kind: FaultKind::Kill, from, length });
+            faults.push(FaultWindow { kind: FaultKind::Kill { aimed: n % 2 == 1 }, from, length });
         }
         faults.sort_by_key(|w| (w.from, w.length));
         Plan { seed, faults_for, orders, faults, clock_skew_ms }
@@ -239,7 +272,11 @@ impl Plan {
                 FaultKind::WsDrops => faults.ws_drop_rate = 0.3,
                 FaultKind::WsDuplicates => faults.ws_duplicate_rate = 0.3,
                 FaultKind::WsReorders => faults.ws_reorder_rate = 0.3,
-                FaultKind::WsDisconnect | FaultKind::WsStall | FaultKind::Database | FaultKind::Kill => {}
+                FaultKind::WsDisconnect
+                | FaultKind::WsStall
+                | FaultKind::Database
+                | FaultKind::DatabaseLong
+                | FaultKind::Kill { .. } => {}
             }
         }
         faults
@@ -352,7 +389,7 @@ mod tests {
             assert!(plan.orders.iter().any(|o| o.habit == habit), "{habit:?}");
         }
         let names: std::collections::BTreeSet<&str> = plan.faults.iter().map(|w| w.kind.name()).collect();
-        assert_eq!(names.len(), 15, "{names:?}");
+        assert_eq!(names.len(), 17, "{names:?}");
         // Faults overlap: some moment has at least three REST or user-channel kinds on at once.
         let most = plan
             .rate_changes()
@@ -360,6 +397,20 @@ mod tests {
             .map(|at| plan.faults.iter().filter(|w| w.from <= *at && *at < w.from + w.length).count())
             .max();
         assert!(most >= Some(3), "{most:?}");
+    }
+
+    #[test]
+    fn the_runs_database_locks_never_follow_each_other_within_a_bots_busy_timeout() {
+        let plan = Plan::draw(7, 0, Duration::from_secs(600));
+        let mut locks: Vec<&FaultWindow> =
+            plan.faults.iter().filter(|w| matches!(w.kind, FaultKind::Database | FaultKind::DatabaseLong)).collect();
+        locks.sort_by_key(|w| w.from);
+        assert!(locks.len() > 40, "{}", locks.len());
+        assert!(locks.iter().any(|w| w.kind == FaultKind::DatabaseLong));
+        for pair in locks.windows(2) {
+            assert!(pair[1].from >= pair[0].from + pair[0].length + LOCK_GAP, "{pair:?}");
+        }
+        assert!(locks.iter().all(|w| w.from + w.length <= plan.faults_for));
     }
 
     #[test]
