@@ -1087,7 +1087,18 @@ impl Reconciler {
         let this = self.clone();
         tokio::spawn(async move {
             let ids: Vec<OrderId> = placed.iter().map(|(id, _)| id.clone()).collect();
-            let states = this.check_states(&ids).await;
+            let states = match this.store.check_states(&ids).await {
+                Ok(states) => states,
+                Err(error) => {
+                    // Without their history the checks would be written as if first (a flag, the 404s of
+                    // the not-found policy forgotten): the batch is not asked, and nothing is written.
+                    tracing::warn!(%error, orders = ids.len(), "reading check state failed; the batch is asked next pass");
+                    this.metrics.store_errors.inc();
+                    let why = format!("reading the orders' check state failed: {error}");
+                    let answers = ids.into_iter().map(|id| (id, Answer::Unavailable(why.clone()))).collect();
+                    return Prefetched { looked: Looked { answers, answered: Vec::new() }, states: HashMap::new() };
+                }
+            };
             let known = states.iter().filter(|(_, s)| s.last_exchange_status.is_some()).map(|(id, _)| id.clone());
             let looked = lookup_accounts(&this.accounts, &placed, &Absent::ConfirmUnless(known.collect())).await;
             Prefetched { looked, states }

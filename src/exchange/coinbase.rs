@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::exchange::auth::CdpKey;
 use crate::exchange::limiter::Limiter;
-use crate::exchange::types::{GetOrderResponse, KeyPermissions, ListFillsResponse, ListOrdersResponse};
+use crate::exchange::types::{GetOrderResponse, KeyPermissions, ListFillsResponse, ListOrdersPage};
 use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeFill, ExchangeOrder};
 use crate::metrics::Metrics;
 use crate::order::OrderId;
@@ -338,20 +338,19 @@ impl CoinbaseClient {
             if !cursor.is_empty() {
                 query.push(("cursor", &cursor));
             }
-            let page: ListOrdersResponse = self.get("list_orders", LIST_ORDERS_PATH, &query).await?;
-            for wire in page.orders {
-                match wire.parse() {
-                    Ok(order) => batch.orders.push(order),
-                    Err(why) => {
-                        tracing::warn!(order_id = %wire.order_id, %why, "malformed order in a List Orders answer");
-                        batch.malformed.push((wire.order_id, why));
-                    }
-                }
+            // Each order is read on its own: one the client cannot read is that order's trouble, not the page's.
+            let mut page: ListOrdersPage = self.get("list_orders", LIST_ORDERS_PATH, &query).await?;
+            let (has_next, next_cursor) = (page.has_next, std::mem::take(&mut page.cursor));
+            let (read, malformed) = page.read();
+            batch.orders.extend(read);
+            for (order_id, why) in malformed {
+                tracing::warn!(%order_id, %why, "malformed order in a List Orders answer");
+                batch.malformed.push((order_id, why));
             }
-            if !page.has_next || page.cursor.is_empty() {
+            if !has_next || next_cursor.is_empty() {
                 return Ok(batch);
             }
-            cursor = page.cursor;
+            cursor = next_cursor;
         }
         Err(ExchangeError::Malformed("List Orders kept answering has_next past every order asked for".into()))
     }

@@ -270,6 +270,36 @@ pub struct ListOrdersResponse {
     pub cursor: String,
 }
 
+/// A List Orders page as the client reads it: each order on its own, so that an order it cannot read (a
+/// field of the wrong type) is that order's trouble and never makes the whole page unreadable.
+#[derive(Debug, Deserialize)]
+pub struct ListOrdersPage {
+    pub orders: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub has_next: bool,
+    #[serde(default)]
+    pub cursor: String,
+}
+
+impl ListOrdersPage {
+    /// The orders read, and `(order id, why)` for each that could not be. An entry without a string
+    /// `order_id` answers for no order: it is left out (and its order, if asked for, is absent).
+    pub fn read(self) -> (Vec<ExchangeOrder>, Vec<(String, String)>) {
+        let mut read = Vec::with_capacity(self.orders.len());
+        let mut malformed = Vec::new();
+        for value in self.orders {
+            let Some(id) = value.get("order_id").and_then(serde_json::Value::as_str).map(str::to_string) else {
+                continue;
+            };
+            match serde_json::from_value::<WireOrder>(value).map_err(|e| e.to_string()).and_then(|w| w.parse()) {
+                Ok(order) => read.push(order),
+                Err(why) => malformed.push((id, why)),
+            }
+        }
+        (read, malformed)
+    }
+}
+
 /// A Coinbase error body, e.g. `{"error": "NOT_FOUND", "error_details": "...", "message": "..."}`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorResponse {
@@ -425,6 +455,26 @@ mod tests {
         let mut bad = list.fills[0].clone();
         bad.price = "lots".into();
         assert!(bad.parse().is_err());
+    }
+
+    #[test]
+    fn one_order_of_the_wrong_shape_spoils_only_itself_not_its_page() {
+        let good = serde_json::from_str::<serde_json::Value>(FILLED_JSON).unwrap()["order"].clone();
+        let mut wrong_type = good.clone();
+        wrong_type["order_id"] = "0c5e2f39-0000-4000-8000-00000000000b".into();
+        wrong_type["pending_cancel"] = "no".into();
+        let mut bad_number = good.clone();
+        bad_number["order_id"] = "0c5e2f39-0000-4000-8000-00000000000c".into();
+        bad_number["filled_size"] = "lots".into();
+        let no_id = serde_json::json!({"status": "FILLED"});
+        let page =
+            serde_json::json!({"orders": [good, wrong_type, bad_number, no_id], "has_next": false, "cursor": ""});
+        let page: ListOrdersPage = serde_json::from_value(page).unwrap();
+        let (read, malformed) = page.read();
+        assert_eq!(read.len(), 1);
+        let ids: Vec<&str> = malformed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["0c5e2f39-0000-4000-8000-00000000000b", "0c5e2f39-0000-4000-8000-00000000000c"]);
+        assert!(malformed[0].1.contains("pending_cancel") || malformed[0].1.contains("boolean"), "{malformed:?}");
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct Collected {
     pub bot_lock_errors: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     /// When the run itself held the database locked longer than a bot's busy timeout (`DatabaseLong`).
     pub long_locks: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Faults the run failed to switch on or off: a run that missed its faults proves nothing.
+    pub injection_errors: Vec<String>,
     /// When faults stopped.
     pub faults_until: DateTime<Utc>,
 }
@@ -124,11 +126,12 @@ pub const PENDING: &str = "pending";
 /// The sync-latency goal.
 pub const GOAL_SECONDS: f64 = 120.0;
 
-/// Whether a bot write that failed at `failed` gave up while the run's own long lock was held (with half a
-/// second for SQLite's last sleep before it reports the lock).
-fn under_long_lock(failed: DateTime<Utc>, long_locks: &[(DateTime<Utc>, DateTime<Utc>)]) -> bool {
-    let slack = chrono::Duration::milliseconds(500);
-    long_locks.iter().any(|(from, to)| *from <= failed && failed <= *to + slack)
+/// Whether a bot write that waited from `began` to `failed` waited on the run's own long lock: it began at
+/// most a second before the lock was taken and gave up while it was held (with half a second for SQLite's
+/// last sleep before it reports the lock). A write that waited seconds before the lock came is not excused.
+fn under_long_lock(began: DateTime<Utc>, failed: DateTime<Utc>, long_locks: &[(DateTime<Utc>, DateTime<Utc>)]) -> bool {
+    let (before, slack) = (chrono::Duration::seconds(1), chrono::Duration::milliseconds(500));
+    long_locks.iter().any(|(from, to)| *from - before <= began && *from <= failed && failed <= *to + slack)
 }
 
 fn close(a: Option<f64>, b: Option<f64>) -> bool {
@@ -208,6 +211,7 @@ pub fn check(c: &Collected) -> Findings {
     let mut metrics = Tally::new("metrics against events (corrections, mismatches counted = events)");
     let mut crashes = Tally::new("ordersync exits the run did not cause");
     let mut locked = Tally::new("bot writes that met `database is locked` beyond their busy timeout");
+    let mut uninjected = Tally::new("faults the run could not inject");
 
     let mut by_order: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
     for change in &c.changes {
@@ -303,9 +307,12 @@ pub fn check(c: &Collected) -> Findings {
         crashes.hit("-", || crash.clone());
     }
     let (by_the_run, others): (Vec<_>, Vec<_>) =
-        c.bot_lock_errors.iter().partition(|(_, failed)| under_long_lock(*failed, &c.long_locks));
+        c.bot_lock_errors.iter().partition(|(began, failed)| under_long_lock(*began, *failed, &c.long_locks));
     for (began, failed) in others {
         locked.hit("-", || format!("a bot write began {began}, gave up {failed}"));
+    }
+    for error in &c.injection_errors {
+        uninjected.hit("-", || error.clone());
     }
     latencies.sort_by(f64::total_cmp);
     Findings {
@@ -327,6 +334,7 @@ pub fn check(c: &Collected) -> Findings {
             metrics.verdict(),
             crashes.verdict(),
             locked.verdict(),
+            uninjected.verdict(),
         ],
     }
 }
@@ -452,6 +460,15 @@ mod tests {
                     c.bot_lock_errors = vec![(at(20), at(25))];
                 }),
             ),
+            (
+                "database is locked",
+                Box::new(|c| {
+                    // Waited 3 s before the run's lock came: something else held the database then.
+                    c.long_locks = vec![(at(18), at(25))];
+                    c.bot_lock_errors = vec![(at(15), at(20))];
+                }),
+            ),
+            ("faults the run could not inject", Box::new(|c| c.injection_errors.push("PUT /sandbox/faults".into()))),
         ];
         for (expected, bend) in cases {
             let findings = history(bend);

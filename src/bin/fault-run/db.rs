@@ -103,8 +103,12 @@ pub enum BotDb {
     },
 }
 
-/// `database is locked` / `busy` from SQLite.
+/// `database is locked` / `busy` from SQLite; on PostgreSQL a lock waited on past the bots' `lock_timeout`
+/// (SQLSTATE 55P03).
 pub fn is_locked(error: &sqlx::Error) -> bool {
+    if error.as_database_error().and_then(|e| e.code()).as_deref() == Some("55P03") {
+        return true;
+    }
     let text = error.to_string();
     text.contains("database is locked") || text.contains("database is busy")
 }
@@ -135,7 +139,11 @@ impl BotDb {
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&admin).await?;
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
         admin.close().await;
-        let options = PgConnectOptions::from_str(postgres)?.database(&name).application_name(BOT_APPLICATION);
+        // A bot's usual setting, as its 5 s busy timeout on SQLite: a lock waited on for 5 s fails the write.
+        let options = PgConnectOptions::from_str(postgres)?
+            .database(&name)
+            .application_name(BOT_APPLICATION)
+            .options([("lock_timeout", "5s")]);
         let url = options.to_url_lossy().to_string();
         let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await?;
         sqlx::raw_sql(ordersync::demo::PG_BOT_SCHEMA).execute(&pool).await?;
@@ -244,12 +252,8 @@ impl BotDb {
     /// of ordersync's is terminated.
     pub async fn disturb(&self, length: Duration) {
         match self {
-            BotDb::Sqlite { pool, .. } => {
-                let Ok(mut conn) = pool.acquire().await else { return };
-                if sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.is_ok() {
-                    tokio::time::sleep(length).await;
-                    let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
-                }
+            BotDb::Sqlite { .. } => {
+                self.hold_long(length).await;
             }
             BotDb::Postgres { pool, .. } => {
                 let _ = sqlx::query(
@@ -263,9 +267,9 @@ impl BotDb {
         }
     }
 
-    /// The long database fault: a bot holds the lock longer than ordersync waits for one. On SQLite the write
-    /// lock; on PostgreSQL the table in EXCLUSIVE mode (reads go on, every write waits). Gives when it was
-    /// held, from and to.
+    /// A bot holds the lock for `length` (the long database fault: longer than ordersync waits for one). On
+    /// SQLite the write lock; on PostgreSQL the table in EXCLUSIVE mode (reads go on, every write waits).
+    /// Gives when it was held, from and to.
     pub async fn hold_long(&self, length: Duration) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         match self {
             BotDb::Sqlite { pool, .. } => {

@@ -88,6 +88,8 @@ struct Record {
     bot_lock_errors: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     /// When the run itself held the database locked beyond a bot's busy timeout.
     long_locks: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Faults the run failed to switch on or off.
+    injection_errors: Vec<String>,
     /// Kills aimed at a write transaction, and those that landed inside one.
     aimed_kills: usize,
     landed_mid_write: usize,
@@ -452,6 +454,7 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
         crashes: record.crashes,
         bot_lock_errors: record.bot_lock_errors,
         long_locks: record.long_locks,
+        injection_errors: record.injection_errors,
         faults_until,
     };
     let findings = check::check(&collected);
@@ -679,11 +682,13 @@ async fn inject(
         };
         if let Err(error) = result {
             eprintln!("  injecting a fault failed: {error:#}");
+            record(&shared, |r| r.injection_errors.push(format!("at {:.1} s: {error:#}", at.as_secs_f64())));
         }
     }
     tokio::time::sleep_until(start + plan.faults_for).await;
     if let Err(error) = sim.send(reqwest::Method::PUT, "/sandbox/faults", serde_json::json!({})).await {
         eprintln!("  switching the faults off failed: {error:#}");
+        record(&shared, |r| r.injection_errors.push(format!("switching the faults off: {error:#}")));
     }
     injected
 }
