@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lettre::message::{header::ContentType, Mailbox};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -230,7 +231,7 @@ fn action_words(verdict: Option<&str>, error: Option<&str>) -> String {
         (None, _) => "not checked yet".into(),
         (Some("in_sync"), _) => "checked: still live on the exchange; left pending".into(),
         (Some("flagged"), Some(error)) => format!("flagged for a human: {error}"),
-        (Some("unresolved"), Some(error)) => format!("no certain answer yet ({error}); left pending"),
+        (Some("unresolved"), Some(error)) => format!("{error}; left pending, asked again"),
         (Some(verdict), _) => format!("{verdict}; left pending"),
     }
 }
@@ -330,14 +331,39 @@ pub fn transport(config: &EmailConfig) -> Result<AsyncSmtpTransport<Tokio1Execut
     Ok(builder.build())
 }
 
+/// The headers that thread an incident's mails: the mail that opens it carries the incident's id as its
+/// `Message-ID`; reminders and the resolved mail get one of their own (`None`: generated) and answer the
+/// first (`In-Reply-To`, `References`), so a mail client shows one conversation per incident.
+/// Returns `(message id, in reply to)`.
+pub fn thread(kind: MailKind, started: DateTime<Utc>, domain: &str) -> (Option<String>, Option<String>) {
+    let incident = format!("<ordersync-incident-{}@{domain}>", started.timestamp_millis());
+    match kind {
+        MailKind::Opened => (Some(incident), None),
+        MailKind::Reminder | MailKind::Resolved => (None, Some(incident)),
+    }
+}
+
 async fn send(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     config: &EmailConfig,
+    (kind, started): (MailKind, DateTime<Utc>),
     subject: &str,
     body: &str,
 ) -> Result<(), String> {
     let from: Mailbox = config.from.parse().map_err(|e| format!("email from {:?}: {e}", config.from))?;
-    let mut message = Message::builder().from(from).subject(subject).header(ContentType::TEXT_PLAIN);
+    let (id, reply_to) = thread(kind, started, from.email.domain());
+    // Mail filters expect a Message-ID and a Date (lettre adds it), and an automated mail to say so (RFC 3834:
+    // no vacation auto-replies to it).
+    let mut message = Message::builder()
+        .from(from)
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN)
+        .message_id(id)
+        .user_agent(format!("ordersync {}", env!("CARGO_PKG_VERSION")))
+        .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-generated".into()));
+    if let Some(first) = reply_to {
+        message = message.in_reply_to(first.clone()).references(first);
+    }
     for to in &config.to {
         message = message.to(to.parse().map_err(|e| format!("email to {to:?}: {e}"))?);
     }
@@ -386,8 +412,9 @@ pub async fn run(
                         );
                     }
                     Decision::Send(kind) => {
-                        let (subject, body) = compose(kind, &stuck, stuck_after, notifier.started(), now);
-                        match send(&transport, &config, &subject, &body).await {
+                        let started = notifier.started();
+                        let (subject, body) = compose(kind, &stuck, stuck_after, started, now);
+                        match send(&transport, &config, (kind, started.unwrap_or(now)), &subject, &body).await {
                             Ok(()) => {
                                 notifier.sent(kind, now);
                                 metrics.alert_emails.with_label_values(&["sent"]).inc();
@@ -520,6 +547,19 @@ mod tests {
         assert_eq!(subject, "[ordersync] 1 orders Coinbase never knew written off (bots: delta)");
         assert!(body.contains("WRITTEN OFF") && body.contains("order-w") && body.contains("404 at 10:00"), "{body}");
         assert!(!body.contains("stuck pending"), "not listed as stuck: {body}");
+    }
+
+    #[test]
+    fn an_incidents_mails_are_one_thread() {
+        let started = at(0);
+        let (opened, none) = thread(MailKind::Opened, started, "example.com");
+        let opened = opened.unwrap();
+        assert_eq!(none, None);
+        assert!(opened.starts_with("<ordersync-incident-") && opened.ends_with("@example.com>"), "{opened}");
+        for kind in [MailKind::Reminder, MailKind::Resolved] {
+            assert_eq!(thread(kind, started, "example.com"), (None, Some(opened.clone())), "{kind:?}");
+        }
+        assert_ne!(thread(MailKind::Opened, at(60), "example.com").0, Some(opened), "another incident");
     }
 
     #[test]

@@ -45,6 +45,29 @@ impl SmtpServer {
         files.sort_by_key(|path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok());
         files.iter().map(|path| parse(path)).collect()
     }
+
+    /// Every delivered mail's headers as received, unfolded, oldest first.
+    fn headers(&self) -> Vec<String> {
+        let dir: PathBuf = self.maildir.path().join("mail").join("new");
+        let mut files: Vec<_> =
+            std::fs::read_dir(&dir).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        files.sort_by_key(|path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok());
+        files
+            .iter()
+            .map(|path| {
+                let raw = std::fs::read_to_string(path).unwrap().replace("\r\n", "\n");
+                raw.split_once("\n\n").unwrap().0.replace("\n ", " ").replace("\n\t", " ")
+            })
+            .collect()
+    }
+}
+
+/// The value of header `name` in `headers` (one header a line).
+fn header<'a>(headers: &'a str, name: &str) -> Option<&'a str> {
+    headers.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 fn parse(path: &Path) -> (String, String) {
@@ -95,6 +118,9 @@ async fn one_mail_per_incident_listing_the_stuck_orders_then_a_resolved_mail() {
     assert_eq!(subject, "[ordersync] 1 orders stuck pending longer than 1m (bots: alpha)");
     assert!(body.contains(&stuck) && body.contains("alpha") && body.contains("AVNT-USD"), "{body}");
     assert!(body.contains("does not know this order (404)"), "what ordersync did: {body}");
+    let line = body.lines().find(|l| l.contains(&stuck)).unwrap();
+    assert_eq!(line.matches("404").count(), 1, "each reason said once: {line}");
+    assert!(!line.contains("no certain answer yet ("), "no reason wrapped in another: {line}");
     assert!(!body.contains(&resting), "a resting order (OPEN on the exchange) is not stuck, however old");
     assert!(!body.contains(&fresh), "an order younger than stuck_after is not listed");
 
@@ -105,6 +131,20 @@ async fn one_mail_per_incident_listing_the_stuck_orders_then_a_resolved_mail() {
     assert_eq!(subject, "[ordersync] RESOLVED: no orders stuck pending, no terminal conflicts");
     assert!(body.contains("No order has been stuck pending longer than 1m"), "{body}");
     app.eventually("counted", || async { sent(&app).await == 2.0 }).await;
+
+    // What mail filters expect, as the server received it; the resolved mail answers the incident's first.
+    let headers = smtp.headers();
+    let first_id = header(&headers[0], "Message-ID").expect("a Message-ID");
+    assert!(first_id.starts_with("<ordersync-incident-") && first_id.ends_with("@example.com>"), "{first_id}");
+    for mail in &headers {
+        assert!(header(mail, "Date").is_some(), "{mail}");
+        assert_eq!(header(mail, "Auto-Submitted"), Some("auto-generated"), "{mail}");
+        assert!(header(mail, "User-Agent").is_some_and(|ua| ua.starts_with("ordersync ")), "{mail}");
+    }
+    let second_id = header(&headers[1], "Message-ID").expect("a Message-ID");
+    assert_ne!(second_id, first_id, "each mail its own id");
+    assert_eq!(header(&headers[1], "In-Reply-To"), Some(first_id));
+    assert_eq!(header(&headers[1], "References"), Some(first_id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
