@@ -30,7 +30,7 @@ pub const EXIT_MISMATCH: i32 = 3;
 #[derive(Debug, Parser)]
 #[command(
     name = "ordersync",
-    version,
+    version = crate::metrics::LONG_VERSION,
     about = "Keeps a trading bot's order table honest about its orders on Coinbase",
     long_about = "ordersync finds orders your bot's database still holds as pending, asks Coinbase what became of \
                   them, writes the exchange's answer (status, fill time, price, size) back in one transaction, and \

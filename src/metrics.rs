@@ -94,6 +94,13 @@ impl Collector for OldestAge {
 /// The revision ordersync was built from (`git rev-parse --short=12 HEAD`, or `unknown`).
 pub const REVISION: &str = env!("ORDERSYNC_GIT_SHA");
 
+/// The day ordersync was built (UTC, `YYYY-MM-DD`; `SOURCE_DATE_EPOCH`'s when set).
+pub const BUILD_DATE: &str = env!("ORDERSYNC_BUILD_DATE");
+
+/// What `ordersync --version` prints after the name: version, revision and build date.
+pub const LONG_VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("ORDERSYNC_GIT_SHA"), ", built ", env!("ORDERSYNC_BUILD_DATE"), ")");
+
 /// Every metric ordersync exports. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -516,10 +523,13 @@ impl Metrics {
             Box::new(metrics.websocket_sequence_gaps.clone()),
         ];
         let build_info = IntGaugeVec::new(
-            opts("ordersync_build_info", "Always 1; labels say which ordersync version and git revision is running."),
-            &["version", "revision"],
+            opts(
+                "ordersync_build_info",
+                "Always 1; labels say which ordersync version, git revision and build date is running.",
+            ),
+            &["version", "revision", "built"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION]).set(1);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION, BUILD_DATE]).set(1);
         collectors.push(Box::new(build_info));
         let mut names = Vec::new();
         for collector in collectors {

@@ -42,6 +42,24 @@ pub async fn run(command: &mut Command) -> Run {
 }
 
 #[tokio::test]
+async fn version_says_the_release_the_commit_and_the_build_date() {
+    let out = run(ordersync().arg("--version")).await;
+
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = out.stdout.trim();
+    let rest =
+        line.strip_prefix(&format!("ordersync {} (", env!("CARGO_PKG_VERSION"))).unwrap_or_else(|| panic!("{line}"));
+    let (revision, date) = rest.trim_end_matches(')').split_once(", built ").unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        revision == "unknown" || (revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "{line}"
+    );
+    assert!(chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok(), "{line}");
+    assert_eq!(revision, ordersync::metrics::REVISION);
+    assert_eq!(date, ordersync::metrics::BUILD_DATE);
+}
+
+#[tokio::test]
 async fn bad_values_fail_at_start_naming_every_key_and_what_is_accepted() {
     let out = run(ordersync()
         .args(["reconcile", "--once"])

@@ -52,6 +52,13 @@ async fn a_reconcile_pass_moves_every_metric_and_promtool_is_content(backend: Ba
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let scrape = response.text().await.unwrap();
 
+    let build = format!(
+        "ordersync_build_info{{built=\"{}\",revision=\"{}\",version=\"{}\"}}",
+        ordersync::metrics::BUILD_DATE,
+        ordersync::metrics::REVISION,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(value(&scrape, &build), Some(1.0), "{build}");
     assert_eq!(value(&scrape, "ordersync_mismatches_total{bot=\"avnt-bot\",exchange_status=\"FILLED\"}"), Some(2.0));
     assert_eq!(value(&scrape, "ordersync_mismatches_total{bot=\"moodeng-bot\",exchange_status=\"FILLED\"}"), Some(1.0));
     assert_eq!(
