@@ -272,7 +272,7 @@ pub enum Verdict {
     /// The exchange ended the order less than `grace` ago: the bot is given until `until` to write it.
     Waiting { until: DateTime<Utc> },
     /// No certain answer. `flagged` once it has happened `flag_after` times in a row (an answer the exchange
-    /// did not give at all neither counts nor ends the run: a flagged order stays flagged through it).
+    /// did not give at all neither counts nor ends the run: the order stays as its check state says).
     Unresolved { why: Unresolved, flagged: bool },
     /// The row is terminal and the exchange ended the order with another position (`position_conflict`): a
     /// terminal row is never written; the conflict is reported.
@@ -404,6 +404,8 @@ pub struct Context {
     pub unresolved_before: u32,
     /// An order is flagged when this check makes `flag_after` unresolved checks in a row.
     pub flag_after: u32,
+    /// The order's check state says it is flagged (it stays so while the exchange does not answer).
+    pub flagged_before: bool,
     /// The product the bot's row names, when its table has a product column.
     pub row_product: Option<String>,
     /// The not-found policy, when configured.
@@ -425,6 +427,7 @@ impl Context {
             seen_before: None,
             unresolved_before: 0,
             flag_after: 3,
+            flagged_before: false,
             row_product: None,
             not_found_policy: None,
             not_found_before: Vec::new(),
@@ -567,7 +570,7 @@ pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
         Answer::NotFound => return not_found(db, context).unwrap_or_else(|| unresolved(Unresolved::NotFound)),
         Answer::Ambiguous(why) => return unresolved(Unresolved::Ambiguous(why.clone())),
         Answer::Unavailable(why) => {
-            let flagged = db == DbStatus::Pending && context.unresolved_before >= context.flag_after;
+            let flagged = db == DbStatus::Pending && context.flagged_before;
             return Action::Keep(Verdict::Unresolved { why: Unresolved::Unavailable(why.clone()), flagged });
         }
     };
@@ -866,16 +869,17 @@ mod tests {
 
     #[test]
     fn the_exchange_not_answering_never_flags_an_order_and_a_flagged_one_stays_flagged() {
-        let with = |before| Context { unresolved_before: before, flag_after: 3, ..context() };
-        let flagged = |db, before| match decide(db, &Answer::Unavailable("HTTP 503".into()), &with(before)) {
+        let with = |before, flagged_before| Context { unresolved_before: before, flagged_before, ..context() };
+        let flagged = |db, before, was| match decide(db, &Answer::Unavailable("HTTP 503".into()), &with(before, was)) {
             Action::Keep(Verdict::Unresolved { why: Unresolved::Unavailable(_), flagged }) => flagged,
             other => panic!("{other:?}"),
         };
         // Two unresolved checks before: a third about the order would flag it, the exchange's trouble does not.
-        assert_eq!((flagged(DbStatus::Pending, 0), flagged(DbStatus::Pending, 2)), (false, false));
-        // Flagged already (three before): it stays flagged.
-        assert_eq!((flagged(DbStatus::Pending, 3), flagged(DbStatus::Pending, 9)), (true, true));
-        assert!(!flagged(DbStatus::Terminal(Terminal::Completed), 9), "only pending orders are flagged");
+        assert_eq!((flagged(DbStatus::Pending, 0, false), flagged(DbStatus::Pending, 2, false)), (false, false));
+        // Flagged already: it stays flagged. Not flagged with more checks in a row than `flag_after` now asks
+        // (it was lowered since): the stored state stands until a check about the order.
+        assert_eq!((flagged(DbStatus::Pending, 3, true), flagged(DbStatus::Pending, 9, false)), (true, false));
+        assert!(!flagged(DbStatus::Terminal(Terminal::Completed), 9, true), "only pending orders are flagged");
     }
 
     #[test]

@@ -1420,6 +1420,7 @@ impl Reconciler {
             seen_before,
             unresolved_before,
             flag_after: self.settings.flag_after,
+            flagged_before: state.is_some_and(|s| s.flagged),
             row_product: row.product_id.clone(),
             not_found_policy: self.settings.not_found,
             not_found_before,
