@@ -413,11 +413,12 @@ impl OwnRows<'_> {
 /// Write `OwnRows` on a connection (`$conn`: a transaction or savepoint) and give the ids of the orders whose
 /// settlement was inserted now. A macro so the same text serves both pool types inside `on_pool!`.
 macro_rules! flush_own_rows {
-    ($conn:expr, $rows:expr) => {
+    ($conn:expr, $rows:expr, $backend:expr) => {
         async {
             let rows: &OwnRows = $rows;
+            let backend: Backend = $backend;
             if !rows.events.is_empty() {
-                let text = sql::insert_events(rows.events.len());
+                let text = sql::positional(backend, sql::insert_events(rows.events.len()));
                 let mut query = sqlx::query(&text);
                 for e in &rows.events {
                     let (c, fill) = (e.correction, e.correction.fill);
@@ -446,7 +447,7 @@ macro_rules! flush_own_rows {
             }
             let mut inserted: Vec<String> = Vec::new();
             if !rows.settlements.is_empty() {
-                let text = sql::insert_settlements(rows.settlements.len());
+                let text = sql::positional(backend, sql::insert_settlements(rows.settlements.len()));
                 let mut query = sqlx::query_scalar::<_, String>(&text);
                 for (_, s) in &rows.settlements {
                     query = query
@@ -464,7 +465,7 @@ macro_rules! flush_own_rows {
                 inserted = query.fetch_all(&mut *$conn).await?;
             }
             if !rows.checks.is_empty() {
-                let text = sql::upsert_checks(rows.checks.len());
+                let text = sql::positional(backend, sql::upsert_checks(rows.checks.len()));
                 let mut query = sqlx::query(&text);
                 for k in &rows.checks {
                     query = query
@@ -916,7 +917,7 @@ impl Store {
             return Ok(states);
         }
         for chunk in ids.chunks(500) {
-            let sql = sql::select_checks(chunk.len());
+            let sql = sql::positional(self.backend(), sql::select_checks(chunk.len()));
             let rows: Vec<(String, CheckState)> = on_pool!(self, pool => {
                 let mut query = sqlx::query(&sql).persistent(false);
                 for id in chunk {
@@ -1003,6 +1004,7 @@ impl Store {
                                 return Ok::<std::collections::HashSet<String>, sqlx::Error>(Default::default());
                             }
                             let (text, values) = schema.update_many(&rows);
+                            let text = sql::positional(store.backend(), text);
                             let mut query = sqlx::query_scalar::<_, String>(&text).persistent(false);
                             for value in &values {
                                 query = query.bind(value);
@@ -1119,7 +1121,7 @@ impl Store {
                     for (index, write) in writes.iter().enumerate() {
                         done.push(Ok(write_one!(tx, index, write, &mut own, &updated).await?));
                     }
-                    inserted = flush_own_rows!(tx, &own).await?;
+                    inserted = flush_own_rows!(tx, &own, store.backend()).await?;
                     Ok(())
                 }
                 .await;
@@ -1134,7 +1136,7 @@ impl Store {
                         let one: Result<(Written, bool), sqlx::Error> = async {
                             let updated = update_rows!(savepoint, std::slice::from_ref(write)).await?;
                             let written = write_one!(savepoint, index, write, &mut own, &updated).await?;
-                            inserted.extend(flush_own_rows!(savepoint, &own).await?);
+                            inserted.extend(flush_own_rows!(savepoint, &own, store.backend()).await?);
                             Ok(written)
                         }
                         .await;
@@ -1329,7 +1331,7 @@ impl Store {
         let mut trades = HashMap::with_capacity(ids.len());
         let ids: Vec<&OrderId> = ids.iter().filter(|id| self.schema.can_hold(id.as_str())).collect();
         for chunk in ids.chunks(500) {
-            let sql = self.schema.select_by_ids(chunk.len());
+            let sql = sql::positional(self.backend(), self.schema.select_by_ids(chunk.len()));
             on_pool!(self, pool => {
                 let mut query = sqlx::query(&sql).persistent(false);
                 for id in chunk {

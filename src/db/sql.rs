@@ -63,6 +63,49 @@ pub(super) const INSERT_MIGRATION: &str =
 /// Replicas starting together take turns migrating.
 pub(super) const PG_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(7261736862)";
 
+/// The statement as `backend` binds it fastest. SQLite takes `$1`, `$2` for names: binding each looks its
+/// name up in a list as long as the statement's parameters, so a statement of n parameters costs n² to bind
+/// (a 100-row event insert has 1,900; the lookups were a fifth of a settling pass's CPU time). Where every
+/// `$n` appears once and in order, plain `?` binds the same values in the same order with no names; any
+/// other statement is returned as it is. Quoted text and identifiers are left alone.
+pub(super) fn positional(backend: Backend, sql: String) -> String {
+    if backend != Backend::Sqlite {
+        return sql;
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut next = 1usize;
+    let mut quote: Option<char> = None;
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                out.push(c);
+            }
+            None if c == '\'' || c == '"' => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None if c == '$' => {
+                let mut digits = String::new();
+                while let Some((_, d)) = chars.peek().filter(|(_, d)| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.parse::<usize>().ok() != Some(next) {
+                    return sql;
+                }
+                next += 1;
+                out.push('?');
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 /// `($1, …, $cols), ($cols+1, …)`: `rows` groups of `cols` parameters, for a multi-row VALUES.
 fn value_groups(rows: usize, cols: usize) -> String {
     (0..rows)
@@ -725,6 +768,26 @@ impl BoundSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_binds_parameters_in_order_by_position_and_anything_else_as_written() {
+        let sql = |s: &str| positional(Backend::Sqlite, s.to_string());
+        assert_eq!(sql("INSERT INTO t VALUES ($1, $2), ($3, $4)"), "INSERT INTO t VALUES (?, ?), (?, ?)");
+        assert_eq!(
+            sql("UPDATE t SET s = CASE id WHEN CAST($1 AS TEXT) THEN $2 END WHERE id IN ($3) AND +s = $4"),
+            "UPDATE t SET s = CASE id WHEN CAST(? AS TEXT) THEN ? END WHERE id IN (?) AND +s = ?"
+        );
+        // Ten and more: the number is read whole.
+        let many: Vec<String> = (1..=12).map(|n| format!("${n}")).collect();
+        assert_eq!(sql(&many.join(",")), ["?"; 12].join(","));
+        // Quoted text and identifiers are not parameters.
+        assert_eq!(sql("SELECT '$1', \"$x\" FROM t WHERE a = $1"), "SELECT '$1', \"$x\" FROM t WHERE a = ?");
+        // Out of order, repeated or skipped: binding by position would change the meaning, so left alone.
+        for kept in ["a = $2 AND b = $1", "a = $1 OR b = $1", "a = $1 AND b = $3", "a = $ AND b = $1"] {
+            assert_eq!(sql(kept), kept);
+        }
+        assert_eq!(positional(Backend::Postgres, "a = $1".into()), "a = $1");
+    }
     use crate::decide::EndSource;
     use chrono::{TimeZone, Utc};
     use rust_decimal::Decimal;
