@@ -2,14 +2,20 @@
 //! start-up log line.
 
 fn main() {
-    let revision = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .and_then(|output| String::from_utf8(output.stdout).ok())
+    // A build without `.git` (a container's build context) is given its revision.
+    let given = std::env::var("ORDERSYNC_BUILD_REVISION").ok().filter(|text| !text.trim().is_empty());
+    let revision = given
         .map(|text| text.trim().to_string())
-        .filter(|text| !text.is_empty())
+        .or_else(|| {
+            std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|output| output.status.success())
+                .and_then(|output| String::from_utf8(output.stdout).ok())
+                .map(|text| text.trim().to_string())
+                .filter(|text| !text.is_empty())
+        })
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=ORDERSYNC_GIT_SHA={revision}");
     // The build's date (UTC), or SOURCE_DATE_EPOCH's for reproducible builds.
@@ -20,6 +26,7 @@ fn main() {
         .unwrap_or(0);
     println!("cargo:rustc-env=ORDERSYNC_BUILD_DATE={}", civil_date(seconds / 86_400));
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rerun-if-env-changed=ORDERSYNC_BUILD_REVISION");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of ordersync on a fresh machine: installs and starts what the tests need when it is
 # missing (PostgreSQL running on 127.0.0.1:5432, promtool from Debian's `prometheus`, amtool from
-# `prometheus-alertmanager`, an SMTP server for tests from `python3-aiosmtpd`), then runs
+# `prometheus-alertmanager`, an SMTP server for tests from `python3-aiosmtpd`,
+# systemd-analyze from `systemd`), then runs
 # formatting, lints and the whole test suite against real SQLite and PostgreSQL.
 #
 #   scripts/test.sh            # everything
@@ -35,6 +36,8 @@ command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 /usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing+=(python3-aiosmtpd)
 command -v pg_ctlcluster >/dev/null 2>&1 || missing+=(postgresql)
 command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
+# systemd-analyze checks packaging/ordersync.service (no systemd needs to run).
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
@@ -50,6 +53,7 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres
 export ORDERSYNC_PROMTOOL="${ORDERSYNC_PROMTOOL:-$(command -v promtool)}"
 export ORDERSYNC_AMTOOL="${ORDERSYNC_AMTOOL:-$(command -v amtool)}"
 export ORDERSYNC_PROMETHEUS="${ORDERSYNC_PROMETHEUS:-$(command -v prometheus)}"
+export ORDERSYNC_SYSTEMD_ANALYZE="${ORDERSYNC_SYSTEMD_ANALYZE:-$(command -v systemd-analyze)}"
 export ORDERSYNC_SMTP_PYTHON="${ORDERSYNC_SMTP_PYTHON:-/usr/bin/python3}"
 
 log "cargo fmt --check"

@@ -438,7 +438,10 @@ impl App {
                 REQUEST_TIMEOUT,
             ),
         );
+        // Migrated, listening, every task started: a service manager may count ordersync as up.
+        crate::systemd::ready();
         let served = serve(self.listener, service, &token).await;
+        crate::systemd::stopping();
         // The server only returns once the token is cancelled (or it failed): make sure the tasks stop too.
         token.cancel();
         match tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await {

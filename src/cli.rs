@@ -319,6 +319,18 @@ pub enum Command {
         #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
         order_every: std::time::Duration,
     },
+    /// Print a shell completion script, generated from this command line's definition
+    #[command(after_help = "Examples:\n  ordersync completions bash > /etc/bash_completion.d/ordersync\n  \
+                            ordersync completions zsh > \"${fpath[1]}/_ordersync\"\n  \
+                            ordersync completions fish > ~/.config/fish/completions/ordersync.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page ordersync(1) (roff), generated from this command line's definition
+    #[command(after_help = "Example:\n  ordersync man > /usr/local/share/man/man1/ordersync.1 && man ordersync")]
+    Man,
 }
 
 /// A secret from the command line or the environment, held redacted from the moment it is read.
@@ -400,6 +412,20 @@ fn app_error(error: AppError) -> anyhow::Error {
 
 /// Run the parsed command; returns the process exit code for outcomes that are not errors.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Generated from the definition alone: no configuration is read.
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "ordersync", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            page.render(&mut std::io::stdout()).context("writing the manual page")?;
+            return Ok(0);
+        }
+        _ => {}
+    }
     let config = load_config(&cli.global)?;
     match cli.command {
         Command::Serve { no_migrate } => serve(&config, no_migrate).await.map(|()| 0),
@@ -433,6 +459,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::demo::run(config, options, token).await.map_err(app_error)?;
             Ok(0)
         }
+        Command::Completions { .. } | Command::Man => Ok(0),
     }
 }
 

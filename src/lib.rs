@@ -23,4 +23,5 @@ pub mod reconcile;
 pub mod replica;
 pub mod report;
 pub mod sandbox;
+pub mod systemd;
 pub mod telemetry;

@@ -2,23 +2,8 @@
 //! (the example Alertmanager config, and where every alert is routed).
 
 use std::path::Path;
-use std::process::Command;
 
-fn tool(name: &str, env: &str) -> String {
-    std::env::var(env).unwrap_or_else(|_| name.to_string())
-}
-
-/// Run a tool from the repository root; fail the test with its output unless it succeeds.
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is needed (scripts/test.sh installs it): {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "{program} {}:\n{text}", args.join(" "));
-    text
-}
+use crate::harness::{run, tool};
 
 /// `(alert name, severity)` of every alert in the rules file.
 fn alerts() -> Vec<(String, String)> {

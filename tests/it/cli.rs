@@ -108,11 +108,50 @@ async fn help_teaches_every_command_with_an_example_and_names_the_environment() 
     for env in ["ORDERSYNC_DATABASE_URL", "ORDERSYNC_POLL_INTERVAL", "ORDERSYNC_STUCK_AFTER", "ORDERSYNC_LISTEN"] {
         assert!(top.stdout.contains(env), "{env} in --help");
     }
-    for command in ["serve", "reconcile", "audit", "migrate", "report", "sandbox", "demo"] {
+    for command in ["serve", "reconcile", "audit", "migrate", "report", "sandbox", "demo", "completions", "man"] {
         let help = run(ordersync().args([command, "--help"])).await;
         assert_eq!(help.code, 0, "{command}");
         assert!(help.stdout.contains("Example"), "{command} --help has an example:\n{}", help.stdout);
     }
+}
+
+/// Completions and the manual page come from the command line's definition: bash accepts the script and
+/// completes every command after it is loaded; the page names every command, with no configuration needed
+/// (a bad setting in the environment does not stop them).
+#[tokio::test]
+async fn completions_and_the_man_page_are_generated_for_every_command() {
+    const COMMANDS: [&str; 9] =
+        ["serve", "reconcile", "audit", "migrate", "prune", "report", "sandbox", "demo", "completions"];
+    let script = run(ordersync().args(["completions", "bash"]).env("ORDERSYNC_POLL_INTERVAL", "soon")).await;
+    assert_eq!(script.code, 0, "{}", script.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ordersync.bash");
+    std::fs::write(&path, &script.stdout).unwrap();
+    // Load it and ask for the completions of `ordersync <TAB>` as bash would.
+    let probe = format!(
+        "source {}; COMP_WORDS=(ordersync ''); COMP_CWORD=1; COMP_LINE='ordersync '; COMP_POINT=10; \
+         _ordersync ordersync '' ordersync; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        path.display()
+    );
+    let completed = run(Command::new("bash").args(["-c", &probe])).await;
+    assert_eq!(completed.code, 0, "{}", completed.stderr);
+    let offered: Vec<&str> = completed.stdout.lines().collect();
+    for command in COMMANDS.iter().chain(&["man"]) {
+        assert!(offered.contains(command), "bash completes {command}: {offered:?}");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = run(ordersync().args(["completions", shell])).await;
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        assert!(out.stdout.contains("reconcile") && out.stdout.contains("database-url"), "{shell}");
+    }
+    let page = run(ordersync().arg("man").env("ORDERSYNC_POLL_INTERVAL", "soon")).await;
+    assert_eq!(page.code, 0, "{}", page.stderr);
+    assert!(page.stdout.contains("\n.TH ordersync 1 "), "{}", &page.stdout[..200.min(page.stdout.len())]);
+    assert!(page.stdout.contains(env!("CARGO_PKG_VERSION")), "the page names the version");
+    for command in COMMANDS {
+        assert!(page.stdout.contains(&format!("ordersync\\-{command}")), "the page lists {command}");
+    }
+    assert!(page.stdout.contains("ORDERSYNC_DATABASE_URL"), "the page names the environment");
 }
 
 /// A bot database with the incident, the simulator over HTTP, and a key file: what a user points ordersync at.
@@ -262,6 +301,34 @@ async fn serve_stops_cleanly_on_sigterm() {
         }
     }
     signal(child.id().unwrap(), "TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Under systemd (`Type=notify` in packaging/ordersync.service), `serve` says READY=1 once it listens and
+/// STOPPING=1 when SIGTERM arrives; `systemctl start` waits for the first.
+#[tokio::test]
+async fn serve_tells_the_service_manager_when_it_is_ready_and_when_it_stops() {
+    let setup = setup(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let mut child = setup
+        .command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--poll-interval", "1h"])
+        .env("NOTIFY_SOCKET", &path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let received = |n: usize, buf: &[u8]| String::from_utf8_lossy(&buf[..n]).into_owned();
+    let n = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buf)).await.expect("READY=1").unwrap();
+    let ready = received(n, &buf);
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    signal(child.id().unwrap(), "TERM").await;
+    let n = tokio::time::timeout(Duration::from_secs(30), socket.recv(&mut buf)).await.expect("STOPPING=1").unwrap();
+    let stopping = received(n, &buf);
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
     assert_eq!(status.code(), Some(0));
 }

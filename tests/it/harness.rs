@@ -442,3 +442,20 @@ pub async fn spawn_app_keyed(db: TestDb, sandbox: Sandbox, file: &str, foreign_k
     let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
     TestApp { addr, db, sandbox, token, handle, http }
 }
+
+/// A tool from the environment variable `env` (scripts/test.sh sets it), else `name` on the PATH.
+pub fn tool(name: &str, env: &str) -> String {
+    std::env::var(env).unwrap_or_else(|_| name.to_string())
+}
+
+/// Run a tool from the repository root; fail the test with its output unless it succeeds.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed (scripts/test.sh installs it): {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{program} {}:\n{text}", args.join(" "));
+    text
+}

@@ -10,6 +10,7 @@ mod email;
 mod faultrun;
 mod grafana;
 mod http;
+mod packaging;
 mod production;
 mod reconcile;
 mod replicas;
