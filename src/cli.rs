@@ -416,13 +416,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "ordersync", &mut std::io::stdout());
-            return Ok(0);
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "ordersync", &mut script);
+            return print_generated(&script, "the completion script");
         }
         Command::Man => {
             let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            page.render(&mut std::io::stdout()).context("writing the manual page")?;
-            return Ok(0);
+            let mut roff = Vec::new();
+            page.render(&mut roff).context("rendering the manual page")?;
+            return print_generated(&roff, "the manual page");
         }
         _ => {}
     }
@@ -460,6 +462,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Completions { .. } | Command::Man => Ok(0),
+    }
+}
+
+/// Write generated text to standard output; a reader that stops early (`| head`) is no failure.
+fn print_generated(text: &[u8], what: &str) -> anyhow::Result<i32> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(error).context(format!("writing {what}")))
+        }
+        _ => Ok(0),
     }
 }
 
