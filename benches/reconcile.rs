@@ -20,7 +20,7 @@ use ordersync::db::Store;
 use ordersync::exchange::auth::CdpKey;
 use ordersync::exchange::coinbase::CoinbaseClient;
 use ordersync::metrics::Metrics;
-use ordersync::reconcile::{Mode, Reconciler};
+use ordersync::reconcile::{CheckResult, Mode, Reconciler};
 use ordersync::sandbox::server::{self, ServerState};
 use ordersync::sandbox::Sandbox;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,8 @@ async fn reconciler_on(url: &str, sim: std::net::SocketAddr, key: CdpKey) -> (Re
         coinbase_rate_limit: Some("30".into()),
         ..Overrides::default()
     };
-    let mut config = ordersync::config::resolve(&overrides, &FileConfig::default(), "defaults").unwrap();
+    let mut config =
+        ordersync::config::resolve(&overrides, &FileConfig::default(), "defaults", &ordersync::config::System).unwrap();
     config.brake.allowed = true;
     let store = Store::connect(url, &config.trades).await.unwrap();
     store.migrate().await.unwrap();
@@ -109,7 +110,7 @@ async fn main() {
         let started = Instant::now();
         let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
         let wall = started.elapsed();
-        assert_eq!(report.count("corrected"), ORDERS, "every order corrected");
+        assert_eq!(report.count(CheckResult::Corrected), ORDERS, "every order corrected");
         println!(
             "  {backend:<8} settle {ORDERS} stale: {:.2} s (target <= 3 s), {} requests, longest write transaction \
              {:.1} ms ({} orders each)",
@@ -137,7 +138,7 @@ async fn main() {
         let started = Instant::now();
         let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
         let wall = started.elapsed();
-        assert_eq!(report.count("unchanged"), ORDERS);
+        assert_eq!(report.count(CheckResult::Unchanged), ORDERS);
         let used = requests(&metrics) - before_requests;
         let written = rows_written(&url).await - before_rows;
         println!(

@@ -105,7 +105,8 @@ async fn run(backend: &str, url: &str, seconds: u64, grace: &str) {
         coinbase_ws_url: Some(format!("ws://{addr}{WS_PATH}")),
         ..Overrides::default()
     };
-    let config = ordersync::config::resolve(&overrides, &FileConfig::default(), "bench").unwrap();
+    let config =
+        ordersync::config::resolve(&overrides, &FileConfig::default(), "bench", &ordersync::config::System).unwrap();
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after).unwrap();
     let exchange = ordersync::app::coinbase_client(&config, key.clone(), &metrics).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

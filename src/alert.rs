@@ -16,11 +16,12 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{format_duration, EmailConfig, SmtpTls};
 use crate::db::{ConflictKind, Store};
-use crate::decide::PendingKind;
+use crate::decide::{PendingKind, VerdictWord};
 use crate::metrics::Metrics;
 
 /// One stuck order (or terminal conflict) as the mail lists it.
@@ -72,6 +73,12 @@ pub struct Notifier {
 impl Notifier {
     pub fn new(remind_every: Duration, max_per_hour: u32) -> Notifier {
         Notifier { remind_every, max_per_hour, incident: None, sent: VecDeque::new() }
+    }
+
+    /// Remind and cap by these from now on (an incident under way goes on).
+    pub fn set_limits(&mut self, remind_every: Duration, max_per_hour: u32) {
+        self.remind_every = remind_every;
+        self.max_per_hour = max_per_hour;
     }
 
     /// What to send now. Call `sent` when a mail went out; a failed mail is simply asked for again.
@@ -226,13 +233,14 @@ pub fn compose(
     (subject, body)
 }
 
+/// What ordersync did about a stuck order, from its check state's last verdict (as stored) and error.
 fn action_words(verdict: Option<&str>, error: Option<&str>) -> String {
-    match (verdict, error) {
-        (None, _) => "not checked yet".into(),
-        (Some("in_sync"), _) => "checked: still live on the exchange; left pending".into(),
-        (Some("flagged"), Some(error)) => format!("flagged for a human: {error}"),
-        (Some("unresolved"), Some(error)) => format!("{error}; left pending, asked again"),
-        (Some(verdict), _) => format!("{verdict}; left pending"),
+    let Some(word) = verdict else { return "not checked yet".into() };
+    match (VerdictWord::parse(word), error) {
+        (Some(VerdictWord::InSync), _) => "checked: still live on the exchange; left pending".into(),
+        (Some(VerdictWord::Flagged), Some(error)) => format!("flagged for a human: {error}"),
+        (Some(VerdictWord::Unresolved), Some(error)) => format!("{error}; left pending, asked again"),
+        _ => format!("{word}; left pending"),
     }
 }
 
@@ -373,13 +381,15 @@ async fn send(
 
 /// Check every `every` until cancelled; send what `Notifier` asks for.
 pub async fn run(
-    config: EmailConfig,
+    live: watch::Receiver<(EmailConfig, Duration)>,
     store: Store,
     metrics: Metrics,
-    stuck_after: Duration,
     every: Duration,
     token: CancellationToken,
 ) {
+    // The SMTP server is fixed for the task's life; recipients, limits and `stuck_after` are read at each
+    // check (`SIGHUP` changes them).
+    let (config, _) = live.borrow().clone();
     let transport = match transport(&config) {
         Ok(transport) => transport,
         Err(error) => {
@@ -395,6 +405,8 @@ pub async fn run(
             .sum::<u64>()
     };
     loop {
+        let (config, stuck_after) = live.borrow().clone();
+        notifier.set_limits(config.remind_every, config.max_per_hour);
         // Say nothing before the first pass: it may fix what looks stuck, and it says what the exchange knows.
         let ready = passes() > 0;
         match stuck_orders(&store, stuck_after).await {

@@ -12,13 +12,14 @@ use std::time::Duration;
 use prometheus::Registry;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::account::AccountMap;
 use crate::config::{
-    AccountConfig, Config, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_COINBASE_KEY_NAME, ENV_COINBASE_PRIVATE_KEY,
-    ENV_DATABASE_URL,
+    AccountConfig, Config, EmailConfig, ENV_API_TOKEN, ENV_COINBASE_KEY_FILE, ENV_COINBASE_KEY_NAME,
+    ENV_COINBASE_PRIVATE_KEY, ENV_DATABASE_URL,
 };
 use crate::db::{InstanceLock, Store, StoreError};
 use crate::exchange::auth::{AuthError, CdpKey};
@@ -187,6 +188,35 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
+/// Takes the reloadable settings of a configuration on in a running app (`SIGHUP`; `reload::merged` says
+/// which). Cheap to clone.
+#[derive(Clone)]
+pub struct Reload {
+    reconciler: Reconciler,
+    metrics: Metrics,
+    email: Option<Arc<watch::Sender<(EmailConfig, Duration)>>>,
+}
+
+impl Reload {
+    /// Run on `config`'s thresholds, e-mail recipients and limits, and log filter from now on.
+    pub fn apply(&self, config: &Config) {
+        let before = self.reconciler.settings().poll_interval;
+        self.reconciler.set_settings(settings(config));
+        if config.poll_interval != before {
+            // The loop sleeps out the old interval otherwise: a pass now, then the new interval.
+            self.reconciler.wake();
+        }
+        self.metrics.set_stuck_after(config.stuck_after);
+        if let (Some(sender), Some(email)) = (&self.email, &config.email) {
+            sender.send_replace((email.clone(), config.stuck_after));
+        }
+        let filter = config.log.as_deref().unwrap_or(crate::telemetry::DEFAULT_FILTER);
+        if let Err(error) = crate::telemetry::set_filter(filter) {
+            tracing::warn!(%error, "the log filter was not changed");
+        }
+    }
+}
+
 /// What a caller may hand `App::build` instead of having it made from the config. Tests and the demo
 /// pass a simulator's client, a socket bound to port 0, their own registry, or the key for the WebSocket.
 #[derive(Default)]
@@ -208,7 +238,8 @@ pub struct App {
     metrics_refresh: Duration,
     /// Each account's user channel: its settings and key (a listener runs while the account is served).
     websocket: Vec<(ListenerSettings, CdpKey)>,
-    email: Option<(crate::config::EmailConfig, Duration)>,
+    /// The alert task's e-mail settings and `stuck_after` (`SIGHUP` sends new ones).
+    email: Option<Arc<watch::Sender<(EmailConfig, Duration)>>>,
     retention: Option<Duration>,
     /// One ordersync per SQLite file: held until the service has stopped.
     instance: Option<InstanceLock>,
@@ -290,9 +321,8 @@ impl App {
             metrics,
             reconciler: reconciler.clone(),
             api_token: config.api_token.clone().map(Arc::new),
-            exchange_stale_after: (config.poll_interval * 3).max(Duration::from_secs(120)),
         };
-        let email = config.email.clone().map(|email| (email, config.stuck_after));
+        let email = config.email.clone().map(|email| Arc::new(watch::channel((email, config.stuck_after)).0));
         state.metrics.observe_only.set(i64::from(config.observe_only));
         if config.observe_only {
             tracing::warn!(
@@ -310,6 +340,11 @@ impl App {
             instance,
             lease,
         })
+    }
+
+    /// What takes on a reloaded configuration while the app runs.
+    pub fn reload(&self) -> Reload {
+        Reload { reconciler: self.reconciler.clone(), metrics: self.state.metrics.clone(), email: self.email.clone() }
     }
 
     /// The address the HTTP server listens on.
@@ -396,16 +431,14 @@ impl App {
         // The alert e-mails and the daily prune are the duties of whoever serves the first account: one
         // replica sends each e-mail.
         let duty = self.reconciler.accounts().map().name(0).to_string();
-        if let Some((email, stuck_after)) = self.email {
-            let (store, metrics, refresh) =
-                (self.state.store.clone(), self.state.metrics.clone(), self.metrics_refresh);
+        if let Some(email) = &self.email {
+            let (store, metrics, refresh, email) =
+                (self.state.store.clone(), self.state.metrics.clone(), self.metrics_refresh, email.clone());
             tracker.spawn(crate::replica::while_owned(
                 ownership.clone(),
                 duty.clone(),
                 token.child_token(),
-                move |child| {
-                    crate::alert::run(email.clone(), store.clone(), metrics.clone(), stuck_after, refresh, child)
-                },
+                move |child| crate::alert::run(email.subscribe(), store.clone(), metrics.clone(), refresh, child),
             ));
         }
         if let Some(retention) = self.retention {

@@ -362,6 +362,8 @@ pub struct Config {
     pub replica: String,
     /// The opt-in policy for orders Coinbase never knew; `None` (off) unless `[not_found]` is configured.
     pub not_found: Option<crate::decide::NotFoundPolicy>,
+    /// The log filter of `--log`, `ORDERSYNC_LOG` or the file's `log`; `None`: `telemetry::DEFAULT_FILTER`.
+    pub log: Option<String>,
 }
 
 /// The values given as flags or environment variables (clap settles which of the two wins).
@@ -401,6 +403,7 @@ pub struct Overrides {
     pub retention: Option<String>,
     pub lease: Option<String>,
     pub replica: Option<String>,
+    pub log: Option<String>,
 }
 
 /// The TOML file. Every field is optional; unknown keys are an error so a typo never goes unnoticed.
@@ -424,6 +427,8 @@ pub struct FileConfig {
     pub retention: Option<String>,
     pub lease: Option<String>,
     pub replica: Option<String>,
+    /// The log filter (tracing `EnvFilter` syntax); `ORDERSYNC_LOG` and `--log` win. `SIGHUP` reloads it.
+    pub log: Option<String>,
     /// Present: the not-found policy is on.
     pub not_found: Option<FileNotFound>,
     #[serde(default)]
@@ -522,6 +527,7 @@ impl FileConfig {
 /// Collects bad values while resolving, so all of them are reported together.
 struct Resolver<'a> {
     file_name: &'a str,
+    reader: &'a dyn Reader,
     bad: Vec<BadValue>,
 }
 
@@ -613,12 +619,38 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| "an address with a port, e.g. 127.0.0.1:9787 or 0.0.0.0:9787".into())
 }
 
+/// What the configuration only names, `resolve` reads through this: an account's key from the environment
+/// variable its `private_key_env` names, and the SMTP password from `smtp_password_file`. The binary passes
+/// `System`; a test may pass its own. `resolve` itself reads no environment variable and no file.
+pub trait Reader {
+    fn var(&self, name: &str) -> Option<String>;
+    fn file(&self, path: &std::path::Path) -> std::io::Result<String>;
+}
+
+/// The process's environment and file system.
+pub struct System;
+
+impl Reader for System {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn file(&self, path: &std::path::Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
 /// Turn overrides and the file into a `Config`, reporting every bad key at once.
 ///
 /// # Errors
 /// `ConfigError::Invalid` listing each key, its value and what is accepted.
-pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<Config, ConfigError> {
-    let mut r = Resolver { file_name, bad: Vec::new() };
+pub fn resolve(
+    over: &Overrides,
+    file: &FileConfig,
+    file_name: &str,
+    reader: &dyn Reader,
+) -> Result<Config, ConfigError> {
+    let mut r = Resolver { file_name, reader, bad: Vec::new() };
     // The URL may carry a password: exposed only to parse it here; an error shows it with the password hidden.
     let exposed_url = over.database_url.as_ref().map(|url| url.expose_secret().to_string());
     let bad_before = r.bad.len();
@@ -747,6 +779,7 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
             _ => Err("a name of at most 64 printable characters without spaces, e.g. ordersync-1".to_string()),
         });
     let not_found = file.not_found.as_ref().and_then(|policy| resolve_not_found(&mut r, policy));
+    let log = r.pick(("--log", ENV_LOG, over.log.as_ref()), ("log", file.log.clone()), parse_log_filter);
     let single_key = [
         (key_file.is_some(), "--coinbase-key-file / ORDERSYNC_COINBASE_KEY_FILE / coinbase.key_file"),
         (over.coinbase_private_key.is_some(), "ORDERSYNC_COINBASE_PRIVATE_KEY"),
@@ -820,7 +853,15 @@ pub fn resolve(over: &Overrides, file: &FileConfig, file_name: &str) -> Result<C
         lease: lease.unwrap_or(crate::replica::DEFAULT_LEASE),
         replica: replica.unwrap_or_else(crate::replica::default_replica_name),
         not_found,
+        log,
     })
+}
+
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    match tracing_subscriber::EnvFilter::try_new(text) {
+        Ok(_) => Ok(text.to_string()),
+        Err(error) => Err(format!("a tracing filter such as info,sqlx=warn or ordersync=debug ({error})")),
+    }
 }
 
 /// `[[accounts]]`, checked: `None` when there are none (the single key of `[coinbase]` serves). Each needs a
@@ -863,8 +904,8 @@ fn resolve_accounts(
             bad(at("name"), name.clone(), "a name no other account has");
         }
         let private_key = match &entry.private_key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(value) if !value.trim().is_empty() => Some(SecretString::from(value)),
+            Some(var) => match r.reader.var(var) {
+                Some(value) if !value.trim().is_empty() => Some(SecretString::from(value)),
                 _ => {
                     bad(at("private_key_env"), var.clone(), "the name of a set environment variable holding the key");
                     None
@@ -1003,7 +1044,8 @@ fn resolve_email(r: &mut Resolver<'_>, over: &Overrides, file: &FileEmail) -> Op
         ("--smtp-password-file", ENV_SMTP_PASSWORD_FILE, over.smtp_password_file.as_ref()),
         ("email.smtp_password_file", file.smtp_password_file.clone()),
         |path| {
-            std::fs::read_to_string(path)
+            r.reader
+                .file(std::path::Path::new(path))
                 .map(|text| SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
                 .map_err(|e| format!("a readable file ({e})"))
         },
@@ -1170,7 +1212,7 @@ mod tests {
 
     fn resolve_with(over: Overrides, file_text: &str) -> Result<Config, ConfigError> {
         let file = FileConfig::parse(file_text, std::path::Path::new("test.toml"))?;
-        resolve(&over, &file, "test.toml")
+        resolve(&over, &file, "test.toml", &System)
     }
 
     fn bad_keys(result: Result<Config, ConfigError>) -> Vec<String> {
@@ -1359,7 +1401,7 @@ mod tests {
             email_to: Some("ops@example.com".into()),
             ..Overrides::default()
         };
-        let config = resolve(&over, &FileConfig::default(), "test.toml").unwrap();
+        let config = resolve(&over, &FileConfig::default(), "test.toml", &System).unwrap();
         let shown = format!("{over:?} {config:?}");
         for secret in ["db-s3cret", "api-token-s3cret", "key-s3cret", "smtp-s3cret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");

@@ -8,6 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use serde::Serialize;
 
 use crate::config::StatusWords;
 use crate::exchange::{ExchangeError, ExchangeFill, ExchangeOrder, ExchangeStatus};
@@ -329,19 +330,81 @@ impl Action {
         }
     }
 
-    /// A short word for audits and logs.
-    pub fn verdict_word(&self) -> &'static str {
+    /// The verdict in one word, for audits, the API, check state and logs.
+    pub fn verdict_word(&self) -> VerdictWord {
         match self {
-            Action::Correct { .. } => "mismatch",
-            Action::Keep(Verdict::InSync) => "in_sync",
-            Action::Keep(Verdict::SettledByBot) => "settled_by_bot",
-            Action::Keep(Verdict::Waiting { .. }) => "waiting",
-            Action::Keep(Verdict::Unresolved { flagged: true, .. }) => "flagged",
-            Action::Keep(Verdict::Unresolved { flagged: false, .. }) => "unresolved",
-            Action::Keep(Verdict::TerminalConflict) => "terminal_conflict",
-            Action::Keep(Verdict::NotManaged) => "not_managed",
-            Action::Keep(Verdict::ProductConflict { .. }) => "product_conflict",
+            Action::Correct { .. } => VerdictWord::Mismatch,
+            Action::Keep(Verdict::InSync) => VerdictWord::InSync,
+            Action::Keep(Verdict::SettledByBot) => VerdictWord::SettledByBot,
+            Action::Keep(Verdict::Waiting { .. }) => VerdictWord::Waiting,
+            Action::Keep(Verdict::Unresolved { flagged: true, .. }) => VerdictWord::Flagged,
+            Action::Keep(Verdict::Unresolved { flagged: false, .. }) => VerdictWord::Unresolved,
+            Action::Keep(Verdict::TerminalConflict) => VerdictWord::TerminalConflict,
+            Action::Keep(Verdict::NotManaged) => VerdictWord::NotManaged,
+            Action::Keep(Verdict::ProductConflict { .. }) => VerdictWord::ProductConflict,
         }
+    }
+}
+
+/// A check's verdict in one word (`Action::verdict_word`): what audits (`--json`), `/api/`, the check state
+/// (`last_verdict`) and logs show, in `snake_case`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictWord {
+    /// A pending row the exchange says ended (corrected, or held, or would be in a dry run).
+    Mismatch,
+    InSync,
+    SettledByBot,
+    Waiting,
+    Unresolved,
+    Flagged,
+    TerminalConflict,
+    ProductConflict,
+    NotManaged,
+}
+
+impl VerdictWord {
+    pub const ALL: [VerdictWord; 9] = [
+        VerdictWord::Mismatch,
+        VerdictWord::InSync,
+        VerdictWord::SettledByBot,
+        VerdictWord::Waiting,
+        VerdictWord::Unresolved,
+        VerdictWord::Flagged,
+        VerdictWord::TerminalConflict,
+        VerdictWord::ProductConflict,
+        VerdictWord::NotManaged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictWord::Mismatch => "mismatch",
+            VerdictWord::InSync => "in_sync",
+            VerdictWord::SettledByBot => "settled_by_bot",
+            VerdictWord::Waiting => "waiting",
+            VerdictWord::Unresolved => "unresolved",
+            VerdictWord::Flagged => "flagged",
+            VerdictWord::TerminalConflict => "terminal_conflict",
+            VerdictWord::ProductConflict => "product_conflict",
+            VerdictWord::NotManaged => "not_managed",
+        }
+    }
+
+    /// The verdict a stored word names (`as_str`'s inverse); `None` for any other word.
+    pub fn parse(word: &str) -> Option<VerdictWord> {
+        VerdictWord::ALL.into_iter().find(|verdict| verdict.as_str() == word)
+    }
+
+    /// A conflict: the row and the exchange disagree in a way ordersync never writes over.
+    pub fn is_conflict(self) -> bool {
+        matches!(self, VerdictWord::TerminalConflict | VerdictWord::ProductConflict)
+    }
+}
+
+impl std::fmt::Display for VerdictWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`: table columns (`{:<17}`) line up.
+        f.pad(self.as_str())
     }
 }
 
@@ -1084,6 +1147,16 @@ mod tests {
         assert!(matches!(decide(DbStatus::Pending, &filled, &context()), Action::Correct { .. }), "no product column");
         assert_eq!(decide(DbStatus::Other, &filled, &with_product("BTC-USD")), Action::Keep(Verdict::NotManaged));
         let conflict = decide(DbStatus::Pending, &filled, &with_product("BTC-USD"));
-        assert_eq!((conflict.outcome(), conflict.verdict_word()), (Outcome::Mismatch, "product_conflict"));
+        assert_eq!((conflict.outcome(), conflict.verdict_word()), (Outcome::Mismatch, VerdictWord::ProductConflict));
+    }
+
+    #[test]
+    fn each_verdict_word_is_written_as_its_json_form() {
+        let mut seen = std::collections::HashSet::new();
+        for word in VerdictWord::ALL {
+            assert_eq!(serde_json::to_string(&word).unwrap(), format!("\"{}\"", word.as_str()));
+            assert!(seen.insert(word.as_str()), "{word:?} said once");
+            assert_eq!(VerdictWord::parse(word.as_str()), Some(word));
+        }
     }
 }

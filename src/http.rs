@@ -35,8 +35,11 @@ pub struct AppState {
     pub metrics: Metrics,
     pub reconciler: Reconciler,
     pub api_token: Option<Arc<SecretString>>,
-    /// `/readyz` fails when the exchange has not answered for this long.
-    pub exchange_stale_after: Duration,
+}
+
+/// `/readyz` fails when the exchange has not answered for this long: three poll intervals, at least 2 min.
+pub fn exchange_stale_after(poll_interval: Duration) -> Duration {
+    (poll_interval * 3).max(Duration::from_secs(120))
 }
 
 /// An error answered as JSON. 4xx say why; 5xx log the cause and answer generically.
@@ -108,7 +111,8 @@ fn exchange_readiness(state: &AppState, account: &str) -> (bool, String) {
     if !ownership.owns(account) {
         return (true, "served by another replica (this one does not call Coinbase for it)".to_string());
     }
-    match state.metrics.exchange_health(account, state.exchange_stale_after) {
+    let bound = exchange_stale_after(state.reconciler.settings().poll_interval);
+    match state.metrics.exchange_health(account, bound) {
         ExchangeHealth::NotContacted => (true, "not contacted yet".to_string()),
         ExchangeHealth::NeverAnswered => {
             (false, "no authenticated answer from the exchange yet: every request so far failed".to_string())
@@ -116,18 +120,18 @@ fn exchange_readiness(state: &AppState, account: &str) -> (bool, String) {
         ExchangeHealth::Rejected(why) => {
             (false, format!("the exchange rejected the credentials ({why}): check the API key name and private key"))
         }
-        ExchangeHealth::Answered(since) if since <= state.exchange_stale_after => {
+        ExchangeHealth::Answered(since) if since <= bound => {
             (true, format!("last authenticated answer {}s ago", since.as_secs()))
         }
         ExchangeHealth::Answered(since) => {
-            (false, format!("no answer for {}s (bound {}s)", since.as_secs(), state.exchange_stale_after.as_secs()))
+            (false, format!("no answer for {}s (bound {}s)", since.as_secs(), bound.as_secs()))
         }
         ExchangeHealth::RestFailing(failing) => (
             false,
             format!(
                 "every REST request has failed for {}s (the user channel still answers; bound {}s)",
                 failing.as_secs(),
-                state.exchange_stale_after.as_secs()
+                bound.as_secs()
             ),
         ),
     }

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod metrics;
 pub mod order;
 pub mod reconcile;
+pub mod reload;
 pub mod replica;
 pub mod report;
 pub mod sandbox;

@@ -13,9 +13,10 @@ use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::exchange::auth::CdpKey;
-use crate::exchange::ws::{message_time, Envelope, Subscribe, UserEvent};
+use crate::exchange::ws::{message_time, Envelope, Refusal, Subscribe, UserEvent};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 
@@ -102,8 +103,13 @@ impl Listener {
         Listener { settings, key, reconciler, metrics }
     }
 
-    /// Run until `token` is cancelled.
+    /// Run until `token` is cancelled. Its log lines carry a `listen` span naming the account.
     pub async fn run(self, token: CancellationToken) {
+        let span = tracing::info_span!("listen", account = %self.settings.account);
+        self.listen(token).instrument(span).await;
+    }
+
+    async fn listen(self, token: CancellationToken) {
         let mut failures: u32 = 0;
         let mut connected_before = false;
         loop {
@@ -208,9 +214,8 @@ impl Listener {
                 return Ok(());
             }
         };
-        if value.get("type").and_then(|t| t.as_str()) == Some("error") {
+        if let Some(message) = Refusal::of(&value) {
             self.metrics.websocket_messages.with_label_values(&["error"]).inc();
-            let message = value.get("message").and_then(|m| m.as_str()).unwrap_or("no message").to_string();
             tracing::error!(%message, "the user channel answered with an error");
             return Err(message);
         }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ordersync::cli::{self, Cli, UsageError};
-use ordersync::config::ENV_LOG;
 
 fn main() -> ExitCode {
     ordersync::memory::limit_arenas();
@@ -20,7 +19,7 @@ fn main() -> ExitCode {
 
 async fn run() -> ExitCode {
     let cli = Cli::parse();
-    ordersync::telemetry::init(cli.global.log_format.into(), std::env::var(ENV_LOG).ok().as_deref());
+    ordersync::telemetry::init(cli.global.log_format.into(), cli.global.log.as_deref());
     match cli::run(cli).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(error) if error.is::<UsageError>() => {

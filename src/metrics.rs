@@ -6,6 +6,7 @@
 //! Deliberately not here: HTTP (`http.rs` encodes the registry) and deciding anything.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -107,7 +108,8 @@ pub struct Metrics {
     pub registry: Registry,
     bots: Arc<LabelCap>,
     products: Arc<LabelCap>,
-    stuck_after: Duration,
+    /// `stuck_after` in milliseconds (`SIGHUP` may change it).
+    stuck_after_ms: Arc<AtomicU64>,
     pub pending_orders: IntGaugeVec,
     pub oldest_pending_timestamp: GaugeVec,
     oldest_pending: Arc<Mutex<BTreeMap<String, f64>>>,
@@ -184,6 +186,11 @@ pub enum ExchangeHealth {
     RestFailing(Duration),
 }
 
+/// A duration in whole milliseconds, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help)
 }
@@ -199,7 +206,7 @@ impl Metrics {
         let metrics = Metrics {
             bots: Arc::new(LabelCap::default()),
             products: Arc::new(LabelCap::default()),
-            stuck_after,
+            stuck_after_ms: Arc::new(AtomicU64::new(millis(stuck_after))),
             pending_orders: IntGaugeVec::new(
                 opts("ordersync_pending_orders", "Orders the bot's database holds as pending right now, by bot and product."),
                 &["bot", "product"],
@@ -560,6 +567,11 @@ impl Metrics {
     }
 
     /// A standalone set on a fresh registry (one-shot commands, tests).
+    /// Count orders pending longer than `stuck_after` as stuck from the next refresh on.
+    pub fn set_stuck_after(&self, stuck_after: Duration) {
+        self.stuck_after_ms.store(millis(stuck_after), Ordering::Relaxed);
+    }
+
     pub fn standalone(stuck_after: Duration) -> Metrics {
         Metrics::new(Registry::new(), stuck_after).expect("a fresh registry has no metric registered twice")
     }
@@ -784,7 +796,10 @@ impl Metrics {
         let mut over = [0i64; AGE_THRESHOLDS.len()];
         let mut stuck: BTreeMap<String, i64> = BTreeMap::new();
         let mut resting: BTreeMap<String, i64> = BTreeMap::new();
-        let stuck_after = chrono::Duration::from_std(self.stuck_after).unwrap_or(chrono::Duration::MAX);
+        let stuck_after = i64::try_from(self.stuck_after_ms.load(Ordering::Relaxed))
+            .ok()
+            .and_then(chrono::Duration::try_milliseconds)
+            .unwrap_or(chrono::Duration::MAX);
         let keep_oldest = |map: &mut BTreeMap<String, DateTime<Utc>>, bot: &str, at: DateTime<Utc>| {
             let entry = map.entry(bot.to_string()).or_insert(at);
             if at < *entry {

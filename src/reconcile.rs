@@ -6,7 +6,8 @@
 //! honoured only between orders, never inside a batch write.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,6 +16,7 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::account::{AccountMap, Belongs, DEFAULT_ACCOUNT};
 use crate::db::{
@@ -22,7 +24,7 @@ use crate::db::{
 };
 use crate::decide::{
     answer_for_error, complete_with_fills, decide, ended_at, ends_order, late, needs_fills, next_check, Action, Answer,
-    Because, Context, DbStatus, EndSource, NotFoundPolicy, SettledBy, Unresolved, Verdict,
+    Because, Context, DbStatus, EndSource, NotFoundPolicy, SettledBy, Unresolved, Verdict, VerdictWord,
 };
 use crate::exchange::{Exchange, ExchangeError, ExchangeOrder};
 use crate::metrics::Metrics;
@@ -41,8 +43,8 @@ pub const WAKE_COALESCE: Duration = Duration::from_secs(5);
 /// At most this many recent terminal rows are checked in one pass (the rest in the next ones).
 pub const TERMINAL_CHECKS_PER_PASS: usize = 1000;
 
-/// What the reconciler needs from the configuration.
-#[derive(Debug, Clone)]
+/// What the reconciler needs from the configuration (`SIGHUP` may swap it: read it where it is used).
+#[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub poll_interval: Duration,
     /// How long after the exchange ended an order the bot is given to write it itself.
@@ -155,13 +157,62 @@ pub struct Checked {
     pub age_seconds: Option<i64>,
     /// The exchange's status word, when it gave one.
     pub exchange_status: Option<String>,
-    /// `in_sync`, `settled_by_bot`, `waiting`, `mismatch`, `unresolved`, `flagged`, `terminal_conflict`,
-    /// `product_conflict`, `not_managed`.
-    pub verdict: &'static str,
-    /// `corrected`, `would_correct` (dry run, observe-only), `held` (the mass-correction brake), `row_changed`,
-    /// `already_settled`, `unchanged`, or `error`.
-    pub result: &'static str,
+    pub verdict: VerdictWord,
+    pub result: CheckResult,
     pub detail: Option<String>,
+}
+
+/// What a check did, in one word (`snake_case` in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckResult {
+    /// The row was corrected.
+    Corrected,
+    /// A dry run or observe-only: it would have been corrected.
+    WouldCorrect,
+    /// The mass-correction brake held the correction.
+    Held,
+    /// The bot changed the row meanwhile: not overwritten.
+    RowChanged,
+    /// Another writer had already written the same terminal status.
+    AlreadySettled,
+    /// Nothing to write to the bot's row (its check state may be recorded).
+    Unchanged,
+    /// The account went to another replica mid-pass, which checks it now.
+    NotWritten,
+    /// Writing failed; the order was left as it was.
+    Error,
+}
+
+impl CheckResult {
+    pub const ALL: [CheckResult; 8] = [
+        CheckResult::Corrected,
+        CheckResult::WouldCorrect,
+        CheckResult::Held,
+        CheckResult::RowChanged,
+        CheckResult::AlreadySettled,
+        CheckResult::Unchanged,
+        CheckResult::NotWritten,
+        CheckResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckResult::Corrected => "corrected",
+            CheckResult::WouldCorrect => "would_correct",
+            CheckResult::Held => "held",
+            CheckResult::RowChanged => "row_changed",
+            CheckResult::AlreadySettled => "already_settled",
+            CheckResult::Unchanged => "unchanged",
+            CheckResult::NotWritten => "not_written",
+            CheckResult::Error => "error",
+        }
+    }
+
+    /// The row was corrected, now or by an earlier writer.
+    pub fn settled(self) -> bool {
+        matches!(self, CheckResult::Corrected | CheckResult::AlreadySettled)
+    }
 }
 
 /// One order to decide on: its row, the exchange's answer, its check state, and an earlier sighting of it
@@ -204,6 +255,20 @@ pub struct Plan<'a> {
     /// The 404s that count towards the not-found policy after this check.
     not_found_at: Vec<DateTime<Utc>>,
     checked: Checked,
+    /// The check's span, from the decision to the commit (`check_span`).
+    span: tracing::Span,
+}
+
+/// The span an order's check carries from the decision to the commit: which order, whose, and where the
+/// news came from (a WebSocket event's order is followed by its id and `source = websocket`).
+fn check_span(row: &TradeRow, account: &str, source: Source) -> tracing::Span {
+    tracing::info_span!(
+        "check",
+        order_id = %row.order_id,
+        bot = row.bot_id.as_deref().unwrap_or(""),
+        account,
+        source = source.as_str()
+    )
 }
 
 /// Whether a check record would leave the check state as it is: the same exchange status and verdict, no
@@ -213,7 +278,7 @@ pub struct Plan<'a> {
 fn unchanged(previous: Option<&CheckState>, record: &CheckRecord) -> bool {
     let Some(p) = previous else { return false };
     let standing_product_conflict =
-        |c: &NewConflict| c.kind == ConflictKind::Product && p.last_verdict == record.verdict;
+        |c: &NewConflict| c.kind == ConflictKind::Product && p.last_verdict == record.verdict.as_str();
     record.error.is_none()
         && !record.flagged
         && !record.settles
@@ -225,7 +290,7 @@ fn unchanged(previous: Option<&CheckState>, record: &CheckRecord) -> bool {
         && p.next_check_at.is_none()
         && p.not_found_at.is_empty()
         && p.last_exchange_status.as_deref() == record.exchange_status
-        && p.last_verdict == record.verdict
+        && p.last_verdict == record.verdict.as_str()
         && (record.seen.is_none() || p.ended_seen.is_some())
 }
 
@@ -278,7 +343,10 @@ impl Plan<'_> {
                 filled_size: self.filled_size.clone(),
                 exchange_product_id: self.exchange_product.clone().unwrap_or_default(),
             }),
-            clears_conflict: self.previous.as_ref().is_some_and(|p| p.last_verdict == "product_conflict")
+            clears_conflict: self
+                .previous
+                .as_ref()
+                .is_some_and(|p| p.last_verdict == VerdictWord::ProductConflict.as_str())
                 && conflict.is_none(),
             next_check_at: self.next_check_at,
             not_found_at: &self.not_found_at,
@@ -317,21 +385,18 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    pub fn count(&self, result: &str) -> usize {
+    pub fn count(&self, result: CheckResult) -> usize {
         self.checked.iter().filter(|c| c.result == result).count()
     }
 
     pub fn mismatches(&self) -> usize {
-        self.checked.iter().filter(|c| c.verdict == "mismatch").count()
+        self.checked.iter().filter(|c| c.verdict == VerdictWord::Mismatch).count()
     }
 
     /// Conflicts found in this pass: terminal rows the exchange ended otherwise, and rows naming another
     /// product than the exchange's order.
     pub fn conflicts(&self) -> impl Iterator<Item = &Checked> {
-        self.checked
-            .iter()
-            .chain(&self.verified)
-            .filter(|c| matches!(c.verdict, "terminal_conflict" | "product_conflict"))
+        self.checked.iter().chain(&self.verified).filter(|c| c.verdict.is_conflict())
     }
 }
 
@@ -666,10 +731,12 @@ pub struct Reconciler {
     store: Store,
     accounts: Arc<Accounts>,
     metrics: Metrics,
-    settings: Settings,
+    settings: Arc<RwLock<Settings>>,
     wake: Arc<Notify>,
     due: Arc<DueChecks>,
     brake: Arc<Mutex<BrakeState>>,
+    /// The number of the last pass begun (the `pass` span's id).
+    passes: Arc<AtomicU64>,
 }
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
@@ -696,10 +763,11 @@ impl Reconciler {
             store,
             accounts: Arc::new(accounts),
             metrics,
-            settings,
+            settings: Arc::new(RwLock::new(settings)),
             wake: Arc::new(Notify::new()),
             due: Arc::new(DueChecks::default()),
             brake: Arc::default(),
+            passes: Arc::default(),
         }
     }
 
@@ -708,8 +776,14 @@ impl Reconciler {
         self.brake.lock().unwrap_or_else(|p| p.into_inner()).held.clone()
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// The settings in force now.
+    pub fn settings(&self) -> Settings {
+        *self.settings.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run on `settings` from the next use on (`SIGHUP`).
+    pub fn set_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
     /// Set the brake after a pass: engaged with `held`, or released.
@@ -741,7 +815,7 @@ impl Reconciler {
     /// The hold for corrections outside a pass (WebSocket and due checks): observe-only, the engaged brake,
     /// or these `corrections` pushing the WebSocket path since the pass began over the brake's limit.
     fn hold_outside_pass(&self, corrections: usize) -> Option<Hold> {
-        if self.settings.observe_only {
+        if self.settings().observe_only {
             return Some(Hold::Observe);
         }
         if corrections == 0 {
@@ -752,7 +826,7 @@ impl Reconciler {
             return Some(Hold::Brake);
         }
         let total = state.since_pass + corrections;
-        let brake = self.settings.brake;
+        let brake = self.settings().brake;
         // Before the first pass the pending rows are not known: only the count applies.
         let pending = if state.pending == 0 { usize::MAX } else { state.pending };
         if brake.trips(total, pending) {
@@ -806,11 +880,17 @@ impl Reconciler {
             return;
         }
         let due = Due {
-            at: at + chrono_duration(self.settings.grace),
+            at: at + chrono_duration(self.settings().grace),
             seen: (at, EndSource::SeenWebsocket),
             news: Some(order.clone()),
             source: Source::Websocket,
         };
+        tracing::debug!(
+            order_id = %order.order_id,
+            status = order.status.as_str(),
+            check_at = %due.at,
+            "news: the order ended on the exchange; checked once the bot's grace is over"
+        );
         self.due.schedule(order.order_id, due);
     }
 
@@ -842,6 +922,16 @@ impl Reconciler {
         self.pass_inner(mode, token, progress, false).await
     }
 
+    /// The span a pass's log lines carry: its number, its mode, and (once read) the pending orders.
+    fn pass_span(&self, mode: Mode) -> tracing::Span {
+        let pass = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+        let mode = match mode {
+            Mode::Apply => "apply",
+            Mode::DryRun => "dry_run",
+        };
+        tracing::info_span!("pass", pass, mode, orders = tracing::field::Empty)
+    }
+
     /// A pass; with `brief`, orders found live and unchanged are counted in `omitted` rather than listed
     /// (the service loop keeps no list of 10,000 resting orders it does nothing with).
     async fn pass_inner(
@@ -851,10 +941,21 @@ impl Reconciler {
         progress: &(dyn Fn(usize, usize) + Sync),
         brief: bool,
     ) -> Result<PassReport, ReconcileError> {
+        let span = self.pass_span(mode);
+        self.pass_body(mode, token, progress, brief).instrument(span).await
+    }
+
+    async fn pass_body(
+        &self,
+        mode: Mode,
+        token: &CancellationToken,
+        progress: &(dyn Fn(usize, usize) + Sync),
+        brief: bool,
+    ) -> Result<PassReport, ReconcileError> {
         let mut done = 0usize;
         let mut keep = |report: &mut PassReport, checked: Checked| {
             done += 1;
-            if brief && checked.verdict == "in_sync" && checked.result == "unchanged" {
+            if brief && checked.verdict == VerdictWord::InSync && checked.result == CheckResult::Unchanged {
                 report.omitted += 1;
             } else {
                 report.checked.push(checked);
@@ -895,7 +996,8 @@ impl Reconciler {
             .map(|row| Unmatched { order_id: row.order_id.to_string(), bot_id: row.bot_id, account: row.account })
             .collect();
         let pending = rows.len();
-        let cutoff = Utc::now() - chrono_duration(self.settings.grace);
+        tracing::Span::current().record("orders", pending);
+        let cutoff = Utc::now() - chrono_duration(self.settings().grace);
         let (eligible, young): (Vec<TradeRow>, Vec<TradeRow>) =
             rows.into_iter().partition(|r| r.created_at.is_none_or(|at| at <= cutoff));
         let mut report = PassReport { too_young: young.len(), unmatched, elsewhere, ..PassReport::default() };
@@ -919,14 +1021,14 @@ impl Reconciler {
         // The rows the WebSocket path corrected since then were pending too, before this pass read the rows:
         // the share is of them all (a row is never counted as corrected without being counted as pending).
         let population = pending + since_pass;
-        let brake = self.settings.brake;
+        let brake = self.settings().brake;
         let mut certain = 0usize;
         let mut corrections = 0usize;
         let mut held: Vec<Plan> = Vec::new();
         let mut planned = 0usize;
         // The next batch's lookup runs while this batch is written, so the exchange and the database work
         // at the same time; lookups only read, so abandoning one on cancellation is harmless.
-        let chunks: Vec<&[TradeRow]> = due.chunks(self.settings.batch_size.max(1)).collect();
+        let chunks: Vec<&[TradeRow]> = due.chunks(self.settings().batch_size.max(1)).collect();
         let mut next = chunks.first().map(|chunk| self.prefetch(chunk));
         for (index, chunk) in chunks.iter().enumerate() {
             let Some(mut lookup) = next.take() else { break };
@@ -967,7 +1069,7 @@ impl Reconciler {
             planned += chunk.len();
             // Checks that correct nothing are written now; corrections as soon as the brake cannot trip
             // whatever the rest of the pass finds, and until then they wait.
-            let observe = self.settings.observe_only.then_some(Hold::Observe);
+            let observe = self.settings().observe_only.then_some(Hold::Observe);
             let at_most = since_pass + corrections + (due.len() - planned);
             if !brake.trips(at_most, population) {
                 checks.append(&mut held);
@@ -986,8 +1088,8 @@ impl Reconciler {
         }
         if !report.interrupted && !held.is_empty() {
             // Every order is decided: the brake knows the whole pass. Observe-only writes nothing anyway.
-            let tripped = !self.settings.observe_only && brake.trips(since_pass + corrections, population);
-            let hold = if self.settings.observe_only { Some(Hold::Observe) } else { tripped.then_some(Hold::Brake) };
+            let tripped = !self.settings().observe_only && brake.trips(since_pass + corrections, population);
+            let hold = if self.settings().observe_only { Some(Hold::Observe) } else { tripped.then_some(Hold::Brake) };
             if tripped {
                 report.braked = Some(Held {
                     would_correct: since_pass + corrections,
@@ -1002,18 +1104,15 @@ impl Reconciler {
                 progress(done, due.len());
             }
         }
-        let unresolved_mismatches = report
-            .checked
-            .iter()
-            .filter(|c| c.verdict == "mismatch" && !matches!(c.result, "corrected" | "already_settled"))
-            .count();
+        let unresolved_mismatches =
+            report.checked.iter().filter(|c| c.verdict == VerdictWord::Mismatch && !c.result.settled()).count();
         let mut asked = due.len();
         if !report.interrupted {
             if mode == Mode::Apply {
                 self.set_brake(report.braked.clone(), pending);
             }
             self.metrics.unresolved_mismatches.set(i64::try_from(unresolved_mismatches).unwrap_or(i64::MAX));
-            let flagged = report.checked.iter().filter(|c| c.verdict == "flagged").count() + flagged_waiting;
+            let flagged = report.checked.iter().filter(|c| c.verdict == VerdictWord::Flagged).count() + flagged_waiting;
             self.metrics.flagged_orders.set(flagged as i64);
             self.metrics.deferred_orders.set(report.deferred as i64);
             self.metrics.unmatched_rows.set(i64::try_from(report.unmatched.len()).unwrap_or(i64::MAX));
@@ -1034,7 +1133,7 @@ impl Reconciler {
     /// Returns what was checked, and how many certain answers (an order, or not found) came.
     async fn verify_terminal(&self, mode: Mode, token: &CancellationToken) -> (Vec<Checked>, usize) {
         let now = Utc::now();
-        let since = now - chrono_duration(self.settings.verify_window);
+        let since = now - chrono_duration(self.settings().verify_window);
         let recheck = now - chrono_duration(TERMINAL_RECHECK_AFTER);
         let candidates =
             self.store.terminal_candidates(since, TERMINAL_CHECKS_PER_PASS, recheck, TERMINAL_GIVE_UP_AFTER).await;
@@ -1051,7 +1150,7 @@ impl Reconciler {
         let states = self.check_states(&ids).await;
         let mut checked = Vec::new();
         let mut answered = 0;
-        for chunk in rows.chunks(self.settings.batch_size.max(1)) {
+        for chunk in rows.chunks(self.settings().batch_size.max(1)) {
             if token.is_cancelled() {
                 break;
             }
@@ -1184,8 +1283,9 @@ impl Reconciler {
                 () = token.cancelled() => return done,
                 () = self.any_account_ready() => {}
             }
-            let (taken, _) = self.due.take_due(Utc::now(), self.settings.batch_size.max(1));
-            let checked = self.check_due(taken, token).await;
+            let (taken, _) = self.due.take_due(Utc::now(), self.settings().batch_size.max(1));
+            let span = tracing::info_span!("due", orders = taken.len());
+            let checked = self.check_due(taken, token).instrument(span).await;
             if until_empty {
                 done.extend(checked);
             }
@@ -1258,7 +1358,7 @@ impl Reconciler {
         let hold = match (mode, source) {
             (Mode::DryRun, _) => None,
             // An operator asked about one order: the brake is for mass corrections.
-            (Mode::Apply, Source::Manual) => self.settings.observe_only.then_some(Hold::Observe),
+            (Mode::Apply, Source::Manual) => self.settings().observe_only.then_some(Hold::Observe),
             (Mode::Apply, _) => self.hold_outside_pass(corrections),
         };
         self.apply(plans, mode, source, hold).await
@@ -1286,17 +1386,18 @@ impl Reconciler {
         drop(writes);
         let mut results = Vec::with_capacity(plans.len());
         for (plan, outcome) in plans.into_iter().zip(outcomes) {
+            let _entered = plan.span.enter();
             let mut checked = plan.checked;
             let bot = plan.row.bot_id.as_deref();
             match (&plan.action, outcome) {
                 (Action::Correct { to, .. }, None) => {
-                    checked.result = "would_correct";
+                    checked.result = CheckResult::WouldCorrect;
                     checked.detail = Some(format!("would set {} -> {}", plan.row.status, to.word(words)));
                 }
                 (Action::Correct { to, .. }, Some(Ok(Written::Check { .. }))) => {
                     let (result, why) = match hold {
-                        Some(Hold::Brake) => ("held", "held by the mass-correction brake"),
-                        _ => ("would_correct", "observe-only"),
+                        Some(Hold::Brake) => (CheckResult::Held, "held by the mass-correction brake"),
+                        _ => (CheckResult::WouldCorrect, "observe-only"),
                     };
                     checked.result = result;
                     checked.detail = Some(format!("{why}: would set {} -> {}", plan.row.status, to.word(words)));
@@ -1332,7 +1433,7 @@ impl Reconciler {
                             "completed a FILLED order without figures the exchange did not give (nor List Fills)"
                         );
                     }
-                    checked.result = "corrected";
+                    checked.result = CheckResult::Corrected;
                     checked.detail = Some(match because {
                         Because::ExchangeEnded => format!("{} -> {}", plan.row.status, to.word(words)),
                         Because::NotFound { at } => format!(
@@ -1350,7 +1451,7 @@ impl Reconciler {
                     if let Some(by) = settled {
                         self.metrics.settled(bot, by, false);
                     }
-                    checked.result = "already_settled";
+                    checked.result = CheckResult::AlreadySettled;
                     checked.detail = Some(format!("already {}", to.word(words)));
                 }
                 (
@@ -1362,7 +1463,7 @@ impl Reconciler {
                         now = now.as_deref().unwrap_or("<deleted>"),
                         "the bot changed the order itself meanwhile; not overwritten"
                     );
-                    checked.result = "row_changed";
+                    checked.result = CheckResult::RowChanged;
                     checked.detail = Some(format!("the bot set it to {:?} meanwhile", now.unwrap_or_default()));
                 }
                 (Action::Keep(verdict), Some(Ok(Written::Check { settled }))) => {
@@ -1382,7 +1483,10 @@ impl Reconciler {
                         );
                     }
                     // Said once, when the conflict is new: the row is checked again after each restart.
-                    let known = plan.previous.as_ref().is_some_and(|p| p.last_verdict == "terminal_conflict");
+                    let known = plan
+                        .previous
+                        .as_ref()
+                        .is_some_and(|p| p.last_verdict == VerdictWord::TerminalConflict.as_str());
                     if matches!(verdict, Verdict::TerminalConflict) && !known {
                         tracing::error!(
                             order_id = %plan.row.order_id,
@@ -1403,6 +1507,12 @@ impl Reconciler {
     /// Decide on one order and count the check; nothing is written yet.
     fn plan<'r>(&self, item: &Item<'r, '_>, source: Source, now: DateTime<Utc>) -> Plan<'r> {
         let row = item.row;
+        let account = match self.accounts.belongs(row) {
+            Belongs::To(index) => self.accounts.map.name(index).to_string(),
+            Belongs::Nowhere => String::new(),
+        };
+        let span = check_span(row, &account, source);
+        let _entered = span.enter();
         let words = self.store.words();
         let db = DbStatus::classify(&row.status, words);
         let state = item.state;
@@ -1411,7 +1521,7 @@ impl Reconciler {
             (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
             (a, b) => a.or(b),
         };
-        let grace = if source == Source::Manual { Duration::ZERO } else { self.settings.grace };
+        let grace = if source == Source::Manual { Duration::ZERO } else { self.settings().grace };
         let not_found_before = state.map(|s| s.not_found_at.clone()).unwrap_or_default();
         let context = Context {
             now,
@@ -1419,10 +1529,10 @@ impl Reconciler {
             seen_by: seen_by(source),
             seen_before,
             unresolved_before,
-            flag_after: self.settings.flag_after,
+            flag_after: self.settings().flag_after,
             flagged_before: state.is_some_and(|s| s.flagged),
             row_product: row.product_id.clone(),
-            not_found_policy: self.settings.not_found,
+            not_found_policy: self.settings().not_found,
             not_found_before,
             exchange_answering: item.answering,
         };
@@ -1446,7 +1556,7 @@ impl Reconciler {
         // an answer that says nothing (an outage).
         // Kept only while the policy is on, and at most `NOT_FOUND_TIMES_KEPT` (the first and the latest).
         let mut not_found_at = match item.answer {
-            _ if self.settings.not_found.is_none() => Vec::new(),
+            _ if self.settings().not_found.is_none() => Vec::new(),
             Answer::NotFound if db == DbStatus::Pending => context.not_found_times(),
             Answer::Ambiguous(_) | Answer::Unavailable(_) => context.not_found_before.clone(),
             _ => Vec::new(),
@@ -1456,7 +1566,7 @@ impl Reconciler {
         }
         let next_check_at = match &action {
             Action::Keep(Verdict::Unresolved { why, .. }) if db == DbStatus::Pending => {
-                next_check(why, unresolved_before.saturating_add(1), self.settings.poll_interval, now)
+                next_check(why, unresolved_before.saturating_add(1), self.settings().poll_interval, now)
             }
             _ => None,
         };
@@ -1472,7 +1582,7 @@ impl Reconciler {
             age_seconds: row.age(now).map(|age| age.num_seconds()),
             exchange_status: exchange_status.clone(),
             verdict: action.verdict_word(),
-            result: "unchanged",
+            result: CheckResult::Unchanged,
             detail: None,
         };
         match &action {
@@ -1505,10 +1615,7 @@ impl Reconciler {
         }
         Plan {
             row,
-            account: match self.accounts.belongs(row) {
-                Belongs::To(index) => self.accounts.map.name(index).to_string(),
-                Belongs::Nowhere => String::new(),
-            },
+            account,
             action,
             exchange_status,
             label,
@@ -1520,6 +1627,7 @@ impl Reconciler {
             next_check_at,
             not_found_at,
             checked,
+            span: span.clone(),
         }
     }
 
@@ -1527,13 +1635,13 @@ impl Reconciler {
         if let StoreError::LeaseLost { .. } = error {
             // Not an error: the account went to another replica mid-pass, which checks the order now.
             tracing::debug!(order_id = %order_id, error = %error, "not written: the account is another replica's");
-            checked.result = "not_written";
+            checked.result = CheckResult::NotWritten;
             checked.detail = Some(error.to_string());
             return;
         }
         tracing::error!(order_id = %order_id, error = %error, "writing the check failed; order left as it was");
         self.metrics.store_errors.inc();
-        checked.result = "error";
+        checked.result = CheckResult::Error;
         checked.detail = Some(error.to_string());
     }
 
@@ -1543,7 +1651,11 @@ impl Reconciler {
     pub async fn run(&self, token: CancellationToken) {
         loop {
             let started = Instant::now();
-            match self.pass_inner(Mode::Apply, &token, &|_, _| {}, true).await {
+            let span = self.pass_span(Mode::Apply);
+            let outcome = self.pass_body(Mode::Apply, &token, &|_, _| {}, true).instrument(span.clone()).await;
+            // What the pass did is said inside its span.
+            let entered = span.enter();
+            match outcome {
                 Ok(report) if report.failed => {
                     self.metrics.reconcile_runs.with_label_values(&["failure"]).inc();
                     tracing::error!(
@@ -1556,7 +1668,7 @@ impl Reconciler {
                     self.metrics.last_successful_reconcile.set(Utc::now().timestamp_millis() as f64 / 1000.0);
                     tracing::debug!(
                         checked = report.checked.len() + report.omitted,
-                        corrected = report.count("corrected"),
+                        corrected = report.count(CheckResult::Corrected),
                         verified = report.verified.len(),
                         "reconcile pass done"
                     );
@@ -1566,9 +1678,10 @@ impl Reconciler {
                     tracing::error!(error = %error, "reconcile pass failed; trying again next tick");
                 }
             }
+            drop(entered);
             self.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
             crate::memory::release_free();
-            let interval = self.settings.poll_interval.as_secs_f64();
+            let interval = self.settings().poll_interval.as_secs_f64();
             let pause = Duration::from_secs_f64(interval * rand::thread_rng().gen_range(0.9..=1.1));
             let next_tick = Instant::now() + pause;
             let woken = tokio::select! {
@@ -1595,6 +1708,15 @@ impl Reconciler {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn each_check_result_is_written_as_its_json_form() {
+        let mut seen = HashSet::new();
+        for result in CheckResult::ALL {
+            assert_eq!(serde_json::to_string(&result).unwrap(), format!("\"{}\"", result.as_str()));
+            assert!(seen.insert(result.as_str()), "{result:?} said once");
+        }
+    }
 
     fn due(seconds: i64, seen: i64) -> Due {
         let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();

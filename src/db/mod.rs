@@ -190,7 +190,7 @@ pub enum Applied {
 pub struct CheckRecord<'a> {
     pub row: &'a TradeRow,
     pub exchange_status: Option<&'a str>,
-    pub verdict: &'a str,
+    pub verdict: crate::decide::VerdictWord,
     /// Set when the check was unresolved; counts towards flagging.
     pub error: Option<String>,
     pub flagged: bool,
@@ -991,12 +991,14 @@ impl Store {
                 macro_rules! update_rows {
                     ($conn:expr, $writes:expr) => {
                         async {
-                            let rows: Vec<(&str, &str, &Fill)> = $writes
+                            let rows: Vec<sql::RowUpdate<'_>> = $writes
                                 .iter()
                                 .filter_map(|write: &Write<'_>| match write {
-                                    Write::Correction(c) => {
-                                        Some((c.row.order_id.as_str(), c.to.word(schema.words()), c.fill))
-                                    }
+                                    Write::Correction(c) => Some(sql::RowUpdate {
+                                        order_id: c.row.order_id.as_str(),
+                                        to: c.to.word(schema.words()),
+                                        fill: c.fill,
+                                    }),
                                     Write::Check(_) => None,
                                 })
                                 .collect();
@@ -1526,7 +1528,7 @@ fn record_check<'a>(index: usize, check: &'a CheckRecord<'a>, own: &mut OwnRows<
         row: check.row,
         at: check.at,
         exchange_status: check.exchange_status,
-        verdict: check.verdict,
+        verdict: check.verdict.as_str(),
         error: check.error.clone(),
         flagged: check.flagged,
         seen: check.seen,

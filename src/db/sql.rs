@@ -417,6 +417,15 @@ pub struct BoundSchema {
     created_form: CreatedForm,
 }
 
+/// One correction of the bot's row, as `update_many` writes it: the order, its terminal word, its figures.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RowUpdate<'a> {
+    pub order_id: &'a str,
+    /// The bot's word for the terminal status.
+    pub to: &'a str,
+    pub fill: &'a Fill,
+}
+
 impl BoundSchema {
     /// Check the mapping against the table's columns (`None`: the table does not exist). Every problem is
     /// reported at once.
@@ -700,7 +709,7 @@ impl BoundSchema {
     /// `CASE` per column made SQLite compare every id with every other, to prepare and to run). Binds, in
     /// order, the returned values (text or NULL, cast in the SQL), then the pending word; returns the ids of
     /// the rows it changed.
-    pub(super) fn update_many(&self, rows: &[(&str, &str, &Fill)]) -> (String, Vec<Option<String>>) {
+    pub(super) fn update_many(&self, rows: &[RowUpdate<'_>]) -> (String, Vec<Option<String>>) {
         let mut values: Vec<Option<String>> = Vec::new();
         let mut param = |value: Option<String>| {
             values.push(value);
@@ -708,7 +717,7 @@ impl BoundSchema {
         };
         let figures: Vec<&(SqlIdent, Cast)> = [&self.filled_price, &self.filled_size].into_iter().flatten().collect();
         let mut groups = Vec::with_capacity(rows.len());
-        for (order_id, word, fill) in rows {
+        for RowUpdate { order_id, to, fill } in rows {
             let time = fill.time.map(|at| {
                 if self.backend == Backend::Sqlite || self.filled_at.text_time {
                     sqlite_timestamp(at)
@@ -718,7 +727,7 @@ impl BoundSchema {
             });
             let mut group = vec![
                 self.order_id.param(param(Some(order_id.to_string()))),
-                self.status.param(param(Some(word.to_string()))),
+                self.status.param(param(Some(to.to_string()))),
                 self.filled_at.param(param(time)),
             ];
             for (which, (_, cast)) in figures.iter().enumerate() {
@@ -836,7 +845,7 @@ mod tests {
         let schema = bound(Backend::Postgres, &production()).unwrap();
         let at = Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap();
         let id = "d1aaa054-747d-4f9a-8e3f-05fbf5e2cd10";
-        let (sql, values) = schema.update_many(&[(id, "filled", &fill(at))]);
+        let (sql, values) = schema.update_many(&[RowUpdate { order_id: id, to: "filled", fill: &fill(at) }]);
         assert_eq!(
             sql,
             "UPDATE \"trades\" AS t SET \"status\" = v.column2, \"filled_at\" = COALESCE(v.column3, t.\"filled_at\"), \
@@ -857,7 +866,7 @@ mod tests {
     #[test]
     fn sqlite_takes_text_as_it_is() {
         let schema = bound(Backend::Sqlite, &sqlite(&ALL)).unwrap();
-        let (sql, _) = schema.update_many(&[("a", "completed", &fill(Utc::now()))]);
+        let (sql, _) = schema.update_many(&[RowUpdate { order_id: "a", to: "completed", fill: &fill(Utc::now()) }]);
         assert!(!sql.contains("CAST($"), "{sql}");
         assert!(schema.can_hold("any-text-id"));
     }
@@ -866,7 +875,7 @@ mod tests {
     fn figures_the_exchange_did_not_give_are_left_alone() {
         let schema = bound(Backend::Sqlite, &sqlite(&ALL[..4])).unwrap();
         let bare = Fill { time: None, price: Some(Decimal::ONE), size: Some(Decimal::ONE), ..fill(Utc::now()) };
-        let (sql, values) = schema.update_many(&[("a", "cancelled", &bare)]);
+        let (sql, values) = schema.update_many(&[RowUpdate { order_id: "a", to: "cancelled", fill: &bare }]);
         assert_eq!(
             sql,
             "UPDATE \"trades\" AS t SET \"status\" = v.column2, \"filled_at\" = COALESCE(v.column3, t.\"filled_at\") \
@@ -878,7 +887,10 @@ mod tests {
         let schema = bound(Backend::Sqlite, &sqlite(&ALL)).unwrap();
         let timed = fill(Utc.with_ymd_and_hms(2025, 10, 1, 10, 0, 3).unwrap());
         let bare = Fill { time: None, price: None, size: Some(Decimal::ONE), ..fill(Utc::now()) };
-        let (sql, values) = schema.update_many(&[("a", "completed", &timed), ("b", "cancelled", &bare)]);
+        let (sql, values) = schema.update_many(&[
+            RowUpdate { order_id: "a", to: "completed", fill: &timed },
+            RowUpdate { order_id: "b", to: "cancelled", fill: &bare },
+        ]);
         assert!(sql.contains("FROM (VALUES ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)) AS v"), "{sql}");
         assert!(sql.ends_with("+t.\"status\" = $11 RETURNING CAST(\"order_id\" AS TEXT)"), "{sql}");
         let b: Vec<Option<&str>> = values[5..].iter().map(Option::as_deref).collect();

@@ -185,6 +185,12 @@ pub struct KeyPermissions {
     pub portfolio_type: String,
 }
 
+/// The `order_configuration` of a limit order good until cancelled, as the simulator writes it; ordersync
+/// never reads it.
+pub fn limit_gtc_configuration(base_size: String, limit_price: String) -> serde_json::Value {
+    serde_json::json!({"limit_limit_gtc": {"base_size": base_size, "limit_price": limit_price, "post_only": false}})
+}
+
 /// The order object of Get Order and List Orders, field names and types exactly as Coinbase sends them.
 /// Fields ordersync does not need are kept as raw JSON so the simulator can serve the whole shape;
 /// unknown fields are ignored when reading.

@@ -107,6 +107,35 @@ pub struct WsOrder {
     pub risk_managed_by: String,
 }
 
+/// `{"type": "error", "message": "..."}`: the server refuses a message or the subscription (outside any
+/// envelope).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(message: impl Into<String>) -> Refusal {
+        Refusal { kind: "error".into(), message: message.into() }
+    }
+
+    /// The refusal a message is, if it is one: its message (`"no message"` when it gives none).
+    pub fn of(value: &serde_json::Value) -> Option<String> {
+        let refusal = Refusal::deserialize(value).ok().filter(|r| r.kind == "error")?;
+        Some(if refusal.message.is_empty() { "no message".to_string() } else { refusal.message })
+    }
+}
+
+/// The `subscriptions` channel's event: `{"subscriptions": {"user": ["..."]}}`, what the connection is
+/// subscribed to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Subscriptions {
+    pub subscriptions: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 /// `{"current_time": "...", "heartbeat_counter": 3049}`; the counter may arrive as a string.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Heartbeat {

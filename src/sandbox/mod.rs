@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::exchange::types::{ListOrdersResponse, WireFill, WireOrder};
+use crate::exchange::types::{limit_gtc_configuration, ListOrdersResponse, WireFill, WireOrder};
 use crate::exchange::ws::WsOrder;
 use crate::exchange::{Batch, Exchange, ExchangeError, ExchangeFill, ExchangeOrder};
 use crate::order::OrderId;
@@ -179,9 +179,7 @@ impl SimOrder {
             order_id: self.order_id.clone(),
             product_id: self.product_id.clone(),
             user_id: "sandbox-user".into(),
-            order_configuration: serde_json::json!({"limit_limit_gtc": {
-                "base_size": number(self.base_size), "limit_price": number(self.limit_price), "post_only": false
-            }}),
+            order_configuration: limit_gtc_configuration(number(self.base_size), number(self.limit_price)),
             side: self.side.clone(),
             client_order_id: self.client_order_id.clone(),
             status: self.status.clone(),

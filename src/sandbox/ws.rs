@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::exchange::auth::verify;
-use crate::exchange::ws::{Subscribe, WsOrder};
+use crate::exchange::ws::{Envelope, Heartbeat, Refusal, Subscribe, Subscriptions, UserEvent, WsOrder};
 use crate::sandbox::server::ServerState;
 use crate::sandbox::WsControl;
 
@@ -21,6 +21,15 @@ use crate::sandbox::WsControl;
 const SNAPSHOT_CHUNK: usize = 50;
 /// A connection that has not subscribed by then is closed.
 const SUBSCRIBE_WITHIN: Duration = Duration::from_secs(5);
+
+/// One of the user channel's types as JSON (`exchange::ws` says how Coinbase spells it).
+fn value(message: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(message).unwrap_or(serde_json::Value::Null)
+}
+
+fn json_text(message: &impl serde::Serialize) -> String {
+    serde_json::to_string(message).unwrap_or_default()
+}
 
 pub async fn upgrade(State(state): State<ServerState>, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| session(socket, state))
@@ -35,15 +44,15 @@ struct Outbox {
 
 impl Outbox {
     /// Number and send one message, bent by the faults drawn for it. `Err` when the peer is gone.
-    async fn send(&mut self, state: &ServerState, channel: &str, events: serde_json::Value) -> Result<(), ()> {
-        let message = serde_json::json!({
-            "channel": channel,
-            "client_id": "",
-            "timestamp": state.sandbox.now().to_rfc3339_opts(SecondsFormat::Nanos, true),
-            "sequence_num": self.sequence,
-            "events": events,
-        })
-        .to_string();
+    async fn send(&mut self, state: &ServerState, channel: &str, event: serde_json::Value) -> Result<(), ()> {
+        let envelope = Envelope {
+            channel: channel.to_string(),
+            client_id: String::new(),
+            timestamp: state.sandbox.now().to_rfc3339_opts(SecondsFormat::Nanos, true),
+            sequence_num: self.sequence,
+            events: vec![event],
+        };
+        let message = json_text(&envelope);
         self.sequence += 1;
         let (drop, duplicate, reorder) =
             if channel == "user" { state.sandbox.draw_ws_fault() } else { (false, false, false) };
@@ -96,14 +105,14 @@ async fn session(socket: WebSocket, state: ServerState) {
                 let subscribe: Subscribe = match serde_json::from_str(&text) {
                     Ok(subscribe) => subscribe,
                     Err(error) => {
-                        let _ = out.raw(&serde_json::json!({"type": "error", "message": format!("bad message: {error}")}).to_string()).await;
+                        let _ = out.raw(&json_text(&Refusal::new(format!("bad message: {error}")))).await;
                         continue;
                     }
                 };
                 match verify(&subscribe.jwt, &state.keys, None, Utc::now().timestamp()) {
                     Ok(claims) => key = Some(claims.sub),
                     Err(error) => {
-                        let _ = out.raw(&serde_json::json!({"type": "error", "message": format!("authentication failure: {error}")}).to_string()).await;
+                        let _ = out.raw(&json_text(&Refusal::new(format!("authentication failure: {error}")))).await;
                         return;
                     }
                 }
@@ -113,12 +122,14 @@ async fn session(socket: WebSocket, state: ServerState) {
                 match subscribe.channel.as_str() {
                     "user" if !user => {
                         user = true;
-                        let confirm = serde_json::json!([{"subscriptions": {"user": ["sandbox-user"]}}]);
+                        let mut confirm = Subscriptions::default();
+                        confirm.subscriptions.insert("user".into(), vec!["sandbox-user".into()]);
+                        let confirm = value(&confirm);
                         if out.send(&state, "subscriptions", confirm).await.is_err() { return; }
                         let open: Vec<WsOrder> = state.sandbox.open_orders(key.as_deref());
                         let chunks: Vec<&[WsOrder]> = if open.is_empty() { vec![&[]] } else { open.chunks(SNAPSHOT_CHUNK).collect() };
                         for chunk in chunks {
-                            let event = serde_json::json!([{"type": "snapshot", "orders": chunk}]);
+                            let event = value(&UserEvent { kind: "snapshot".into(), orders: chunk.to_vec() });
                             if out.send(&state, "user", event).await.is_err() { return; }
                         }
                     }
@@ -130,7 +141,7 @@ async fn session(socket: WebSocket, state: ServerState) {
                 match change {
                     Ok(change) if change.account.is_some() && change.account != key => {}
                     Ok(change) => {
-                        let event = serde_json::json!([{"type": "update", "orders": [change.order]}]);
+                        let event = value(&UserEvent { kind: "update".into(), orders: vec![change.order] });
                         if out.send(&state, "user", event).await.is_err() { return; }
                     }
                     // The connection fell behind: like Coinbase, drop it; the client resyncs on reconnect.
@@ -138,7 +149,7 @@ async fn session(socket: WebSocket, state: ServerState) {
                 }
             }
             _ = tick.tick(), if heartbeats => {
-                let event = serde_json::json!([{"current_time": Utc::now().to_rfc3339(), "heartbeat_counter": counter}]);
+                let event = value(&Heartbeat { current_time: Utc::now().to_rfc3339(), heartbeat_counter: counter.into() });
                 counter += 1;
                 if out.send(&state, "heartbeats", event).await.is_err() { return; }
             }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{incident, sandbox_http, Backend, TestDb, INCIDENT};
+use crate::harness::{incident, open_order, sandbox_http, Backend, TestDb, INCIDENT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ordersync");
 
@@ -64,6 +64,7 @@ async fn bad_values_fail_at_start_naming_every_key_and_what_is_accepted() {
     let out = run(ordersync()
         .args(["reconcile", "--once"])
         .env("ORDERSYNC_POLL_INTERVAL", "soon")
+        .env("ORDERSYNC_LOG", "ordersync=loud")
         .env("ORDERSYNC_DATABASE_URL", "mysql://bot@db/trades"))
     .await;
 
@@ -71,6 +72,7 @@ async fn bad_values_fail_at_start_naming_every_key_and_what_is_accepted() {
     assert!(out.stderr.contains("--poll-interval / ORDERSYNC_POLL_INTERVAL: invalid value \"soon\""), "{}", out.stderr);
     assert!(out.stderr.contains("e.g. 30s, 5m, 2h"), "{}", out.stderr);
     assert!(out.stderr.contains("--database-url / ORDERSYNC_DATABASE_URL: invalid value \"mysql://bot@db/trades\""));
+    assert!(out.stderr.contains("--log / ORDERSYNC_LOG: invalid value \"ordersync=loud\""), "{}", out.stderr);
 }
 
 #[tokio::test]
@@ -628,4 +630,130 @@ async fn secrets_and_jwts_never_reach_the_output_even_at_trace() {
             }
         }
     }
+}
+
+/// Read log lines until one contains `what`; panics (with what was read) after 30 s.
+async fn line_with(lines: &mut Lines, what: &str) -> String {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        if line.contains(what) {
+            return line;
+        }
+        seen.push(line);
+    }
+    let last = seen.len().saturating_sub(40);
+    panic!("no log line with {what:?} within 30 s; the last lines read:\n{}", seen[last..].join("\n"));
+}
+
+/// `systemctl reload` (SIGHUP): thresholds and the log filter are taken on at once, the log says what
+/// changed and what waits for a restart, and a file that does not resolve changes nothing.
+#[tokio::test]
+async fn sighup_reloads_thresholds_and_the_log_filter_and_names_what_needs_a_restart() {
+    let setup = setup(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ordersync.toml");
+    std::fs::write(&file, "log = \"info\"\nmax_corrections_per_pass = 1000\npoll_interval = \"1h\"\n").unwrap();
+    let mut child = setup
+        .command()
+        .env_remove("ORDERSYNC_LOG")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = line_with(&mut lines, "ordersync started").await;
+    let addr = started.split("listen=").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap().to_string();
+    let brake = || async {
+        let status: serde_json::Value =
+            reqwest::get(format!("http://{addr}/api/v1/trades/sync-status")).await.unwrap().json().await.unwrap();
+        status["correction_brake"]["max_corrections_per_pass"].as_u64()
+    };
+    assert_eq!(brake().await, Some(1000));
+    line_with(&mut lines, "corrected order").await;
+
+    std::fs::write(
+        &file,
+        "log = \"info,ordersync=debug\"\nmax_corrections_per_pass = 7\npoll_interval = \"1s\"\nmetrics_refresh = \"9s\"\n",
+    )
+    .unwrap();
+    signal(child.id().unwrap(), "HUP").await;
+    let reloaded = line_with(&mut lines, "configuration reloaded").await;
+    for key in ["max_corrections_per_pass", "poll_interval", "log"] {
+        assert!(reloaded.contains(&format!("\"{key}\"")), "{key} applied: {reloaded}");
+    }
+    assert!(reloaded.contains("needs_restart=[\"metrics_refresh\"]"), "{reloaded}");
+    assert_eq!(brake().await, Some(7), "the brake's limit is the new one");
+    // The new filter shows debug lines, and the new interval brings a pass at once rather than in an hour.
+    line_with(&mut lines, "reconcile pass done").await;
+
+    std::fs::write(&file, "poll_interval = \"soon\"\n").unwrap();
+    signal(child.id().unwrap(), "HUP").await;
+    let refused = line_with(&mut lines, "not reloaded").await;
+    assert!(refused.contains("poll_interval") && refused.contains("soon"), "names the key and value: {refused}");
+    assert_eq!(brake().await, Some(7), "a bad file changes nothing");
+
+    signal(child.id().unwrap(), "TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0), "SIGHUP never ends serve");
+}
+
+/// `ORDERSYNC_LOG_FORMAT=json` lines carry their spans: the news of an order's end (in the account's
+/// `listen` span) and its correction (in a `check` span naming the order, bot, account and source) share
+/// the order id, and a pass's lines say which pass, its mode and how many orders it read.
+#[tokio::test]
+async fn json_logs_follow_an_order_from_the_websocket_news_to_its_correction() {
+    let db = TestDb::with_trades(Backend::Sqlite).await;
+    let sandbox = Sandbox::new(1);
+    let id = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(5)).await;
+    let setup = setup_on(db, &sandbox).await;
+    let ws = format!("ws{}{}", setup.url.trim_start_matches("http"), ordersync::sandbox::server::WS_PATH);
+    let mut child = setup
+        .command()
+        .env("ORDERSYNC_LOG", "info,ordersync=debug")
+        .env("ORDERSYNC_LOG_FORMAT", "json")
+        .env("ORDERSYNC_COINBASE_WS_URL", ws)
+        .args(["serve", "--listen", "127.0.0.1:0", "--poll-interval", "1h"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let json = |line: &str| serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let span = |line: &serde_json::Value, name: &str| {
+        line["spans"].as_array().and_then(|spans| spans.iter().find(|s| s["name"] == name).cloned())
+    };
+    // The first pass and the subscription, in whichever order they come.
+    let mut first = [None, None];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while first.iter().any(Option::is_none) {
+        let line = tokio::time::timeout_at(deadline, lines.next_line()).await.expect("a pass and a subscription");
+        let line = line.unwrap().expect("serve runs");
+        for (slot, what) in first.iter_mut().zip(["reconcile pass done", "subscribed to the user channel"]) {
+            if slot.is_none() && line.contains(what) {
+                *slot = Some(line.clone());
+            }
+        }
+    }
+    let pass = json(first[0].as_deref().unwrap());
+    let pass_span = span(&pass, "pass").unwrap_or_else(|| panic!("{pass}"));
+    assert_eq!((pass_span["mode"].as_str(), pass_span["orders"].as_u64()), (Some("apply"), Some(1)), "{pass}");
+    assert!(pass_span["pass"].as_u64().is_some(), "{pass}");
+
+    sandbox.fill(&id, None, None, None).unwrap();
+    let news = json(&line_with(&mut lines, "news: the order ended").await);
+    assert_eq!(news["order_id"], id.as_str(), "{news}");
+    assert_eq!(span(&news, "listen").map(|s| s["account"].clone()), Some("default".into()), "{news}");
+    let corrected = json(&line_with(&mut lines, "corrected order").await);
+    let check = span(&corrected, "check").unwrap_or_else(|| panic!("{corrected}"));
+    assert_eq!(
+        (&check["order_id"], &check["bot"], &check["account"], &check["source"]),
+        (&id.as_str().into(), &"alpha".into(), &"default".into(), &"websocket".into()),
+        "{corrected}"
+    );
+
+    signal(child.id().unwrap(), "TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").unwrap();
+    assert_eq!(status.code(), Some(0));
 }

@@ -1,5 +1,7 @@
 //! The real Coinbase client against the simulator over loopback HTTP: auth, paging, errors, retries.
 
+use ordersync::decide::VerdictWord;
+use ordersync::reconcile::CheckResult;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -299,7 +301,7 @@ async fn malformed_answers_leave_the_order_as_it_was(backend: Backend) {
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
-    assert!(report.checked.iter().all(|c| c.verdict == "unresolved"), "{report:?}");
+    assert!(report.checked.iter().all(|c| c.verdict == VerdictWord::Unresolved), "{report:?}");
     assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM trades WHERE status = 'pending'").await, 3);
     assert_eq!(metrics.order_checks.with_label_values(&["unknown"]).get(), 3);
 }
@@ -323,7 +325,7 @@ async fn an_exchange_that_does_not_answer_flags_no_order(backend: Backend) {
     let pass = || async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
-        let verdict = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().verdict;
+        let verdict = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().verdict.as_str();
         (verdict(&open), verdict(ghost))
     };
 
@@ -372,7 +374,7 @@ async fn an_order_left_out_of_list_orders_once_costs_no_request_of_its_own(backe
     let (reconciler, metrics) = http_reconciler(&db, &sandbox, "", &token).await;
     let get_orders = || ["ok", "not_found"].iter().map(|outcome| requests(&metrics, "get_order", outcome)).sum::<u64>();
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
-    assert!(report.checked.iter().all(|c| c.verdict == "in_sync"), "{report:?}");
+    assert!(report.checked.iter().all(|c| c.verdict == VerdictWord::InSync), "{report:?}");
 
     // Two fill on the exchange, and the next List Orders leaves all three out.
     for id in &ids[..2] {
@@ -382,7 +384,7 @@ async fn an_order_left_out_of_list_orders_once_costs_no_request_of_its_own(backe
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
     assert_eq!(report.checked.len(), 3);
     for checked in &report.checked {
-        assert_eq!(checked.verdict, "unresolved", "{checked:?}");
+        assert_eq!(checked.verdict, VerdictWord::Unresolved, "{checked:?}");
         assert!(checked.detail.as_deref().unwrap().contains("left out of the List Orders answer"), "{checked:?}");
     }
     assert_eq!(get_orders(), 0, "no Get Order for an order the exchange answered for before");
@@ -390,7 +392,7 @@ async fn an_order_left_out_of_list_orders_once_costs_no_request_of_its_own(backe
     // The next batch answers for them: the two filled ones are corrected, still without a Get Order.
     sandbox.set_faults(Faults::default());
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
-    assert_eq!(report.count("corrected"), 2, "{report:?}");
+    assert_eq!(report.count(CheckResult::Corrected), 2, "{report:?}");
     assert_eq!(get_orders(), 0);
     for id in &ids[..2] {
         assert_eq!(db.trade(id).await.status, "completed");
@@ -521,6 +523,7 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
 async fn a_rate_limit_above_coinbases_is_refused() {
     let overrides = ordersync::config::Overrides { coinbase_rate_limit: Some("50".into()), ..Default::default() };
     let file = ordersync::config::FileConfig::default();
-    let error = ordersync::config::resolve(&overrides, &file, "test.toml").unwrap_err().to_string();
+    let error =
+        ordersync::config::resolve(&overrides, &file, "test.toml", &ordersync::config::System).unwrap_err().to_string();
     assert!(error.contains("a whole number from 1 to 30"), "{error}");
 }

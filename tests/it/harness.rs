@@ -244,7 +244,7 @@ pub fn config_with(db: &TestDb, file: &str) -> Config {
         ..Overrides::default()
     };
     let file = FileConfig::parse(file, std::path::Path::new("test.toml")).unwrap();
-    ordersync::config::resolve(&overrides, &file, "test.toml").unwrap()
+    ordersync::config::resolve(&overrides, &file, "test.toml", &ordersync::config::System).unwrap()
 }
 
 pub fn settings(config: &Config) -> Settings {

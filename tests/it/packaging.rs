@@ -27,6 +27,7 @@ fn default_port() -> u16 {
         &ordersync::config::Overrides::default(),
         &ordersync::config::FileConfig::default(),
         "defaults",
+        &ordersync::config::System,
     )
     .unwrap();
     config.listen.port()

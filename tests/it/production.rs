@@ -2,6 +2,8 @@
 //! mass corrections, observe-only, product conflicts, a steady pass that writes nothing, retention, and a bot
 //! that keeps writing its SQLite file while ordersync settles.
 
+use ordersync::decide::VerdictWord;
+use ordersync::reconcile::CheckResult;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,7 +96,7 @@ async fn a_steady_pass_over_resting_orders_writes_nothing(backend: Backend) {
     };
 
     let first = pass(&reconciler).await;
-    assert_eq!(first.count("unchanged"), 40);
+    assert_eq!(first.count(CheckResult::Unchanged), 40);
     let after_first = written().await;
     assert_eq!(after_first, 80, "the first check of each order is written once");
     for _ in 0..3 {
@@ -107,7 +109,7 @@ async fn a_steady_pass_over_resting_orders_writes_nothing(backend: Backend) {
         db.rows("SELECT CAST(order_id AS TEXT) FROM trades ORDER BY order_id LIMIT 1").await[0][0].clone().unwrap();
     sandbox.fill(&id, None, None, None).unwrap();
     let report = pass(&reconciler).await;
-    assert_eq!(report.count("corrected"), 1);
+    assert_eq!(report.count(CheckResult::Corrected), 1);
     assert_eq!(written().await, after_first + 1, "one check row changed");
 }
 crate::both!(a_steady_pass_over_resting_orders_writes_nothing);
@@ -236,8 +238,8 @@ async fn the_brake_holds_a_mass_correction_until_an_operator_allows_it(backend: 
 
     let held = report.braked.as_ref().expect("15 of 20 pending rows is more than half");
     assert_eq!((held.would_correct, held.pending), (15, 20));
-    assert_eq!(report.count("held"), 15);
-    assert_eq!(report.count("corrected"), 0);
+    assert_eq!(report.count(CheckResult::Held), 15);
+    assert_eq!(report.count(CheckResult::Corrected), 0);
     for id in &filled {
         assert_eq!(db.trade(id).await.status, "pending", "nothing written");
     }
@@ -248,7 +250,7 @@ async fn the_brake_holds_a_mass_correction_until_an_operator_allows_it(backend: 
     // The WebSocket path is held too while the brake is engaged.
     reconciler.ended_news(sandbox_order(&sandbox, &filled[0]).await, Utc::now() - chrono::Duration::minutes(5));
     let due = reconciler.finish_due(&CancellationToken::new()).await;
-    assert_eq!(due.iter().map(|c| c.result).collect::<Vec<_>>(), vec!["held"]);
+    assert_eq!(due.iter().map(|c| c.result).collect::<Vec<_>>(), vec![CheckResult::Held]);
     assert_eq!(db.trade(&filled[0]).await.status, "pending");
 
     // An operator allows it (reconcile --once --allow-mass-correction runs this).
@@ -257,7 +259,7 @@ async fn the_brake_holds_a_mass_correction_until_an_operator_allows_it(backend: 
     let allowed =
         Reconciler::new(reconciler.store().clone(), Arc::new(sandbox.clone()), metrics.clone(), settings(&config));
     let report = pass(&allowed).await;
-    assert_eq!(report.count("corrected"), 15);
+    assert_eq!(report.count(CheckResult::Corrected), 15);
     // The service's next pass finds nothing to hold and releases the brake.
     let report = pass(&reconciler).await;
     assert!(report.braked.is_none());
@@ -280,7 +282,7 @@ async fn websocket_corrections_count_towards_the_brake(backend: Backend) {
 
     let due = reconciler.finish_due(&CancellationToken::new()).await;
 
-    assert_eq!(due.iter().filter(|c| c.result == "held").count(), 3, "3 > 2 in one go: {due:?}");
+    assert_eq!(due.iter().filter(|c| c.result == CheckResult::Held).count(), 3, "3 > 2 in one go: {due:?}");
     assert_eq!(metrics.correction_brake.get(), 1);
     for id in &filled {
         assert_eq!(db.trade(id).await.status, "pending");
@@ -310,7 +312,7 @@ async fn rows_the_websocket_path_corrected_count_as_pending_in_the_brakes_share(
         reconciler.ended_news(sandbox_order(&sandbox, id).await, Utc::now() - chrono::Duration::minutes(5));
     }
     let due = reconciler.finish_due(&CancellationToken::new()).await;
-    assert_eq!(due.iter().filter(|c| c.result == "corrected").count(), 3, "{due:?}");
+    assert_eq!(due.iter().filter(|c| c.result == CheckResult::Corrected).count(), 3, "{due:?}");
     for id in &ids[3..] {
         sandbox.fill(id, None, None, None).unwrap();
     }
@@ -318,7 +320,7 @@ async fn rows_the_websocket_path_corrected_count_as_pending_in_the_brakes_share(
     let report = pass(&reconciler).await;
 
     assert!(report.braked.is_none(), "12 corrections of the 12 rows pending since the last pass: {:?}", report.braked);
-    assert_eq!(report.count("corrected"), 9);
+    assert_eq!(report.count(CheckResult::Corrected), 9);
     assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM trades WHERE status = 'pending'").await, 0);
 }
 crate::both!(rows_the_websocket_path_corrected_count_as_pending_in_the_brakes_share);
@@ -332,7 +334,7 @@ async fn observe_only_checks_and_counts_everything_and_writes_nothing_to_the_bot
     let report = pass(&reconciler).await;
 
     assert_eq!(report.mismatches(), 3);
-    assert_eq!(report.count("would_correct"), 3);
+    assert_eq!(report.count(CheckResult::WouldCorrect), 3);
     for (order_id, _, _) in crate::harness::INCIDENT {
         assert_eq!(db.trade(order_id).await.status, "pending");
     }
@@ -341,7 +343,7 @@ async fn observe_only_checks_and_counts_everything_and_writes_nothing_to_the_bot
     // A manual reconcile of one order writes nothing either.
     let one = OrderId::parse(crate::harness::INCIDENT[0].0).unwrap();
     let checked = reconciler.reconcile_one(&one, Mode::Apply).await.unwrap();
-    assert_eq!(checked.result, "would_correct");
+    assert_eq!(checked.result, CheckResult::WouldCorrect);
     assert_eq!(db.trade(one.as_str()).await.status, "pending");
 }
 crate::both!(observe_only_checks_and_counts_everything_and_writes_nothing_to_the_bots_table);
@@ -363,7 +365,7 @@ async fn a_product_the_bot_did_not_trade_is_a_conflict_never_written(backend: Ba
 
     let report = pass(&reconciler).await;
 
-    assert_eq!(report.checked[0].verdict, "product_conflict");
+    assert_eq!(report.checked[0].verdict, VerdictWord::ProductConflict);
     assert_eq!(db.trade(&id).await.status, "pending", "never written");
     assert_eq!(db.count("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_events").await, 0);
     let conflicts = reconciler.store().conflicts().await.unwrap();
@@ -377,7 +379,7 @@ async fn a_product_the_bot_did_not_trade_is_a_conflict_never_written(backend: Ba
     // The bot fixes its row's product: the conflict clears and the order is corrected.
     db.exec(&format!("UPDATE trades SET product_id = 'BTC-USD' WHERE order_id = '{id}'")).await;
     let report = pass(&reconciler).await;
-    assert_eq!(report.count("corrected"), 1);
+    assert_eq!(report.count(CheckResult::Corrected), 1);
     assert!(reconciler.store().conflicts().await.unwrap().is_empty());
 }
 crate::both!(a_product_the_bot_did_not_trade_is_a_conflict_never_written);
@@ -500,7 +502,7 @@ async fn a_bot_writing_its_sqlite_file_is_never_locked_out_while_ordersync_settl
     stop.cancel();
     let (writes, errors) = writer.await.unwrap();
 
-    assert_eq!(report.count("corrected"), ORDERS);
+    assert_eq!(report.count(CheckResult::Corrected), ORDERS);
     let longest = reconciler.store().longest_write_transaction();
     assert!(
         errors.is_empty(),
@@ -535,8 +537,8 @@ async fn one_orders_failed_write_loses_only_that_order(backend: Backend) {
 
     let report = pass(&reconciler).await;
 
-    assert_eq!(report.count("corrected"), 2);
-    assert_eq!(report.count("error"), 1);
+    assert_eq!(report.count(CheckResult::Corrected), 2);
+    assert_eq!(report.count(CheckResult::Error), 1);
     for (order_id, _, _) in crate::harness::INCIDENT {
         let expected = if order_id == refused { "pending" } else { "completed" };
         assert_eq!(db.trade(order_id).await.status, expected, "{order_id}");
@@ -563,10 +565,10 @@ async fn orders_that_end_without_a_fill_are_braked_after_their_grace_period_too(
         reconciler_on(&db, Arc::new(sandbox.clone()), "grace = \"1s\"\nmax_correction_share = 0.5").await;
 
     let report = pass(&reconciler).await;
-    assert_eq!(report.checked.iter().filter(|c| c.verdict == "waiting").count(), 15);
+    assert_eq!(report.checked.iter().filter(|c| c.verdict == VerdictWord::Waiting).count(), 15);
     let due = reconciler.finish_due(&CancellationToken::new()).await;
 
-    assert_eq!(due.iter().filter(|c| c.result == "held").count(), 15, "{due:?}");
+    assert_eq!(due.iter().filter(|c| c.result == CheckResult::Held).count(), 15, "{due:?}");
     for id in &cancelled {
         assert_eq!(db.trade(id).await.status, "pending");
     }

@@ -1,5 +1,7 @@
 //! The heart: pending rows are fixed from the exchange's certain answers, on SQLite and PostgreSQL.
 
+use ordersync::decide::VerdictWord;
+use ordersync::reconcile::CheckResult;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ async fn incident_orders_complete_with_the_exchange_figures_once(backend: Backen
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
-    assert_eq!(report.count("corrected"), 3);
+    assert_eq!(report.count(CheckResult::Corrected), 3);
     for (order_id, _, price) in INCIDENT {
         let trade = db.trade(order_id).await;
         assert_eq!(trade.status, "completed", "{order_id}");
@@ -57,7 +59,7 @@ async fn a_dry_run_reports_all_three_and_changes_nothing(backend: Backend) {
 
     let report = reconciler.pass(Mode::DryRun, &CancellationToken::new()).await.unwrap();
 
-    assert_eq!(report.count("would_correct"), 3);
+    assert_eq!(report.count(CheckResult::WouldCorrect), 3);
     assert_eq!(report.mismatches(), 3);
     for (order_id, _, _) in INCIDENT {
         assert_eq!(db.trade(order_id).await.status, "pending");
@@ -101,8 +103,8 @@ async fn a_row_the_bot_completes_meanwhile_is_not_overwritten(backend: Backend) 
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
-    assert_eq!(report.count("row_changed"), 1);
-    assert_eq!(report.count("corrected"), 2);
+    assert_eq!(report.count(CheckResult::RowChanged), 1);
+    assert_eq!(report.count(CheckResult::Corrected), 2);
     let trade = db.trade(order_id).await;
     assert_eq!((trade.status.as_str(), trade.filled_price), ("cancelled", Some(dec("1.5"))), "the bot's write stands");
     let events = reconciler.store().events(Some(&OrderId::parse(order_id).unwrap())).await.unwrap();
@@ -131,7 +133,7 @@ async fn open_orders_stay_pending_and_unknown_ones_are_flagged_after_n_checks(ba
     for _ in 0..3 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
-        let verdict_of = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().verdict;
+        let verdict_of = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().verdict.as_str();
         verdicts.push((verdict_of(&open), verdict_of(&weird), verdict_of(ghost)));
     }
 
@@ -166,7 +168,7 @@ async fn a_terminal_row_is_never_moved_back(backend: Backend) {
 
     let checked = reconciler.reconcile_one(&OrderId::parse(order_id).unwrap(), Mode::Apply).await.unwrap();
 
-    assert_eq!((checked.verdict, checked.result), ("terminal_conflict", "unchanged"));
+    assert_eq!((checked.verdict, checked.result), (VerdictWord::TerminalConflict, CheckResult::Unchanged));
     assert_eq!(db.trade(order_id).await.status, "cancelled");
     assert!(reconciler.store().events(None).await.unwrap().is_empty());
 }
@@ -206,7 +208,7 @@ async fn a_custom_schema_works_through_config_alone(backend: Backend) {
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
-    assert_eq!(report.count("corrected"), 3, "{report:?}");
+    assert_eq!(report.count(CheckResult::Corrected), 3, "{report:?}");
     let rows = db
         .rows("SELECT state, CAST(avg_px AS TEXT), CAST(done_at AS TEXT) FROM bot_orders ORDER BY exchange_order_id")
         .await;
@@ -304,7 +306,7 @@ async fn shutdown_mid_pass_keeps_what_was_committed_and_nothing_half_done(backen
     let report = reconciler.pass(Mode::Apply, &token).await.unwrap();
 
     assert!(report.interrupted);
-    assert_eq!(report.count("corrected"), 1, "the order in hand before the signal committed");
+    assert_eq!(report.count(CheckResult::Corrected), 1, "the order in hand before the signal committed");
     let completed = db.count("SELECT CAST(COUNT(*) AS TEXT) FROM trades WHERE status = 'completed'").await;
     let events = db.count("SELECT CAST(COUNT(*) AS TEXT) FROM ordersync_events").await;
     assert_eq!((completed, events), (1, 1), "every written row has its event and no more");
@@ -320,7 +322,7 @@ async fn a_manual_reconcile_is_recorded_as_manual(backend: Backend) {
 
     let checked = reconciler.reconcile_one(&id, Mode::Apply).await.unwrap();
 
-    assert_eq!(checked.result, "corrected");
+    assert_eq!(checked.result, CheckResult::Corrected);
     let events = reconciler.store().events(Some(&id)).await.unwrap();
     assert_eq!(events[0].source, Source::Manual.as_str());
     assert_eq!(metrics.corrections.with_label_values(&["avnt-bot", "completed", "manual"]).get(), 1);
@@ -351,7 +353,7 @@ async fn one_refused_write_fails_alone_and_the_rest_of_the_batch_commits(backend
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
-    let result_of = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().result;
+    let result_of = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().result.as_str();
     assert_eq!((result_of(&ids[0]), result_of(&ids[1]), result_of(&ids[2])), ("corrected", "error", "corrected"));
     assert_eq!(db.trade(&ids[1]).await.status, "pending", "the refused order is left as it was");
     assert_eq!(db.trade(&ids[0]).await.status, "completed");
@@ -418,7 +420,7 @@ async fn one_bad_order_never_poisons_a_batch(backend: Backend) {
 
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
 
-    assert_eq!(report.count("corrected"), 3, "the incident is settled: {report:?}");
+    assert_eq!(report.count(CheckResult::Corrected), 3, "the incident is settled: {report:?}");
     let detail = |id: &str| report.checked.iter().find(|c| c.order_id == id).unwrap().detail.clone().unwrap();
     for id in odd.iter().copied().chain([shouting.to_uppercase().as_str()]) {
         assert!(detail(id).contains("is not a Coinbase order id (a UUID): never sent"), "{id}: {}", detail(id));

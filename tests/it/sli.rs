@@ -3,6 +3,8 @@
 //! them), sync latency from when the order really ended, terminal conflicts, and readiness that tells the
 //! truth.
 
+use ordersync::decide::VerdictWord;
+use ordersync::reconcile::CheckResult;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -77,8 +79,11 @@ async fn each_ended_order_is_settled_once_and_the_bot_goes_first(backend: Backen
     assert_eq!(app.db.trade(&missed).await.status, "pending", "ordersync waits out the grace period");
 
     app.eventually("the missed order corrected", || async { app.db.trade(&missed).await.status == "completed" }).await;
-    app.eventually("three orders settled", || async {
-        settled(&app, "alpha", "bot").await == Some(2.0) && settled(&app, "alpha", "ordersync").await == Some(1.0)
+    // The correction is counted just after its commit: wait for the count too, not only for the rows.
+    app.eventually("three orders settled and the correction counted", || async {
+        settled(&app, "alpha", "bot").await == Some(2.0)
+            && settled(&app, "alpha", "ordersync").await == Some(1.0)
+            && app.metric("ordersync_sync_latency_seconds_count{source=\"websocket\"}").await >= Some(1.0)
     })
     .await;
     let trade = app.db.trade(&missed).await;
@@ -139,7 +144,7 @@ async fn a_filled_answer_without_figures_is_completed_from_list_fills(backend: B
     let config = config(&db);
     let (reconciler, metrics) = reconciler(&db, &sandbox, &config).await;
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
-    assert_eq!(report.count("corrected"), 2);
+    assert_eq!(report.count(CheckResult::Corrected), 2);
 
     // 6 at 0.80 and 4 at 0.85: 10 at an average of 0.82, last filled at `last`.
     let trade = db.trade(&complete).await;
@@ -218,7 +223,7 @@ async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backe
     let report = reconciler.pass(Mode::Apply, &token).await.unwrap();
     assert_eq!(report.verified.len(), 4);
     let paper_check = report.verified.iter().find(|c| c.order_id == paper).unwrap();
-    assert_eq!(paper_check.verdict, "unresolved", "not settled, not a conflict");
+    assert_eq!(paper_check.verdict, VerdictWord::Unresolved, "not settled, not a conflict");
     let mut conflicts: Vec<&str> = report.conflicts().map(|c| c.order_id.as_str()).collect();
     conflicts.sort_unstable();
     let mut expected = vec![unknown_position.as_str(), phantom_fill.as_str()];
@@ -263,7 +268,7 @@ async fn terminal_rows_are_settled_or_conflicts_and_never_written(backend: Backe
     db.exec(&format!("UPDATE trades SET status = 'completed' WHERE order_id = '{unknown_position}'")).await;
     let fixed = reconciler.pass(Mode::Apply, &token).await.unwrap();
     assert_eq!(fixed.verified.len(), 1);
-    assert_eq!(fixed.verified[0].verdict, "settled_by_bot");
+    assert_eq!(fixed.verified[0].verdict, VerdictWord::SettledByBot);
     metrics.refresh_pending(reconciler.store()).await;
     assert_eq!(metrics.terminal_conflicts.with_label_values(&["alpha"]).get(), 1);
     assert_eq!(reconciler.store().conflicts().await.unwrap()[0].order_id, phantom_fill);
@@ -407,7 +412,7 @@ async fn orders_that_ended_before_ordersync_first_ran_are_backlog(backend: Backe
     let config = config(&db);
     let (reconciler, metrics) = reconciler(&db, &sandbox, &config).await;
     let report = reconciler.pass(Mode::Apply, &CancellationToken::new()).await.unwrap();
-    assert_eq!(report.count("corrected"), 4);
+    assert_eq!(report.count(CheckResult::Corrected), 4);
 
     let settled_by_ordersync: u64 = ["avnt-bot", "moodeng-bot", "alpha"]
         .iter()

@@ -32,3 +32,144 @@ fn every_source_file_opens_with_what_it_owns_and_is_on_the_architecture_map() {
         assert!(on_map, "ARCHITECTURE.md does not name {relative}");
     }
 }
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)).unwrap()
+}
+
+/// The names of every test function in the tree (`#[test]`, `#[tokio::test]`, and the bodies `both!` runs
+/// on SQLite and PostgreSQL).
+fn test_names() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    sources(&root.join("tests"), &mut files);
+    let mut names = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if let Some(both) = trimmed.strip_prefix("crate::both!(").or_else(|| trimmed.strip_prefix("both!(")) {
+                names.push(both.trim_end_matches(");").to_string());
+            }
+            let attribute =
+                |l: &str| l.trim_start().starts_with("#[test]") || l.trim_start().starts_with("#[tokio::test");
+            if attribute(trimmed) {
+                if let Some(f) = lines[i + 1..].iter().find(|l| l.contains("fn ")) {
+                    let after = f.split("fn ").nth(1).unwrap_or_default();
+                    names.push(after.split(['(', '<']).next().unwrap_or_default().to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// ARCHITECTURE.md's invariants are promises: each names (in backquotes) a test that holds it, and that test
+/// exists.
+#[test]
+fn every_invariant_in_the_architecture_names_a_test_that_exists() {
+    let architecture = read("ARCHITECTURE.md");
+    let tests = test_names();
+    let mut claims: Vec<String> = architecture
+        .split("**Invariant:**")
+        .skip(1)
+        .map(|rest| {
+            // A claim runs to the next invariant or the end of its bullet.
+            let end = [rest.find("**Invariant:**"), rest.find("\n- "), rest.find("\n\n")].into_iter().flatten().min();
+            rest[..end.unwrap_or(rest.len())].to_string()
+        })
+        .collect();
+    let section = architecture.split("## Invariants").nth(1).unwrap().split("\n## ").next().unwrap();
+    claims.extend(section.split("\n- ").skip(1).map(str::to_string));
+    assert!(claims.len() >= 25, "{} claims", claims.len());
+    for claim in claims {
+        let named: Vec<&str> =
+            claim.split('`').skip(1).step_by(2).filter(|name| tests.iter().any(|t| t == name)).collect();
+        assert!(!named.is_empty(), "an invariant names no test that exists:\n{}", claim.trim());
+    }
+}
+
+/// The pure parts (the decision, whose account a row is, what a reload changes) read no clock, file,
+/// environment or database and await nothing: they are tested exhaustively without any.
+#[test]
+fn the_decisions_do_no_io() {
+    for file in ["src/decide.rs", "src/account.rs", "src/reload.rs"] {
+        let text = read(file);
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for io in ["async fn", ".await", "Utc::now", "Instant::now", "std::fs", "std::env", "sqlx", "tokio", "reqwest"]
+        {
+            assert!(!code.contains(io), "{file} does I/O: {io}");
+        }
+    }
+}
+
+/// `config::resolve` is pure but for what the configuration names (an account's `private_key_env`, the
+/// SMTP password file), which it reads through the `Reader` it is given: the one `std::env::var` and the one
+/// file read in config.rs are `System`'s.
+#[test]
+fn resolve_reads_the_environment_and_files_only_through_its_reader() {
+    let text = read("src/config.rs");
+    let code = text.split("#[cfg(test)]").next().unwrap();
+    let system = code.split("impl Reader for System").nth(1).unwrap().split("\n}\n").next().unwrap();
+    for io in ["std::env::var(", "std::fs::"] {
+        assert_eq!(code.matches(io).count(), 1, "{io} outside System");
+        assert!(system.contains(io), "{io} is System's");
+    }
+}
+
+/// Coinbase's JSON is known in `exchange/` only: the listener reads the user channel, and the simulator
+/// writes it, through `exchange::ws` and `exchange::types`; no `json!` builds a Coinbase message elsewhere
+/// (the simulator's control API answers with its own `{"error"}`, `{"order_id"}` and `{"now"}`).
+#[test]
+fn only_exchange_knows_coinbase_json() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    for file in files {
+        let relative = file.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        if relative.starts_with("src/exchange/") || relative.starts_with("src/bin/") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (at, _) in code.match_indices("json!(") {
+            let opening = &code[at..(at + 40).min(code.len())];
+            let control = ["json!({\"error\"", "json!({\"order_id\"", "json!({\"now\""];
+            assert!(
+                relative == "src/sandbox/server.rs" && control.iter().any(|c| opening.starts_with(c))
+                    || !relative.starts_with("src/sandbox/") && !relative.starts_with("src/listen"),
+                "{relative} builds JSON by hand: {opening}"
+            );
+        }
+        if relative == "src/listen.rs" || relative.starts_with("src/sandbox/") {
+            assert!(!code.contains(".get(\""), "{relative} reads JSON by key");
+        }
+    }
+}
+
+/// Only `db/` writes the bot's table (the demo's and the fault run's simulated bots aside: they play the
+/// bot), and there is no global metrics registry.
+#[test]
+fn only_db_writes_the_bots_table_and_no_metric_is_global() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    for file in files {
+        let relative = file.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let plays_the_bot = relative == "src/demo.rs" || relative.starts_with("src/bin/fault-run/");
+        if !relative.starts_with("src/db/") && !plays_the_bot {
+            assert!(!code.contains("UPDATE "), "{relative} writes a table");
+        }
+        for global in
+            ["default_registry", "register_int_counter!", "register_counter!", "register_gauge!", "lazy_static!"]
+        {
+            assert!(!code.contains(global), "{relative}: {global}");
+        }
+    }
+    let listener = read("src/listen.rs");
+    assert!(!listener.contains("Store") && !listener.contains("write_batch"), "the listener writes nothing");
+}

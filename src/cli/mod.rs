@@ -1,28 +1,31 @@
-//! The commands: serve, reconcile, audit, migrate, sandbox, demo. clap types, config loading (file, then
-//! `resolve`), and dispatch. `anyhow` lives here and in `main.rs` only.
+//! The command line: the clap definition (`Cli`, `Global`, `Command`), config loading (file, then
+//! `config::resolve`), and dispatch to a file per command (`serve.rs`, `reconcile.rs`, `audit.rs`,
+//! `prune.rs`, `migrate.rs`, `report.rs`, `sandbox.rs`, `generate.rs` for completions and man; the demo is
+//! `crate::demo`). `anyhow` lives here and in `main.rs` only.
 //!
 //! Deliberately not here: any logic the commands share; they call `app`, `reconcile`, `db`, `sandbox`.
 
-use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
-use std::num::NonZeroU32;
+mod audit;
+mod generate;
+mod migrate;
+mod prune;
+mod reconcile;
+mod report;
+mod sandbox;
+mod serve;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
-use secrecy::SecretString;
-
-use crate::app::{self, App, AppError};
+use crate::app::{self, AppError};
 use crate::config::{self, Config, FileConfig, LogFormat, Overrides};
 use crate::db::StoreError;
-use crate::exchange::auth::{CdpKey, PublicKey};
 use crate::metrics::Metrics;
-use crate::reconcile::{Checked, Mode, PassReport, Reconciler};
-use crate::sandbox::server::{self as sandbox_server, ServerState};
-use crate::sandbox::{Faults, Sandbox};
+use crate::reconcile::Reconciler;
 
 /// Exit code when `audit --fail-on-mismatch` finds mismatches.
 pub const EXIT_MISMATCH: i32 = 3;
@@ -50,7 +53,7 @@ pub struct Cli {
 }
 
 /// Settings every command shares.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Global {
     /// TOML configuration file (keys as in the README's configuration reference)
     #[arg(long, global = true, env = config::ENV_CONFIG, value_name = "FILE")]
@@ -163,6 +166,9 @@ pub struct Global {
     /// Never send more e-mails than this in an hour [default: 10]
     #[arg(long, global = true, env = config::ENV_EMAIL_MAX_PER_HOUR, value_name = "N", help_heading = "E-mail alerts")]
     pub email_max_per_hour: Option<String>,
+    /// Log filter, tracing EnvFilter syntax (e.g. info,ordersync=debug) [default: info,sqlx=warn]
+    #[arg(long, global = true, env = config::ENV_LOG, value_name = "FILTER")]
+    pub log: Option<String>,
     /// Log format
     #[arg(long, global = true, env = config::ENV_LOG_FORMAT, value_enum, default_value = "text")]
     pub log_format: LogFormatArg,
@@ -197,7 +203,9 @@ pub enum Command {
                             ORDERSYNC_COINBASE_KEY_FILE=/etc/ordersync/cdp_api_key.json ordersync serve\n\n\
                             serve creates or updates ordersync's own tables at start; with --no-migrate it leaves them\n\
                             alone (run `ordersync migrate` with a role that may) and refuses to start if they are not\n\
-                            current.")]
+                            current.\n\n\
+                            SIGHUP (systemctl reload) reads the configuration again: thresholds, the brake, e-mail\n\
+                            recipients and the log filter change at once; the log names what needs a restart.")]
     Serve {
         /// Do not create or update ordersync's tables; refuse to start unless they are current
         #[arg(long)]
@@ -379,6 +387,7 @@ impl Global {
             retention: self.retention.clone(),
             lease: self.lease.clone(),
             replica: self.replica.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -399,7 +408,7 @@ pub fn load_config(global: &Global) -> anyhow::Result<Config> {
         }
         None => (FileConfig::default(), "the config file".to_string()),
     };
-    config::resolve(&global.overrides(), &file, &name).map_err(|e| UsageError(e.to_string()).into())
+    config::resolve(&global.overrides(), &file, &name, &config::System).map_err(|e| UsageError(e.to_string()).into())
 }
 
 fn app_error(error: AppError) -> anyhow::Error {
@@ -414,36 +423,30 @@ fn app_error(error: AppError) -> anyhow::Error {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     // Generated from the definition alone: no configuration is read.
     match cli.command {
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, "ordersync", &mut script);
-            return print_generated(&script, "the completion script");
-        }
-        Command::Man => {
-            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            let mut roff = Vec::new();
-            page.render(&mut roff).context("rendering the manual page")?;
-            return print_generated(&roff, "the manual page");
-        }
+        Command::Completions { shell } => return generate::completions(shell),
+        Command::Man => return generate::man(),
         _ => {}
     }
     let config = load_config(&cli.global)?;
+    if let Some(filter) = &config.log {
+        // The file's `log` (flags and the environment were read at start, and win).
+        let _ = crate::telemetry::set_filter(filter);
+    }
     match cli.command {
-        Command::Serve { no_migrate } => serve(&config, no_migrate).await.map(|()| 0),
+        Command::Serve { no_migrate } => serve::serve(&config, &cli.global, no_migrate).await.map(|()| 0),
         Command::Reconcile { once, dry_run, json, no_migrate, allow_mass_correction } => {
             let mut config = config;
             config.brake.allowed = allow_mass_correction;
-            reconcile(&config, once, dry_run, json, no_migrate).await
+            reconcile::reconcile(&config, once, dry_run, json, no_migrate).await
         }
-        Command::Prune { older_than, events } => prune(&config, older_than, events).await.map(|()| 0),
-        Command::Audit { json, fail_on_mismatch } => audit(&config, json, fail_on_mismatch).await,
-        Command::Migrate => migrate(&config).await.map(|()| 0),
+        Command::Prune { older_than, events } => prune::prune(&config, older_than, events).await.map(|()| 0),
+        Command::Audit { json, fail_on_mismatch } => audit::audit(&config, json, fail_on_mismatch).await,
+        Command::Migrate => migrate::migrate(&config).await.map(|()| 0),
         Command::Report { since, format, output } => {
-            report(&config, &since, format, output.as_deref()).await.map(|()| 0)
+            report::report(&config, &since, format, output.as_deref()).await.map(|()| 0)
         }
         Command::Sandbox { listen, keys, rate_limit, seed, faults, clock_skew_ms } => {
-            sandbox(&listen, &keys, rate_limit, seed, faults.as_deref(), clock_skew_ms).await.map(|()| 0)
+            sandbox::sandbox(&listen, &keys, rate_limit, seed, faults.as_deref(), clock_skew_ms).await.map(|()| 0)
         }
         Command::Demo { database, bots, miss_rate, seed, order_every } => {
             let mut config = config;
@@ -465,17 +468,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// Write generated text to standard output; a reader that stops early (`| head`) is no failure.
-fn print_generated(text: &[u8], what: &str) -> anyhow::Result<i32> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text).and_then(|()| out.flush()) {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(error).context(format!("writing {what}")))
-        }
-        _ => Ok(0),
-    }
-}
-
 /// A token cancelled on SIGINT or SIGTERM.
 fn signal_token() -> CancellationToken {
     let token = CancellationToken::new();
@@ -485,23 +477,6 @@ fn signal_token() -> CancellationToken {
         cancel.cancel();
     });
     token
-}
-
-async fn serve(config: &Config, no_migrate: bool) -> anyhow::Result<()> {
-    let app = App::build(config, app::AppParts { no_migrate, ..app::AppParts::default() }).await.map_err(app_error)?;
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        revision = crate::metrics::REVISION,
-        listen = %app.addr(),
-        database = app.store().url(),
-        backend = app.store().backend().as_str(),
-        exchange = %config.coinbase.api_url,
-        poll_interval = %config::format_duration(config.poll_interval),
-        replica = %config.replica,
-        accounts = config.accounts.len(),
-        "ordersync started"
-    );
-    app.run(signal_token()).await.map_err(app_error)
 }
 
 /// What a command may do to ordersync's own tables.
@@ -545,375 +520,4 @@ async fn reconciler(config: &Config, tables: Tables) -> anyhow::Result<Reconcile
         Tables::Current => {}
     }
     Ok(Reconciler::with_accounts(store, accounts, metrics, app::settings(config)))
-}
-
-async fn reconcile(config: &Config, once: bool, dry_run: bool, json: bool, no_migrate: bool) -> anyhow::Result<i32> {
-    let tables = match (dry_run, no_migrate) {
-        (true, _) => Tables::ReadOnly,
-        (false, true) => Tables::Current,
-        (false, false) => Tables::Migrate,
-    };
-    // A pass that writes is the one ordersync on a SQLite file for as long as it runs; a dry run only reads.
-    let _instance = if dry_run { None } else { app::claim_database(config).map_err(app_error)? };
-    if !once && dry_run {
-        return Err(UsageError("--dry-run needs --once: a dry run is one pass".into()).into());
-    }
-    let reconciler = reconciler(config, tables).await?;
-    let token = signal_token();
-    let ownership = reconciler.accounts().ownership().clone();
-    let lease =
-        crate::replica::LeaseSettings { lease: config.lease, accounts: reconciler.accounts().map().names().to_vec() };
-    if !once {
-        // A replica like serve (without HTTP): on PostgreSQL it takes its share of the accounts.
-        let leases = ownership.is_leased().then(|| {
-            let (store, ownership, lease, token) =
-                (reconciler.store().clone(), ownership.clone(), lease, token.clone());
-            tokio::spawn(crate::replica::run(store, ownership, lease, token))
-        });
-        // Orders found ended less than `grace` ago are checked again as the grace period ends, as in serve.
-        let due = reconciler.clone();
-        let due_token = token.clone();
-        let due_checks = tokio::spawn(async move { due.run_due(due_token).await });
-        reconciler.run(token).await;
-        let _ = due_checks.await;
-        if let Some(leases) = leases {
-            let _ = leases.await;
-        }
-        return Ok(0);
-    }
-    if ownership.is_leased() {
-        // One pass: the accounts no running replica holds, given back at the end.
-        let skipped = crate::replica::claim_free(reconciler.store(), &ownership, &lease)
-            .await
-            .context("taking the accounts' leases")?;
-        for (account, owner) in skipped {
-            eprintln!("account {account} is served by replica {owner}: its orders are that replica's to check");
-        }
-    }
-    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    let report = reconciler.pass(mode, &token).await.context("reconcile pass failed");
-    let report = match report {
-        Ok(mut report) => {
-            // Orders that ended less than `grace` ago are checked once the bot had its grace period.
-            for checked in reconciler.finish_due(&token).await {
-                match report.checked.iter_mut().find(|c| c.order_id == checked.order_id) {
-                    Some(earlier) => *earlier = checked,
-                    None => report.checked.push(checked),
-                }
-            }
-            Ok(report)
-        }
-        Err(error) => Err(error),
-    };
-    if ownership.is_leased() {
-        crate::replica::release_all(reconciler.store(), &ownership).await;
-    }
-    let report = report?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report).context("encoding the report")?);
-    } else {
-        print_summary(&report, dry_run);
-    }
-    if let Some(held) = &report.braked {
-        eprintln!(
-            "error: the mass-correction brake held every correction: this pass would correct {} of {} pending \
-             rows (max_corrections_per_pass {}, max_correction_share {}); nothing was corrected. Check the status \
-             words and that the key is the bot's account (ordersync audit), then run `ordersync reconcile --once \
-             --allow-mass-correction`",
-            held.would_correct, held.pending, held.max_corrections, held.max_share
-        );
-        return Ok(1);
-    }
-    // Automation must be able to trust the exit code: a pass that checked nothing, or was cut short, failed.
-    if let Some(why) = pass_failure(&report) {
-        let written = if dry_run { "nothing was written" } else { "what was written stands" };
-        eprintln!("error: {why}; {written}");
-        return Ok(1);
-    }
-    Ok(0)
-}
-
-async fn prune(config: &Config, older_than: Option<std::time::Duration>, events: bool) -> anyhow::Result<()> {
-    let Some(older_than) = older_than.or(config.retention) else {
-        return Err(UsageError("retention is off: say how old with --older-than, e.g. --older-than 90d".into()).into());
-    };
-    if older_than < config.verify_window {
-        return Err(UsageError(format!(
-            "--older-than {} is inside the verify window ({}): settlements that young keep recent terminal rows \
-             from being settled a second time; use at least {}",
-            config::format_duration(older_than),
-            config::format_duration(config.verify_window),
-            config::format_duration(config.verify_window)
-        ))
-        .into());
-    }
-    let store = app::connect_store(config).await.map_err(app_error)?;
-    if !store.has_own_tables() {
-        return Err(app_error(StoreError::NotMigrated { url: store.url().to_string() }.into()));
-    }
-    let age = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-    let before = chrono::Utc::now().checked_sub_signed(age).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let pruned = store.prune(before, events).await.context("pruning")?;
-    println!(
-        "deleted, older than {}: {} check states of settled orders, {} settlements, {} audit events{}",
-        config::format_duration(older_than),
-        pruned.check_states,
-        pruned.settlements,
-        pruned.events,
-        if events { "" } else { " (kept: add --events to delete them)" }
-    );
-    Ok(())
-}
-
-/// Exit 1, saying why on stderr, when a pass checked nothing or was cut short: its figures are not the
-/// truth, whatever `--fail-on-mismatch` would say.
-fn pass_failure(report: &PassReport) -> Option<String> {
-    if report.failed {
-        let why = report.checked.iter().find_map(|c| c.detail.clone()).unwrap_or_default();
-        return Some(format!("no order could be checked: the exchange gave no certain answer for any ({why})"));
-    }
-    report.interrupted.then(|| "the pass was interrupted before every order was checked".to_string())
-}
-
-fn print_summary(report: &PassReport, dry_run: bool) {
-    let mut out = std::io::stdout().lock();
-    for checked in report.checked.iter().filter(|c| c.verdict != "in_sync") {
-        let _ = writeln!(
-            out,
-            "{:<38} {:<10} {:<22} {:<17} {}",
-            checked.order_id,
-            checked.bot_id.as_deref().unwrap_or("-"),
-            checked.exchange_status.as_deref().unwrap_or("-"),
-            checked.verdict,
-            checked.detail.as_deref().unwrap_or(checked.result)
-        );
-    }
-    let changed = if dry_run { report.count("would_correct") } else { report.count("corrected") };
-    let _ = writeln!(
-        out,
-        "{} checked, {} mismatches, {} {}, {} unresolved, {} left alone by the grace period{}",
-        report.checked.len(),
-        report.mismatches(),
-        changed,
-        if dry_run { "would be corrected (dry run: nothing written)" } else { "corrected" },
-        report.checked.iter().filter(|c| matches!(c.verdict, "unresolved" | "flagged")).count(),
-        report.too_young,
-        if report.interrupted { ", interrupted" } else { "" },
-    );
-}
-
-async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -> anyhow::Result<i32> {
-    let reconciler = reconciler(config, Tables::ReadOnly).await?;
-    let token = signal_token();
-    // A progress bar on a terminal (drawn on stderr, so --json output stays clean); nothing otherwise.
-    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    if std::io::stderr().is_terminal() {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} pending orders checked ({eta} left)")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
-    let report = reconciler.pass_with_progress(Mode::DryRun, &token, &progress).await.context("audit failed");
-    bar.finish_and_clear();
-    let report = report?;
-    // Conflicts found now (read-only: nothing recorded) and those ordersync recorded before.
-    let mut conflicts: Vec<crate::db::ConflictRow> =
-        reconciler.store().conflicts().await.context("reading terminal conflicts")?;
-    let now = chrono::Utc::now();
-    for found in report.conflicts() {
-        if !conflicts.iter().any(|c| c.order_id == found.order_id) {
-            let kind = match found.verdict {
-                "product_conflict" => crate::db::ConflictKind::Product,
-                _ => crate::db::ConflictKind::Position,
-            };
-            conflicts.push(crate::db::ConflictRow {
-                kind,
-                exchange_product_id: None,
-                order_id: found.order_id.clone(),
-                bot_id: found.bot_id.clone(),
-                product_id: found.product_id.clone(),
-                row_status: found.db_status.clone(),
-                exchange_status: found.exchange_status.clone().unwrap_or_default(),
-                filled_size: None,
-                found_at: now,
-            });
-        }
-    }
-    if json {
-        let audit = serde_json::json!({
-            "orders": report.checked,
-            "terminal_conflicts": conflicts,
-            "unmatched_rows": report.unmatched,
-        });
-        println!("{}", serde_json::to_string_pretty(&audit).context("encoding the audit")?);
-    } else {
-        let mut out = std::io::stdout().lock();
-        let _ =
-            writeln!(out, "{:<38} {:<10} {:<14} {:>9} {:<22} VERDICT", "ORDER_ID", "BOT", "PRODUCT", "AGE", "EXCHANGE");
-        for c in &report.checked {
-            let _ = writeln!(
-                out,
-                "{:<38} {:<10} {:<14} {:>9} {:<22} {}",
-                c.order_id,
-                c.bot_id.as_deref().unwrap_or("-"),
-                c.product_id.as_deref().unwrap_or("-"),
-                c.age_seconds.map_or_else(|| "unknown".to_string(), human_age),
-                c.exchange_status.as_deref().unwrap_or("-"),
-                c.verdict
-            );
-        }
-        let unreadable: Vec<&Checked> = report.checked.iter().filter(|c| c.created_raw.is_some()).collect();
-        if !unreadable.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nROWS WHOSE CREATION TIME CANNOT BE READ (checked like any other; their age is unknown, so they \
-                 count as stuck):"
-            );
-            for c in unreadable {
-                let _ = writeln!(out, "{:<38} created_at = {:?}", c.order_id, c.created_raw.as_deref().unwrap_or(""));
-            }
-        }
-        let _ = writeln!(
-            out,
-            "{} pending orders checked, {} mismatches, {} younger than the grace period not checked",
-            report.checked.len(),
-            report.mismatches(),
-            report.too_young
-        );
-        if !conflicts.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nTERMINAL CONFLICTS: the bot's row says one outcome, Coinbase another (ordersync never writes these; \
-                 see docs/runbooks.md#ordersyncterminalconflict)\n{:<38} {:<10} {:<14} {:<12} EXCHANGE",
-                "ORDER_ID", "BOT", "PRODUCT", "ROW"
-            );
-            for c in &conflicts {
-                let _ = writeln!(
-                    out,
-                    "{:<38} {:<10} {:<14} {:<12} {}",
-                    c.order_id,
-                    c.bot_id.as_deref().unwrap_or("-"),
-                    c.product_id.as_deref().unwrap_or("-"),
-                    c.row_status,
-                    c.exchange_status
-                );
-            }
-        }
-        let _ = writeln!(out, "{} terminal conflicts", conflicts.len());
-        if !report.unmatched.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nROWS OF NO CONFIGURED ACCOUNT (never asked about, never written: name the account in the row's \
-                 account column, or add the bot to an account's bots in [[accounts]])\n{:<38} {:<10} ACCOUNT",
-                "ORDER_ID", "BOT"
-            );
-            for u in &report.unmatched {
-                let _ = writeln!(
-                    out,
-                    "{:<38} {:<10} {}",
-                    u.order_id,
-                    u.bot_id.as_deref().unwrap_or("-"),
-                    u.account.as_deref().unwrap_or("-")
-                );
-            }
-            let _ = writeln!(out, "{} rows of no configured account", report.unmatched.len());
-        }
-    }
-    if let Some(why) = pass_failure(&report) {
-        eprintln!("error: {why}");
-        return Ok(1);
-    }
-    let found = report.mismatches() > 0 || !conflicts.is_empty();
-    Ok(if fail_on_mismatch && found { EXIT_MISMATCH } else { 0 })
-}
-
-fn human_age(seconds: i64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
-async fn report(
-    config: &Config,
-    since: &str,
-    format: ReportFormat,
-    output: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let window = config::parse_duration(since).map_err(|e| UsageError(format!("--since {since:?}: expected {e}")))?;
-    // Read-only: on a database never migrated, the report is simply empty.
-    let store = app::connect_store(config).await.map_err(app_error)?;
-    let until = chrono::Utc::now();
-    let since = until - chrono::Duration::from_std(window).context("--since is too long")?;
-    let settlements = store.settlements_since(since).await.context("reading settled orders")?;
-    let report = crate::report::build(&settlements, since, until);
-    let rendered = match format {
-        ReportFormat::Text => crate::report::text(&report),
-        ReportFormat::Json => crate::report::json(&report),
-        ReportFormat::Html => crate::report::html(&report),
-    };
-    match output {
-        Some(path) => std::fs::write(path, rendered).with_context(|| format!("writing {}", path.display()))?,
-        None => print!("{rendered}"),
-    }
-    Ok(())
-}
-
-async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = app::connect_store(config).await.map_err(app_error)?;
-    let applied = store.migrate().await.map_err(|e| app_error(e.into()))?;
-    if applied.is_empty() {
-        println!("ordersync's tables are up to date in {}", store.url());
-    } else {
-        println!("applied {} to {}", applied.join(", "), store.url());
-    }
-    Ok(())
-}
-
-async fn sandbox(
-    listen: &str,
-    keys: &[String],
-    rate_limit: u32,
-    seed: u64,
-    faults: Option<&str>,
-    clock_skew_ms: i64,
-) -> anyhow::Result<()> {
-    let mut accepted = HashMap::new();
-    for entry in keys {
-        let (name, path) =
-            entry.split_once('=').ok_or_else(|| UsageError(format!("--key {entry:?}: expected NAME=FILE")))?;
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading key file {path}"))?;
-        let public = PublicKey::parse(&text).map_err(|e| UsageError(format!("--key {name}: {e}")))?;
-        accepted.insert(name.to_string(), public);
-    }
-    if accepted.is_empty() {
-        let key = CdpKey::generate("organizations/sandbox/apiKeys/sandbox");
-        let path = std::env::temp_dir().join("ordersync-sandbox-key.pem");
-        let pem = key.to_pem().ok_or_else(|| anyhow::anyhow!("generated key has no PEM form"))?;
-        std::fs::write(&path, secrecy::ExposeSecret::expose_secret(&pem))
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("no --key given: generated {} with name {}", path.display(), key.name());
-        accepted.insert(key.name().to_string(), key.public_key());
-    }
-    let sandbox = Sandbox::new(seed);
-    sandbox.skew(chrono::Duration::milliseconds(clock_skew_ms));
-    // Which key and which replica asked, for GET /sandbox/requests.
-    sandbox.record_requests();
-    if let Some(faults) = faults {
-        let faults: Faults = serde_json::from_str(faults).map_err(|e| UsageError(format!("--faults: {e}")))?;
-        sandbox.set_faults(faults);
-    }
-    let state = ServerState::new(sandbox, accepted, NonZeroU32::new(rate_limit));
-    let token = signal_token();
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    println!("Coinbase simulator listening on http://{}", listener.local_addr()?);
-    sandbox_server::serve(listener, state, token).await.context("simulator server failed")
 }
