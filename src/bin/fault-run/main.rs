@@ -380,6 +380,11 @@ async fn run_with(args: &Args, plan: &Plan, binary: &Path, dir: &Path, db: &BotD
         // After a kill -9 on PostgreSQL the new process waits out the dead one's lease: the shortest one.
         ("ORDERSYNC_LEASE", "3s".to_string()),
         ("ORDERSYNC_LOG", "info,sqlx=warn".to_string()),
+        // The mass-correction brake off: after a kill -9 and a lock held beyond the lock wait, most pending
+        // rows have really ended, and a pass that corrects them all is right here. With the brake on (share
+        // 0.5) such a pass waits for an operator who never comes, and the run counts lost updates.
+        ("ORDERSYNC_MAX_CORRECTIONS_PER_PASS", "1000000".to_string()),
+        ("ORDERSYNC_MAX_CORRECTION_SHARE", "1".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
