@@ -56,12 +56,10 @@ async fn rows_written(url: &str) -> i64 {
 }
 
 async fn reconciler_on(url: &str, sim: std::net::SocketAddr, key: CdpKey) -> (Reconciler, Metrics) {
-    let overrides = Overrides {
-        database_url: Some(url.to_string().into()),
-        grace: Some("0s".into()),
-        coinbase_rate_limit: Some("30".into()),
-        ..Overrides::default()
-    };
+    let overrides = Overrides::default()
+        .with("database-url", url.to_string())
+        .with("grace", "0s")
+        .with("coinbase-rate-limit", "30");
     let mut config =
         ordersync::config::resolve(&overrides, &FileConfig::default(), "defaults", &ordersync::config::System).unwrap();
     config.brake.allowed = true;

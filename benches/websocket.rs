@@ -97,14 +97,12 @@ async fn run(backend: &str, url: &str, seconds: u64, grace: &str) {
         server::spawn("127.0.0.1:0", ServerState::new(sandbox.clone(), keys, NonZeroU32::new(1000)), token.clone())
             .await
             .unwrap();
-    let overrides = Overrides {
-        database_url: Some(url.to_string().into()),
-        poll_interval: Some("1h".into()),
-        grace: Some(grace.into()),
-        coinbase_api_url: Some(format!("http://{addr}")),
-        coinbase_ws_url: Some(format!("ws://{addr}{WS_PATH}")),
-        ..Overrides::default()
-    };
+    let overrides = Overrides::default()
+        .with("database-url", url.to_string())
+        .with("poll-interval", "1h")
+        .with("grace", grace)
+        .with("coinbase-api-url", format!("http://{addr}"))
+        .with("coinbase-ws-url", format!("ws://{addr}{WS_PATH}"));
     let config =
         ordersync::config::resolve(&overrides, &FileConfig::default(), "bench", &ordersync::config::System).unwrap();
     let metrics = Metrics::new(prometheus::Registry::new(), config.stuck_after).unwrap();

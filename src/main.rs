@@ -19,7 +19,8 @@ fn main() -> ExitCode {
 
 async fn run() -> ExitCode {
     let cli = Cli::parse();
-    ordersync::telemetry::init(cli.global.log_format.into(), cli.global.log.as_deref());
+    let (format, filter) = cli.logging();
+    ordersync::telemetry::init(format, filter.as_deref());
     match cli::run(cli).await {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(error) if error.is::<UsageError>() => {

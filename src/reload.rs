@@ -122,7 +122,7 @@ mod tests {
 
     fn config(toml: &str) -> Config {
         let file: FileConfig = toml::from_str(toml).unwrap();
-        let over = Overrides { replica: Some("test".into()), ..Overrides::default() };
+        let over = Overrides::default().with("replica", "test");
         resolve(&over, &file, "ordersync.toml", &System).unwrap()
     }
 

@@ -5,12 +5,13 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, App};
 use crate::config::{self, Config};
 
-use super::{app_error, load_config, signal_token, Global};
+use super::{app_error, load_config, signal_token};
+use crate::config::settings::Given;
 
-pub(super) async fn serve(config: &Config, global: &Global, no_migrate: bool) -> anyhow::Result<()> {
+pub(super) async fn serve(config: &Config, given: &Given, no_migrate: bool) -> anyhow::Result<()> {
     let app = App::build(config, app::AppParts { no_migrate, ..app::AppParts::default() }).await.map_err(app_error)?;
     let token = signal_token();
-    tokio::spawn(reload_on_hangup(global.clone(), config.clone(), app.reload(), token.clone()));
+    tokio::spawn(reload_on_hangup(given.clone(), config.clone(), app.reload(), token.clone()));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         revision = crate::metrics::REVISION,
@@ -29,12 +30,7 @@ pub(super) async fn serve(config: &Config, global: &Global, no_migrate: bool) ->
 /// On each `SIGHUP`, read the configuration again (file, environment and flags as at start) and take on
 /// what can change at run time (`reload`); say what changed and what waits for a restart. A configuration
 /// that does not resolve changes nothing.
-pub(super) async fn reload_on_hangup(
-    global: Global,
-    mut running: Config,
-    reload: app::Reload,
-    token: CancellationToken,
-) {
+pub(super) async fn reload_on_hangup(given: Given, mut running: Config, reload: app::Reload, token: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -50,7 +46,7 @@ pub(super) async fn reload_on_hangup(
                 () = token.cancelled() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
-            let new = match load_config(&global) {
+            let new = match load_config(&given) {
                 Ok(new) => new,
                 Err(error) => {
                     // Every bad key on the one line, so that a log search finds them with the refusal.
@@ -83,7 +79,7 @@ pub(super) async fn reload_on_hangup(
     }
     #[cfg(not(unix))]
     {
-        let _ = (global, running, reload);
+        let _ = (given, running, reload);
         token.cancelled().await;
     }
 }

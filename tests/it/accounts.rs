@@ -118,7 +118,7 @@ async fn account_settings_that_cannot_work_are_named_at_start() {
     )
     .unwrap();
     let out = run(ordersync()
-        .args(["--config", config.to_str().unwrap(), "migrate"])
+        .args(["--config", config.to_str().unwrap(), "audit"])
         .env("ORDERSYNC_COINBASE_KEY_FILE", "/tmp/single.pem"))
     .await;
     assert_eq!(out.code, 2, "{}", out.stderr);

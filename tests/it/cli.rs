@@ -82,25 +82,68 @@ async fn flags_beat_the_environment_and_the_environment_beats_the_file() {
     std::fs::write(&file, "poll_interval = \"bad-in-file\"\n").unwrap();
     let file = file.to_str().unwrap();
 
-    let file_only = run(ordersync().args(["--config", file, "migrate"])).await;
+    let file_only = run(ordersync().args(["reconcile", "--once", "--config", file])).await;
     assert_eq!(file_only.code, 2);
     assert!(file_only.stderr.contains(&format!("poll_interval in {file}")), "{}", file_only.stderr);
 
     let env_wins =
-        run(ordersync().args(["--config", file, "migrate"]).env("ORDERSYNC_POLL_INTERVAL", "bad-in-env")).await;
+        run(ordersync().args(["reconcile", "--once", "--config", file]).env("ORDERSYNC_POLL_INTERVAL", "bad-in-env"))
+            .await;
     assert!(
         env_wins.stderr.contains("\"bad-in-env\"") && !env_wins.stderr.contains("bad-in-file"),
         "{}",
         env_wins.stderr
     );
 
-    let flag_wins = run(ordersync()
-        .args(["--config", file, "--poll-interval", "5s", "migrate"])
-        .env("ORDERSYNC_POLL_INTERVAL", "bad-in-env"))
-    .await;
-    assert!(!flag_wins.stderr.contains("poll_interval"), "the flag's good value wins: {}", flag_wins.stderr);
-    assert!(flag_wins.stderr.contains("ORDERSYNC_DATABASE_URL is not set"), "{}", flag_wins.stderr);
-    assert_eq!(flag_wins.code, 2);
+    // A flag wins, written after the command's name or before it (as before each command had its own).
+    for args in [
+        vec!["reconcile", "--once", "--config", file, "--poll-interval", "5s"],
+        vec!["--config", file, "--poll-interval", "5s", "reconcile", "--once"],
+    ] {
+        let flag_wins = run(ordersync().args(&args).env("ORDERSYNC_POLL_INTERVAL", "bad-in-env")).await;
+        assert!(!flag_wins.stderr.contains("poll_interval"), "the flag's good value wins: {}", flag_wins.stderr);
+        assert!(flag_wins.stderr.contains("ORDERSYNC_COINBASE_KEY_FILE is not set"), "{}", flag_wins.stderr);
+        assert_eq!(flag_wins.code, 2);
+    }
+    // After the name beats before it.
+    let after_wins =
+        run(ordersync().args(["--poll-interval", "soon", "reconcile", "--once", "--poll-interval", "5s"])).await;
+    assert!(!after_wins.stderr.contains("soon"), "{}", after_wins.stderr);
+}
+
+/// Each command offers the settings it reads and no others, in its `--help` and on its command line; a
+/// setting it does not read, written before its name, is refused with the way to find the right ones.
+#[tokio::test]
+async fn each_command_takes_only_the_settings_it_reads() {
+    let help = |command: &'static str| async move { run(ordersync().args([command, "--help"])).await.stdout };
+    let sandbox = help("sandbox").await;
+    for absent in ["--database-url", "--smtp-host", "--email-to", "--config", "--poll-interval", "--api-token"] {
+        assert!(!sandbox.contains(absent), "sandbox --help lists {absent}:\n{sandbox}");
+    }
+    assert!(sandbox.contains("--log-format") && sandbox.contains("--clock-skew-ms"), "{sandbox}");
+    let migrate = help("migrate").await;
+    assert!(migrate.contains("--database-url") && migrate.contains("--config"), "{migrate}");
+    for absent in ["--smtp-host", "--poll-interval", "--coinbase-key-file", "--listen"] {
+        assert!(!migrate.contains(absent), "migrate --help lists {absent}:\n{migrate}");
+    }
+    let serve = help("serve").await;
+    for present in
+        ["--database-url", "--smtp-host", "--poll-interval", "--coinbase-key-file", "--listen", "E-mail alerts"]
+    {
+        assert!(serve.contains(present), "serve --help lacks {present}:\n{serve}");
+    }
+    let prune = help("prune").await;
+    assert!(prune.contains("--retention") && !prune.contains("--smtp-host"), "{prune}");
+
+    let refused = run(ordersync().args(["--smtp-host", "mail.example", "migrate"])).await;
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--smtp-host not read by this command"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("ordersync migrate --help"), "{}", refused.stderr);
+    let after_name = run(ordersync().args(["migrate", "--smtp-host", "mail.example"])).await;
+    assert_eq!(after_name.code, 2, "clap refuses it: {}", after_name.stderr);
+    // A setting a command does not read, in the environment, is not its business.
+    let ignored = run(ordersync().args(["sandbox", "--help"]).env("ORDERSYNC_POLL_INTERVAL", "soon")).await;
+    assert_eq!(ignored.code, 0);
 }
 
 #[tokio::test]

@@ -521,7 +521,7 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
 
 #[tokio::test]
 async fn a_rate_limit_above_coinbases_is_refused() {
-    let overrides = ordersync::config::Overrides { coinbase_rate_limit: Some("50".into()), ..Default::default() };
+    let overrides = ordersync::config::Overrides::default().with("coinbase-rate-limit", "50");
     let file = ordersync::config::FileConfig::default();
     let error =
         ordersync::config::resolve(&overrides, &file, "test.toml", &ordersync::config::System).unwrap_err().to_string();

@@ -237,12 +237,13 @@ pub fn config_with(db: &TestDb, file: &str) -> Config {
     let unless = |key: &str, value: &str| {
         (!file.lines().any(|line| line.trim_start().starts_with(key))).then(|| value.to_string())
     };
-    let overrides = Overrides {
-        database_url: Some(db.url.clone().into()),
-        grace: unless("grace", "0s"),
-        max_correction_share: unless("max_correction_share", "1"),
-        ..Overrides::default()
-    };
+    let mut overrides = Overrides::default().with("database-url", db.url.clone());
+    if let Some(grace) = unless("grace", "0s") {
+        overrides = overrides.with("grace", grace);
+    }
+    if let Some(share) = unless("max_correction_share", "1") {
+        overrides = overrides.with("max-correction-share", share);
+    }
     let file = FileConfig::parse(file, std::path::Path::new("test.toml")).unwrap();
     ordersync::config::resolve(&overrides, &file, "test.toml", &ordersync::config::System).unwrap()
 }

@@ -107,10 +107,12 @@ fn the_decisions_do_no_io() {
 
 /// `config::resolve` is pure but for what the configuration names (an account's `private_key_env`, the
 /// SMTP password file), which it reads through the `Reader` it is given: the one `std::env::var` and the one
-/// file read in config.rs are `System`'s.
+/// file read in config/mod.rs are `System`'s, and the settings table reads neither.
 #[test]
 fn resolve_reads_the_environment_and_files_only_through_its_reader() {
-    let text = read("src/config.rs");
+    let table = read("src/config/settings.rs");
+    assert!(!table.contains("std::env::var") && !table.contains("std::fs::"), "settings.rs reads nothing");
+    let text = read("src/config/mod.rs");
     let code = text.split("#[cfg(test)]").next().unwrap();
     let system = code.split("impl Reader for System").nth(1).unwrap().split("\n}\n").next().unwrap();
     for io in ["std::env::var(", "std::fs::"] {
@@ -172,4 +174,29 @@ fn only_db_writes_the_bots_table_and_no_metric_is_global() {
     }
     let listener = read("src/listen.rs");
     assert!(!listener.contains("Store") && !listener.contains("write_batch"), "the listener writes nothing");
+}
+
+/// The README's configuration reference is the settings table (`config::settings::SETTINGS`), row for row.
+/// `ORDERSYNC_BLESS=1` writes the table into the README instead of failing.
+#[test]
+fn readme_configuration_reference_is_made_from_the_settings_table() {
+    const BEGIN: &str = "<!-- settings table: begin -->\n";
+    const END: &str = "<!-- settings table: end -->";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let from = readme.find(BEGIN).expect("the README marks its settings table") + BEGIN.len();
+    let to = readme[from..].find(END).expect("the README marks the end of its settings table") + from;
+    let table = ordersync::config::settings::reference_table();
+    if std::env::var_os("ORDERSYNC_BLESS").is_some() {
+        std::fs::write(&path, format!("{}{table}{}", &readme[..from], &readme[to..])).unwrap();
+        return;
+    }
+    let written = &readme[from..to];
+    for (line, (want, have)) in table.lines().zip(written.lines()).enumerate() {
+        assert_eq!(
+            have, want,
+            "README settings table, row {line}: run ORDERSYNC_BLESS=1 cargo test --test it readme_configuration"
+        );
+    }
+    assert_eq!(written.lines().count(), table.lines().count(), "rows in the README's settings table");
 }

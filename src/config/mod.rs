@@ -4,6 +4,9 @@
 //!
 //! Deliberately not here: connecting to anything. A `Config` says what to connect to; `app.rs` connects.
 
+pub mod settings;
+pub use settings::Overrides;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -15,39 +18,13 @@ use serde::Deserialize;
 
 pub const ENV_CONFIG: &str = "ORDERSYNC_CONFIG";
 pub const ENV_DATABASE_URL: &str = "ORDERSYNC_DATABASE_URL";
-pub const ENV_COINBASE_API_URL: &str = "ORDERSYNC_COINBASE_API_URL";
 pub const ENV_COINBASE_KEY_NAME: &str = "ORDERSYNC_COINBASE_KEY_NAME";
 pub const ENV_COINBASE_KEY_FILE: &str = "ORDERSYNC_COINBASE_KEY_FILE";
 pub const ENV_COINBASE_PRIVATE_KEY: &str = "ORDERSYNC_COINBASE_PRIVATE_KEY";
-pub const ENV_COINBASE_RATE_LIMIT: &str = "ORDERSYNC_COINBASE_RATE_LIMIT";
-pub const ENV_COINBASE_WS_URL: &str = "ORDERSYNC_COINBASE_WS_URL";
-pub const ENV_WEBSOCKET: &str = "ORDERSYNC_WEBSOCKET";
-pub const ENV_WEBSOCKET_STALL_AFTER: &str = "ORDERSYNC_WEBSOCKET_STALL_AFTER";
-pub const ENV_POLL_INTERVAL: &str = "ORDERSYNC_POLL_INTERVAL";
-pub const ENV_STUCK_AFTER: &str = "ORDERSYNC_STUCK_AFTER";
-pub const ENV_GRACE: &str = "ORDERSYNC_GRACE";
-pub const ENV_VERIFY_WINDOW: &str = "ORDERSYNC_VERIFY_WINDOW";
-pub const ENV_FLAG_AFTER: &str = "ORDERSYNC_FLAG_AFTER";
-pub const ENV_BATCH_SIZE: &str = "ORDERSYNC_BATCH_SIZE";
-pub const ENV_LISTEN: &str = "ORDERSYNC_LISTEN";
-pub const ENV_METRICS_REFRESH: &str = "ORDERSYNC_METRICS_REFRESH";
 pub const ENV_API_TOKEN: &str = "ORDERSYNC_API_TOKEN";
 pub const ENV_SMTP_HOST: &str = "ORDERSYNC_SMTP_HOST";
-pub const ENV_SMTP_PORT: &str = "ORDERSYNC_SMTP_PORT";
-pub const ENV_SMTP_TLS: &str = "ORDERSYNC_SMTP_TLS";
-pub const ENV_SMTP_USERNAME: &str = "ORDERSYNC_SMTP_USERNAME";
-pub const ENV_SMTP_PASSWORD: &str = "ORDERSYNC_SMTP_PASSWORD";
-pub const ENV_SMTP_PASSWORD_FILE: &str = "ORDERSYNC_SMTP_PASSWORD_FILE";
-pub const ENV_EMAIL_FROM: &str = "ORDERSYNC_EMAIL_FROM";
 pub const ENV_EMAIL_TO: &str = "ORDERSYNC_EMAIL_TO";
-pub const ENV_EMAIL_REMIND_EVERY: &str = "ORDERSYNC_EMAIL_REMIND_EVERY";
-pub const ENV_EMAIL_MAX_PER_HOUR: &str = "ORDERSYNC_EMAIL_MAX_PER_HOUR";
-pub const ENV_MAX_CORRECTIONS_PER_PASS: &str = "ORDERSYNC_MAX_CORRECTIONS_PER_PASS";
-pub const ENV_MAX_CORRECTION_SHARE: &str = "ORDERSYNC_MAX_CORRECTION_SHARE";
-pub const ENV_OBSERVE_ONLY: &str = "ORDERSYNC_OBSERVE_ONLY";
 pub const ENV_RETENTION: &str = "ORDERSYNC_RETENTION";
-pub const ENV_LEASE: &str = "ORDERSYNC_LEASE";
-pub const ENV_REPLICA: &str = "ORDERSYNC_REPLICA";
 pub const ENV_LOG: &str = "ORDERSYNC_LOG";
 pub const ENV_LOG_FORMAT: &str = "ORDERSYNC_LOG_FORMAT";
 
@@ -366,46 +343,6 @@ pub struct Config {
     pub log: Option<String>,
 }
 
-/// The values given as flags or environment variables (clap settles which of the two wins).
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub database_url: Option<SecretString>,
-    pub coinbase_api_url: Option<String>,
-    pub coinbase_key_name: Option<String>,
-    pub coinbase_key_file: Option<String>,
-    pub coinbase_private_key: Option<SecretString>,
-    pub coinbase_rate_limit: Option<String>,
-    pub coinbase_ws_url: Option<String>,
-    pub websocket: Option<String>,
-    pub websocket_stall_after: Option<String>,
-    pub poll_interval: Option<String>,
-    pub stuck_after: Option<String>,
-    pub grace: Option<String>,
-    pub verify_window: Option<String>,
-    pub flag_after: Option<String>,
-    pub batch_size: Option<String>,
-    pub listen: Option<String>,
-    pub metrics_refresh: Option<String>,
-    pub api_token: Option<SecretString>,
-    pub smtp_host: Option<String>,
-    pub smtp_port: Option<String>,
-    pub smtp_tls: Option<String>,
-    pub smtp_username: Option<String>,
-    pub smtp_password: Option<SecretString>,
-    pub smtp_password_file: Option<String>,
-    pub email_from: Option<String>,
-    pub email_to: Option<String>,
-    pub email_remind_every: Option<String>,
-    pub email_max_per_hour: Option<String>,
-    pub max_corrections_per_pass: Option<String>,
-    pub max_correction_share: Option<String>,
-    pub observe_only: Option<String>,
-    pub retention: Option<String>,
-    pub lease: Option<String>,
-    pub replica: Option<String>,
-    pub log: Option<String>,
-}
-
 /// The TOML file. Every field is optional; unknown keys are an error so a typo never goes unnoticed.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -527,25 +464,41 @@ impl FileConfig {
 /// Collects bad values while resolving, so all of them are reported together.
 struct Resolver<'a> {
     file_name: &'a str,
+    over: &'a Overrides,
     reader: &'a dyn Reader,
     bad: Vec<BadValue>,
 }
 
 impl Resolver<'_> {
-    /// Pick override, else file, else nothing; parse; remember a failure under the key the user wrote.
+    /// `--flag`'s override, else the file's value, else nothing; parsed; a failure remembered under the
+    /// name the user wrote (`--flag / ENV`, or the file key and file).
     fn pick<T>(
         &mut self,
-        flag_env: (&str, &str, Option<&String>),
-        file: (&str, Option<String>),
+        flag: &str,
+        file_value: Option<String>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let (flag, env, override_value) = flag_env;
-        let (file_key, file_value) = file;
-        let (key, value) = match (override_value, file_value) {
-            (Some(value), _) => (format!("{flag} / {env}"), value.clone()),
-            (None, Some(value)) => (format!("{file_key} in {}", self.file_name), value),
+        let setting = settings::by_flag(flag).unwrap_or_else(|| panic!("no setting has the flag --{flag}"));
+        let (key, value) = match (self.over.get(flag), file_value) {
+            (Some(value), _) => (setting.flag_and_env(), value),
+            (None, Some(value)) => (format!("{} in {}", setting.key, self.file_name), value),
             (None, None) => return None,
         };
+        self.parse(key, value, parse)
+    }
+
+    /// A key that only the file has (`trades.table`, `not_found.after`).
+    fn pick_file<T>(
+        &mut self,
+        key: &str,
+        file_value: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = file_value?;
+        self.parse(format!("{key} in {}", self.file_name), value, parse)
+    }
+
+    fn parse<T>(&mut self, key: String, value: String, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
         match parse(&value) {
             Ok(parsed) => Some(parsed),
             Err(expected) => {
@@ -650,152 +603,82 @@ pub fn resolve(
     file_name: &str,
     reader: &dyn Reader,
 ) -> Result<Config, ConfigError> {
-    let mut r = Resolver { file_name, reader, bad: Vec::new() };
+    let mut r = Resolver { file_name, over, reader, bad: Vec::new() };
     // The URL may carry a password: exposed only to parse it here; an error shows it with the password hidden.
-    let exposed_url = over.database_url.as_ref().map(|url| url.expose_secret().to_string());
     let bad_before = r.bad.len();
     let database_url = r
-        .pick(
-            ("--database-url", ENV_DATABASE_URL, exposed_url.as_ref()),
-            ("database_url", file.database_url.as_ref().map(|url| url.expose_secret().to_string())),
-            parse_database_url,
-        )
+        .pick("database-url", file.database_url.as_ref().map(|url| url.expose_secret().to_string()), parse_database_url)
         .map(SecretString::from);
     for bad in &mut r.bad[bad_before..] {
         bad.value = crate::db::redact_url(&bad.value);
     }
-    let api_url = r.pick(
-        ("--coinbase-api-url", ENV_COINBASE_API_URL, over.coinbase_api_url.as_ref()),
-        ("coinbase.api_url", file.coinbase.api_url.clone()),
-        parse_http_url,
-    );
-    let key_name = r.pick(
-        ("--coinbase-key-name", ENV_COINBASE_KEY_NAME, over.coinbase_key_name.as_ref()),
-        ("coinbase.key_name", file.coinbase.key_name.clone()),
-        |text| Ok::<_, String>(text.to_string()),
-    );
-    let key_file = r.pick(
-        ("--coinbase-key-file", ENV_COINBASE_KEY_FILE, over.coinbase_key_file.as_ref()),
-        ("coinbase.key_file", file.coinbase.key_file.clone()),
-        |text| Ok::<_, String>(PathBuf::from(text)),
-    );
-    let rate_limit = r.pick(
-        ("--coinbase-rate-limit", ENV_COINBASE_RATE_LIMIT, over.coinbase_rate_limit.as_ref()),
-        ("coinbase.rate_limit", file.coinbase.rate_limit.map(|v| v.to_string())),
-        parse_rate_limit,
-    );
-    let ws_url = r.pick(
-        ("--coinbase-ws-url", ENV_COINBASE_WS_URL, over.coinbase_ws_url.as_ref()),
-        ("coinbase.ws_url", file.coinbase.ws_url.clone()),
-        parse_ws_url,
-    );
-    let websocket = r.pick(
-        ("--websocket", ENV_WEBSOCKET, over.websocket.as_ref()),
-        ("coinbase.websocket", file.coinbase.websocket.map(|v| v.to_string())),
-        parse_switch,
-    );
-    let websocket_stall_after = r.pick(
-        ("--websocket-stall-after", ENV_WEBSOCKET_STALL_AFTER, over.websocket_stall_after.as_ref()),
-        ("coinbase.websocket_stall_after", file.coinbase.websocket_stall_after.clone()),
-        parse_positive_duration,
-    );
-    let poll_interval = r.pick(
-        ("--poll-interval", ENV_POLL_INTERVAL, over.poll_interval.as_ref()),
-        ("poll_interval", file.poll_interval.clone()),
-        parse_positive_duration,
-    );
-    let stuck_after = r.pick(
-        ("--stuck-after", ENV_STUCK_AFTER, over.stuck_after.as_ref()),
-        ("stuck_after", file.stuck_after.clone()),
-        parse_positive_duration,
-    );
-    let grace = r.pick(("--grace", ENV_GRACE, over.grace.as_ref()), ("grace", file.grace.clone()), parse_duration);
-    let verify_window = r.pick(
-        ("--verify-window", ENV_VERIFY_WINDOW, over.verify_window.as_ref()),
-        ("verify_window", file.verify_window.clone()),
-        parse_duration,
-    );
-    let flag_after = r.pick(
-        ("--flag-after", ENV_FLAG_AFTER, over.flag_after.as_ref()),
-        ("flag_after", file.flag_after.map(|v| v.to_string())),
-        parse_positive::<u32>,
-    );
-    let batch_size = r.pick(
-        ("--batch-size", ENV_BATCH_SIZE, over.batch_size.as_ref()),
-        ("batch_size", file.batch_size.map(|v| v.to_string())),
-        |text| match parse_positive::<usize>(text) {
+    let api_url = r.pick("coinbase-api-url", file.coinbase.api_url.clone(), parse_http_url);
+    let key_name =
+        r.pick("coinbase-key-name", file.coinbase.key_name.clone(), |text| Ok::<_, String>(text.to_string()));
+    let key_file =
+        r.pick("coinbase-key-file", file.coinbase.key_file.clone(), |text| Ok::<_, String>(PathBuf::from(text)));
+    let rate_limit = r.pick("coinbase-rate-limit", file.coinbase.rate_limit.map(|v| v.to_string()), parse_rate_limit);
+    let ws_url = r.pick("coinbase-ws-url", file.coinbase.ws_url.clone(), parse_ws_url);
+    let websocket = r.pick("websocket", file.coinbase.websocket.map(|v| v.to_string()), parse_switch);
+    let websocket_stall_after =
+        r.pick("websocket-stall-after", file.coinbase.websocket_stall_after.clone(), parse_positive_duration);
+    let poll_interval = r.pick("poll-interval", file.poll_interval.clone(), parse_positive_duration);
+    let stuck_after = r.pick("stuck-after", file.stuck_after.clone(), parse_positive_duration);
+    let grace = r.pick("grace", file.grace.clone(), parse_duration);
+    let verify_window = r.pick("verify-window", file.verify_window.clone(), parse_duration);
+    let flag_after = r.pick("flag-after", file.flag_after.map(|v| v.to_string()), parse_positive::<u32>);
+    let batch_size =
+        r.pick("batch-size", file.batch_size.map(|v| v.to_string()), |text| match parse_positive::<usize>(text) {
             Ok(size) if size <= 1000 => Ok(size),
             _ => Err("a whole number from 1 to 1000".to_string()),
-        },
-    );
-    let listen = r.pick(("--listen", ENV_LISTEN, over.listen.as_ref()), ("listen", file.listen.clone()), parse_listen);
-    let metrics_refresh = r.pick(
-        ("--metrics-refresh", ENV_METRICS_REFRESH, over.metrics_refresh.as_ref()),
-        ("metrics_refresh", file.metrics_refresh.clone()),
-        parse_positive_duration,
-    );
-    let api_token = resolve_secret(&mut r, ("--api-token", ENV_API_TOKEN, over.api_token.as_ref()), file);
+        });
+    let listen = r.pick("listen", file.listen.clone(), parse_listen);
+    let metrics_refresh = r.pick("metrics-refresh", file.metrics_refresh.clone(), parse_positive_duration);
+    let api_token = resolve_secret(&mut r, "api-token", file);
     let max_corrections = r.pick(
-        ("--max-corrections-per-pass", ENV_MAX_CORRECTIONS_PER_PASS, over.max_corrections_per_pass.as_ref()),
-        ("max_corrections_per_pass", file.max_corrections_per_pass.map(|v| v.to_string())),
+        "max-corrections-per-pass",
+        file.max_corrections_per_pass.map(|v| v.to_string()),
         parse_positive::<usize>,
     );
-    let max_share = r.pick(
-        ("--max-correction-share", ENV_MAX_CORRECTION_SHARE, over.max_correction_share.as_ref()),
-        ("max_correction_share", file.max_correction_share.map(|v| v.to_string())),
-        |text| match text.trim().parse::<f64>() {
-            Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
-            _ => Err("a share of the pending rows above 0 and at most 1, e.g. 0.5".to_string()),
-        },
-    );
-    let observe_only = r.pick(
-        ("--observe-only", ENV_OBSERVE_ONLY, over.observe_only.as_ref()),
-        ("observe_only", file.observe_only.map(|v| v.to_string())),
-        parse_switch,
-    );
-    let retention = r.pick(
-        ("--retention", ENV_RETENTION, over.retention.as_ref()),
-        ("retention", file.retention.clone()),
-        parse_retention,
-    );
-    let lease =
-        r.pick(
-            ("--lease", ENV_LEASE, over.lease.as_ref()),
-            ("lease", file.lease.clone()),
-            |text| match parse_duration(text) {
-                Ok(lease) if (Duration::from_secs(3)..=Duration::from_secs(600)).contains(&lease) => Ok(lease),
-                _ => Err("a duration from 3s to 10m, e.g. 15s".to_string()),
-            },
-        );
-    let replica =
-        r.pick(("--replica", ENV_REPLICA, over.replica.as_ref()), ("replica", file.replica.clone()), |text| match text
-            .trim()
+    let max_share = r.pick("max-correction-share", file.max_correction_share.map(|v| v.to_string()), |text| match text
+        .trim()
+        .parse::<f64>()
+    {
+        Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
+        _ => Err("a share of the pending rows above 0 and at most 1, e.g. 0.5".to_string()),
+    });
+    let observe_only = r.pick("observe-only", file.observe_only.map(|v| v.to_string()), parse_switch);
+    let retention = r.pick("retention", file.retention.clone(), parse_retention);
+    let lease = r.pick("lease", file.lease.clone(), |text| match parse_duration(text) {
+        Ok(lease) if (Duration::from_secs(3)..=Duration::from_secs(600)).contains(&lease) => Ok(lease),
+        _ => Err("a duration from 3s to 10m, e.g. 15s".to_string()),
+    });
+    let replica = r.pick("replica", file.replica.clone(), |text| match text.trim() {
+        name if crate::account::valid_name(name)
+            || (name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic())) =>
         {
-            name if crate::account::valid_name(name)
-                || (name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic())) =>
-            {
-                Ok(name.to_string())
-            }
-            _ => Err("a name of at most 64 printable characters without spaces, e.g. ordersync-1".to_string()),
-        });
+            Ok(name.to_string())
+        }
+        _ => Err("a name of at most 64 printable characters without spaces, e.g. ordersync-1".to_string()),
+    });
     let not_found = file.not_found.as_ref().and_then(|policy| resolve_not_found(&mut r, policy));
-    let log = r.pick(("--log", ENV_LOG, over.log.as_ref()), ("log", file.log.clone()), parse_log_filter);
+    let log = r.pick("log", file.log.clone(), parse_log_filter);
     let single_key = [
         (key_file.is_some(), "--coinbase-key-file / ORDERSYNC_COINBASE_KEY_FILE / coinbase.key_file"),
-        (over.coinbase_private_key.is_some(), "ORDERSYNC_COINBASE_PRIVATE_KEY"),
+        (over.is_set("coinbase-private-key"), "ORDERSYNC_COINBASE_PRIVATE_KEY"),
         (key_name.is_some(), "--coinbase-key-name / ORDERSYNC_COINBASE_KEY_NAME / coinbase.key_name"),
     ];
     let accounts = resolve_accounts(&mut r, &file.accounts, &single_key, rate_limit);
     let trades = resolve_trades(&mut r, &file.trades);
-    let email = resolve_email(&mut r, over, &file.email);
+    let email = resolve_email(&mut r, &file.email);
     // Settlements younger than the verify window keep recent terminal rows from being checked (and
     // settled) again: the retention never reaches into it.
     let window = verify_window.unwrap_or(DEFAULT_VERIFY_WINDOW);
     if let Some(Some(kept)) = retention {
         if kept < window {
-            let (key, value) = match (over.retention.as_ref(), file.retention.as_ref()) {
-                (Some(value), _) => (format!("--retention / {ENV_RETENTION}"), value.clone()),
-                (None, Some(value)) => (format!("retention in {}", r.file_name), value.clone()),
+            let (key, value) = match (over.get("retention"), file.retention.clone()) {
+                (Some(value), _) => (format!("--retention / {ENV_RETENTION}"), value),
+                (None, Some(value)) => (format!("retention in {}", r.file_name), value),
                 (None, None) => ("retention".to_string(), format_duration(kept)),
             };
             let expected = format!("at least the verify window ({}), or off", format_duration(window));
@@ -813,7 +696,7 @@ pub fn resolve(
             name: crate::account::DEFAULT_ACCOUNT.to_string(),
             key_name: key_name.clone(),
             key_file: key_file.clone(),
-            private_key: over.coinbase_private_key.clone(),
+            private_key: over.secret("coinbase-private-key"),
             rate_limit,
             bots: Vec::new(),
             default: true,
@@ -826,7 +709,7 @@ pub fn resolve(
             api_url: api_url.unwrap_or_else(|| DEFAULT_COINBASE_API_URL.to_string()),
             key_name,
             key_file,
-            private_key: over.coinbase_private_key.clone(),
+            private_key: over.secret("coinbase-private-key"),
             rate_limit,
             ws_url: ws_url.unwrap_or_else(|| crate::exchange::ws::DEFAULT_USER_WS_URL.to_string()),
             websocket: websocket.unwrap_or(true),
@@ -970,26 +853,23 @@ fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
 }
 
 fn resolve_not_found(r: &mut Resolver<'_>, file: &FileNotFound) -> Option<crate::decide::NotFoundPolicy> {
-    let after_checks =
-        r.pick(("", "", None), ("not_found.after_checks", file.after_checks.map(|v| v.to_string())), |text| match text
-            .trim()
-            .parse::<u32>()
-        {
+    let after_checks = r.pick_file("not_found.after_checks", file.after_checks.map(|v| v.to_string()), |text| {
+        match text.trim().parse::<u32>() {
             // One 404 is weak evidence (a young order can answer 404 for a while): never enough alone.
             Ok(n) if (2..=100).contains(&n) => Ok(n),
             _ => Err("a whole number from 2 to 100".to_string()),
-        });
-    let after = r.pick(("", "", None), ("not_found.after", file.after.clone()), parse_duration);
-    let write = r.pick(("", "", None), ("not_found.write", file.write.clone()), |text| {
-        match text.trim().to_ascii_lowercase().as_str() {
+        }
+    });
+    let after = r.pick_file("not_found.after", file.after.clone(), parse_duration);
+    let write =
+        r.pick_file("not_found.write", file.write.clone(), |text| match text.trim().to_ascii_lowercase().as_str() {
             "failed" => Ok(crate::decide::Terminal::Failed),
             "cancelled" => Ok(crate::decide::Terminal::Cancelled),
             "expired" => Ok(crate::decide::Terminal::Expired),
             _ => Err("failed, cancelled or expired (never completed: no fill is claimed for an order Coinbase \
                       does not know)"
                 .to_string()),
-        }
-    });
+        });
     let after = after.unwrap_or(DEFAULT_NOT_FOUND_AFTER);
     Some(crate::decide::NotFoundPolicy {
         after_checks: after_checks.unwrap_or(DEFAULT_NOT_FOUND_AFTER_CHECKS),
@@ -1014,71 +894,33 @@ fn parse_address(text: &str) -> Result<String, String> {
     }
 }
 
-fn resolve_email(r: &mut Resolver<'_>, over: &Overrides, file: &FileEmail) -> Option<EmailConfig> {
-    let host = r.pick(
-        ("--smtp-host", ENV_SMTP_HOST, over.smtp_host.as_ref()),
-        ("email.smtp_host", file.smtp_host.clone()),
-        |t| match t.trim() {
-            "" => Err("a host name, e.g. smtp.example.com".to_string()),
-            host => Ok(host.to_string()),
-        },
-    );
-    let tls = r
-        .pick(
-            ("--smtp-tls", ENV_SMTP_TLS, over.smtp_tls.as_ref()),
-            ("email.smtp_tls", file.smtp_tls.clone()),
-            parse_tls,
-        )
-        .unwrap_or(SmtpTls::StartTls);
-    let port = r.pick(
-        ("--smtp-port", ENV_SMTP_PORT, over.smtp_port.as_ref()),
-        ("email.smtp_port", file.smtp_port.map(|p| p.to_string())),
-        parse_positive::<u16>,
-    );
-    let username = r.pick(
-        ("--smtp-username", ENV_SMTP_USERNAME, over.smtp_username.as_ref()),
-        ("email.smtp_username", file.smtp_username.clone()),
-        |t| Ok::<_, String>(t.to_string()),
-    );
-    let password_file = r.pick(
-        ("--smtp-password-file", ENV_SMTP_PASSWORD_FILE, over.smtp_password_file.as_ref()),
-        ("email.smtp_password_file", file.smtp_password_file.clone()),
-        |path| {
-            r.reader
-                .file(std::path::Path::new(path))
-                .map(|text| SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
-                .map_err(|e| format!("a readable file ({e})"))
-        },
-    );
-    let password = over.smtp_password.clone().or(password_file);
-    let from = r.pick(
-        ("--email-from", ENV_EMAIL_FROM, over.email_from.as_ref()),
-        ("email.from", file.from.clone()),
-        parse_address,
-    );
-    let to = r.pick(
-        ("--email-to", ENV_EMAIL_TO, over.email_to.as_ref()),
-        ("email.to", file.to.as_ref().map(|list| list.join(","))),
-        |text| {
-            let list: Vec<&str> = text.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
-            if list.is_empty() {
-                return Err("one or more e-mail addresses, separated by commas".to_string());
-            }
-            list.into_iter().map(parse_address).collect::<Result<Vec<_>, _>>()
-        },
-    );
-    let remind_every = r.pick(
-        ("--email-remind-every", ENV_EMAIL_REMIND_EVERY, over.email_remind_every.as_ref()),
-        ("email.remind_every", file.remind_every.clone()),
-        parse_positive_duration,
-    );
-    let max_per_hour = r.pick(
-        ("--email-max-per-hour", ENV_EMAIL_MAX_PER_HOUR, over.email_max_per_hour.as_ref()),
-        ("email.max_per_hour", file.max_per_hour.map(|v| v.to_string())),
-        parse_positive::<u32>,
-    );
+fn resolve_email(r: &mut Resolver<'_>, file: &FileEmail) -> Option<EmailConfig> {
+    let host = r.pick("smtp-host", file.smtp_host.clone(), |t| match t.trim() {
+        "" => Err("a host name, e.g. smtp.example.com".to_string()),
+        host => Ok(host.to_string()),
+    });
+    let tls = r.pick("smtp-tls", file.smtp_tls.clone(), parse_tls).unwrap_or(SmtpTls::StartTls);
+    let port = r.pick("smtp-port", file.smtp_port.map(|p| p.to_string()), parse_positive::<u16>);
+    let username = r.pick("smtp-username", file.smtp_username.clone(), |t| Ok::<_, String>(t.to_string()));
+    let password_file = r.pick("smtp-password-file", file.smtp_password_file.clone(), |path| {
+        r.reader
+            .file(std::path::Path::new(path))
+            .map(|text| SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
+            .map_err(|e| format!("a readable file ({e})"))
+    });
+    let password = r.over.secret("smtp-password").or(password_file);
+    let from = r.pick("email-from", file.from.clone(), parse_address);
+    let to = r.pick("email-to", file.to.as_ref().map(|list| list.join(",")), |text| {
+        let list: Vec<&str> = text.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+        if list.is_empty() {
+            return Err("one or more e-mail addresses, separated by commas".to_string());
+        }
+        list.into_iter().map(parse_address).collect::<Result<Vec<_>, _>>()
+    });
+    let remind_every = r.pick("email-remind-every", file.remind_every.clone(), parse_positive_duration);
+    let max_per_hour = r.pick("email-max-per-hour", file.max_per_hour.map(|v| v.to_string()), parse_positive::<u32>);
     let host = host?;
-    let given = over.email_to.is_some() || file.to.is_some();
+    let given = r.over.is_set("email-to") || file.to.is_some();
     let Some(to) = to else {
         if given {
             // Already reported as invalid.
@@ -1109,29 +951,25 @@ fn resolve_email(r: &mut Resolver<'_>, over: &Overrides, file: &FileEmail) -> Op
 }
 
 /// The API token is checked like any value but never echoed: the error shows `<redacted>`.
-fn resolve_secret(
-    r: &mut Resolver<'_>,
-    flag_env: (&str, &str, Option<&SecretString>),
-    file: &FileConfig,
-) -> Option<SecretString> {
-    let (flag, env, override_value) = flag_env;
-    let (key, value) = match (override_value, &file.api_token) {
-        (Some(value), _) => (format!("{flag} / {env}"), value),
-        (None, Some(value)) => (format!("api_token in {}", r.file_name), value),
+fn resolve_secret(r: &mut Resolver<'_>, flag: &str, file: &FileConfig) -> Option<SecretString> {
+    let setting = settings::by_flag(flag).unwrap_or_else(|| panic!("no setting has the flag --{flag}"));
+    let (key, value) = match (r.over.secret(flag), file.api_token.clone()) {
+        (Some(value), _) => (setting.flag_and_env(), value),
+        (None, Some(value)) => (format!("{} in {}", setting.key, r.file_name), value),
         (None, None) => return None,
     };
     if value.expose_secret().len() < 16 {
         r.bad.push(BadValue { key, value: "<redacted>".into(), expected: "a token of at least 16 characters".into() });
         return None;
     }
-    Some(value.clone())
+    Some(value)
 }
 
 fn resolve_trades(r: &mut Resolver<'_>, file: &FileTrades) -> TradesSchema {
     let defaults = TradesSchema::default();
     let mut required = |key: &str, value: &Option<String>, default: SqlIdent| {
         let key = format!("trades.{key}");
-        r.pick(("", "", None), (&key, value.clone()), SqlIdent::parse).unwrap_or(default)
+        r.pick_file(&key, value.clone(), SqlIdent::parse).unwrap_or(default)
     };
     let table = required("table", &file.table, defaults.table);
     let order_id = required("order_id", &file.order_id, defaults.order_id);
@@ -1144,8 +982,7 @@ fn resolve_trades(r: &mut Resolver<'_>, file: &FileTrades) -> TradesSchema {
         Some(text) => {
             let key = format!("trades.{key}");
             let accepted = |t: &str| SqlIdent::parse(t).map_err(|e| format!("{e}, or \"\" to not use the column"));
-            r.pick(("", "", None), (&key, Some(text.to_string())), accepted)
-                .map(|name| OptionalColumn { name, explicit: true })
+            r.pick_file(&key, Some(text.to_string()), accepted).map(|name| OptionalColumn { name, explicit: true })
         }
     };
     let bot_id = optional("bot_id", &file.bot_id, defaults.bot_id);
@@ -1235,12 +1072,10 @@ mod tests {
             (policy.after_checks, policy.after, policy.write),
             (4, chrono::Duration::hours(2), crate::decide::Terminal::Expired)
         );
-        let over = Overrides {
-            max_correction_share: Some("2".into()),
-            retention: Some("1h".into()),
-            observe_only: Some("maybe".into()),
-            ..Overrides::default()
-        };
+        let over = Overrides::default()
+            .with("max-correction-share", "2")
+            .with("retention", "1h")
+            .with("observe-only", "maybe");
         let bad = bad_keys(resolve_with(
             over,
             "max_corrections_per_pass = 0\n[not_found]\nafter_checks = 1\nwrite = \"completed\"",
@@ -1256,11 +1091,53 @@ mod tests {
             assert!(bad.contains(&key.to_string()), "{key} not in {bad:?}");
         }
         // A retention inside the verify window would let recent terminal rows be settled twice.
-        let inside =
-            Overrides { retention: Some("2d".into()), verify_window: Some("7d".into()), ..Overrides::default() };
+        let inside = Overrides::default().with("retention", "2d").with("verify-window", "7d");
         assert_eq!(bad_keys(resolve_with(inside, "")), vec!["--retention / ORDERSYNC_RETENTION".to_string()]);
-        let off = Overrides { retention: Some("off".into()), ..Overrides::default() };
+        let off = Overrides::default().with("retention", "off");
         assert_eq!(resolve_with(off, "").unwrap().retention, None);
+    }
+
+    /// The defaults the settings table shows (in `--help` and the README) are the ones `resolve` applies.
+    #[test]
+    fn the_defaults_shown_are_the_defaults_applied() {
+        let shown = |flag: &str| settings::by_flag(flag).unwrap().default;
+        let config = resolve_with(Overrides::default(), "").unwrap();
+        let durations = [
+            ("poll-interval", config.poll_interval),
+            ("stuck-after", config.stuck_after),
+            ("grace", config.grace),
+            ("verify-window", config.verify_window),
+            ("metrics-refresh", config.metrics_refresh),
+            ("websocket-stall-after", config.coinbase.websocket_stall_after),
+            ("lease", config.lease),
+        ];
+        for (flag, applied) in durations {
+            assert_eq!(parse_duration(shown(flag)), Ok(applied), "--{flag}");
+        }
+        assert_eq!(config.retention.map(format_duration).as_deref(), Some(shown("retention")));
+        assert_eq!(shown("flag-after"), config.flag_after.to_string());
+        assert_eq!(shown("batch-size"), config.batch_size.to_string());
+        assert_eq!(shown("coinbase-rate-limit"), config.coinbase.rate_limit.to_string());
+        assert_eq!(shown("max-corrections-per-pass"), config.brake.max_corrections.to_string());
+        assert_eq!(shown("max-correction-share"), config.brake.max_share.to_string());
+        assert_eq!(shown("listen"), config.listen.to_string());
+        assert_eq!(shown("coinbase-api-url"), config.coinbase.api_url);
+        assert_eq!(shown("coinbase-ws-url"), config.coinbase.ws_url);
+        assert_eq!((shown("websocket"), shown("observe-only")), ("on", "off"));
+        assert!(config.coinbase.websocket && !config.observe_only);
+        let email =
+            resolve_with(Overrides::default(), "[email]\nsmtp_host = \"h\"\nto = [\"a@b.c\"]").unwrap().email.unwrap();
+        assert_eq!(parse_duration(shown("email-remind-every")), Ok(email.remind_every));
+        assert_eq!(shown("email-max-per-hour"), email.max_per_hour.to_string());
+        assert_eq!(shown("smtp-tls"), "starttls");
+        assert_eq!(email.tls, SmtpTls::StartTls);
+        let policy = resolve_with(Overrides::default(), "[not_found]").unwrap().not_found.unwrap();
+        let shown_key = |key: &str| settings::SETTINGS.iter().find(|s| s.key == key).unwrap().default;
+        assert!(shown_key("not_found.after_checks").starts_with(&policy.after_checks.to_string()));
+        assert_eq!(
+            parse_duration(shown_key("not_found.after")).map(|d| d.as_secs()),
+            Ok(policy.after.num_seconds() as u64)
+        );
     }
 
     #[test]
@@ -1312,7 +1189,7 @@ mod tests {
 
     #[test]
     fn overrides_beat_the_file_and_the_file_beats_defaults() {
-        let over = Overrides { poll_interval: Some("10s".into()), ..Overrides::default() };
+        let over = Overrides::default().with("poll-interval", "10s");
         let config = resolve_with(over, "poll_interval = \"1m\"\nstuck_after = \"15m\"").unwrap();
         assert_eq!(config.poll_interval, Duration::from_secs(10));
         assert_eq!(config.stuck_after, Duration::from_secs(900));
@@ -1320,11 +1197,7 @@ mod tests {
 
     #[test]
     fn every_bad_key_is_named_with_its_value_and_what_is_accepted() {
-        let over = Overrides {
-            poll_interval: Some("soon".into()),
-            database_url: Some("mysql://x".into()),
-            ..Overrides::default()
-        };
+        let over = Overrides::default().with("poll-interval", "soon").with("database-url", "mysql://x");
         let result = resolve_with(over, "stuck_after = \"5 minutes\"\n[trades]\ntable = \"trades; drop\"");
         let message = match &result {
             Err(error) => error.to_string(),
@@ -1378,8 +1251,7 @@ mod tests {
         assert_eq!(email.from, "ordersync@smtp.example.com");
         let keys = bad_keys(resolve_with(Overrides::default(), "[email]\nsmtp_host = \"smtp.example.com\""));
         assert_eq!(keys, vec!["--email-to / ORDERSYNC_EMAIL_TO".to_string()]);
-        let over =
-            Overrides { smtp_tls: Some("ssl".into()), email_to: Some("not an address".into()), ..Overrides::default() };
+        let over = Overrides::default().with("smtp-tls", "ssl").with("email-to", "not an address");
         assert_eq!(bad_keys(resolve_with(over, "[email]\nsmtp_host = \"h\"")).len(), 2);
     }
 
@@ -1392,15 +1264,13 @@ mod tests {
     /// No struct that derives `Debug` holds a secret in clear.
     #[test]
     fn the_debug_form_of_the_configuration_shows_no_secret() {
-        let over = Overrides {
-            database_url: Some("postgres://bot:db-s3cret@db/trading".into()),
-            api_token: Some("api-token-s3cret-0123456789".into()),
-            coinbase_private_key: Some("key-s3cret".into()),
-            smtp_password: Some("smtp-s3cret".into()),
-            smtp_host: Some("mail".into()),
-            email_to: Some("ops@example.com".into()),
-            ..Overrides::default()
-        };
+        let over = Overrides::default()
+            .with("database-url", "postgres://bot:db-s3cret@db/trading")
+            .with("api-token", "api-token-s3cret-0123456789")
+            .with("coinbase-private-key", "key-s3cret")
+            .with("smtp-password", "smtp-s3cret")
+            .with("smtp-host", "mail")
+            .with("email-to", "ops@example.com");
         let config = resolve(&over, &FileConfig::default(), "test.toml", &System).unwrap();
         let shown = format!("{over:?} {config:?}");
         for secret in ["db-s3cret", "api-token-s3cret", "key-s3cret", "smtp-s3cret"] {
@@ -1410,7 +1280,7 @@ mod tests {
 
     #[test]
     fn short_api_tokens_are_refused_without_echoing_them_as_config() {
-        let over = Overrides { api_token: Some("short".into()), ..Overrides::default() };
+        let over = Overrides::default().with("api-token", "short");
         let result = resolve_with(over, "");
         let message = result.as_ref().map(|_| ()).unwrap_err().to_string();
         assert!(!message.contains("short"), "{message}");
