@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::config::StatusWords;
+use crate::db::trades::StatusWords;
 use crate::exchange::{ExchangeError, ExchangeFill, ExchangeOrder, ExchangeStatus};
 
 /// The terminal statuses a bot's row can hold.

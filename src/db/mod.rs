@@ -7,6 +7,7 @@
 
 mod lock;
 mod sql;
+pub mod trades;
 
 pub use lock::InstanceLock;
 
@@ -21,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, Row, SqlitePool};
 
-use crate::config::{StatusWords, TradesSchema};
+use crate::db::trades::{StatusWords, TradesSchema};
 use crate::decide::{late, Because, EndSource, Fill, SettledBy, Terminal};
 use crate::order::{parse_timestamp, OrderId, TradeRow};
 

@@ -1,7 +1,7 @@
 //! The SQL text ordersync runs, built once from the validated schema mapping. Only identifiers that passed
 //! `SqlIdent` are spliced in; every value is a bind parameter (`$N`, which SQLite and PostgreSQL both read).
 
-use crate::config::{OptionalColumn, SqlIdent, StatusWords, TradesSchema};
+use crate::db::trades::{OptionalColumn, SqlIdent, StatusWords, TradesSchema};
 use crate::db::{Backend, StoreError};
 use crate::decide::Fill;
 use crate::order::sqlite_timestamp;

@@ -244,7 +244,7 @@ async fn incident_in_custom_table(db: &TestDb, sandbox: &Sandbox) {
 
 async fn a_missing_table_or_column_is_named(backend: Backend) {
     let db = TestDb::empty(backend).await;
-    let schema = ordersync::config::TradesSchema::default();
+    let schema = ordersync::db::trades::TradesSchema::default();
     let missing = Store::connect(&db.url, &schema).await.unwrap_err();
     assert!(matches!(missing, StoreError::MissingTable { .. }), "{missing}");
     assert!(missing.to_string().contains("table trades does not exist"), "{missing}");
@@ -257,7 +257,7 @@ both!(a_missing_table_or_column_is_named);
 
 #[tokio::test]
 async fn an_unreachable_database_is_a_clear_error_without_the_password() {
-    let schema = ordersync::config::TradesSchema::default();
+    let schema = ordersync::db::trades::TradesSchema::default();
     let error = Store::connect("postgres://bot:hunter2@127.0.0.1:1/trading", &schema).await.unwrap_err().to_string();
     assert!(error.starts_with("cannot connect to the database postgres://bot:***@127.0.0.1:1/trading"), "{error}");
     assert!(!error.contains("hunter2"));
