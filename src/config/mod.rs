@@ -993,6 +993,37 @@ mod tests {
         assert_eq!(resolve_with(off, "").unwrap().retention, None);
     }
 
+    /// The file's keys are the settings table's, both ways: each key the table names is one the file takes,
+    /// and each one-value key the file takes is in the table (the tables of more than one value aside:
+    /// `[[accounts]]`, `[trades]`, `[not_found]`). The file's own list comes from serde's "expected one of".
+    #[test]
+    fn the_file_takes_exactly_the_keys_the_settings_table_names() {
+        let expected = |section: &str| -> Vec<String> {
+            let text =
+                if section.is_empty() { "zz_unknown = 1".to_string() } else { format!("[{section}]\nzz_unknown = 1") };
+            let error = FileConfig::parse(&text, std::path::Path::new("x.toml")).unwrap_err().to_string();
+            let list = error.split("expected one of ").nth(1).unwrap_or_else(|| panic!("{error}"));
+            let list = list.lines().next().unwrap();
+            list.split(", ").map(|name| name.trim().trim_matches('`').to_string()).collect()
+        };
+        let mut file_keys: Vec<String> = Vec::new();
+        for name in expected("") {
+            match name.as_str() {
+                "coinbase" | "email" => {
+                    file_keys.extend(expected(&name).into_iter().map(|key| format!("{name}.{key}")))
+                }
+                "not_found" => file_keys.extend(expected(&name).into_iter().map(|key| format!("{name}.{key}"))),
+                "accounts" | "trades" => {}
+                _ => file_keys.push(name),
+            }
+        }
+        file_keys.sort();
+        let mut table_keys: Vec<String> =
+            settings::SETTINGS.iter().filter(|s| !s.key.is_empty()).map(|s| s.key.to_string()).collect();
+        table_keys.sort();
+        assert_eq!(file_keys, table_keys);
+    }
+
     /// The defaults the settings table shows (in `--help` and the README) are the ones `resolve` applies.
     #[test]
     fn the_defaults_shown_are_the_defaults_applied() {
