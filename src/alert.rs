@@ -340,33 +340,39 @@ pub fn transport(config: &EmailConfig) -> Result<AsyncSmtpTransport<Tokio1Execut
 }
 
 /// The headers that thread an incident's mails: the mail that opens it carries the incident's id as its
-/// `Message-ID`; reminders and the resolved mail get one of their own (`None`: generated) and answer the
-/// first (`In-Reply-To`, `References`), so a mail client shows one conversation per incident.
-/// Returns `(message id, in reply to)`.
-pub fn thread(kind: MailKind, started: DateTime<Utc>, domain: &str) -> (Option<String>, Option<String>) {
+/// `Message-ID`; reminders and the resolved mail get one of their own (from the incident and the time it is
+/// sent, on the sender's domain) and answer the first (`In-Reply-To`, `References`), so a mail client shows
+/// one conversation per incident. Returns `(message id, in reply to)`.
+pub fn thread(kind: MailKind, started: DateTime<Utc>, now: DateTime<Utc>, domain: &str) -> (String, Option<String>) {
     let incident = format!("<ordersync-incident-{}@{domain}>", started.timestamp_millis());
+    let follow_up =
+        |word: &str| format!("<ordersync-{word}-{}-{}@{domain}>", started.timestamp_millis(), now.timestamp_millis());
     match kind {
-        MailKind::Opened => (Some(incident), None),
-        MailKind::Reminder | MailKind::Resolved => (None, Some(incident)),
+        MailKind::Opened => (incident, None),
+        MailKind::Reminder => (follow_up("reminder"), Some(incident)),
+        MailKind::Resolved => (follow_up("resolved"), Some(incident)),
     }
 }
 
 async fn send(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     config: &EmailConfig,
-    (kind, started): (MailKind, DateTime<Utc>),
+    (kind, started, now): (MailKind, DateTime<Utc>, DateTime<Utc>),
     subject: &str,
     body: &str,
 ) -> Result<(), String> {
     let from: Mailbox = config.from.parse().map_err(|e| format!("email from {:?}: {e}", config.from))?;
-    let (id, reply_to) = thread(kind, started, from.email.domain());
+    let (id, reply_to) = thread(kind, started, now, from.email.domain());
     // Mail filters expect a Message-ID and a Date (lettre adds it), and an automated mail to say so (RFC 3834:
     // no vacation auto-replies to it).
     let mut message = Message::builder()
         .from(from)
         .subject(subject)
         .header(ContentType::TEXT_PLAIN)
-        .message_id(id)
+        // lettre sets MIME-Version only for its multipart and attachment bodies; a plain body needs it too
+        // (RFC 2045), and filters count its absence against a mail.
+        .header(lettre::message::header::MIME_VERSION_1_0)
+        .message_id(Some(id))
         .user_agent(format!("ordersync {}", env!("CARGO_PKG_VERSION")))
         .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-generated".into()));
     if let Some(first) = reply_to {
@@ -426,7 +432,7 @@ pub async fn run(
                     Decision::Send(kind) => {
                         let started = notifier.started();
                         let (subject, body) = compose(kind, &stuck, stuck_after, started, now);
-                        match send(&transport, &config, (kind, started.unwrap_or(now)), &subject, &body).await {
+                        match send(&transport, &config, (kind, started.unwrap_or(now), now), &subject, &body).await {
                             Ok(()) => {
                                 notifier.sent(kind, now);
                                 metrics.alert_emails.with_label_values(&["sent"]).inc();
@@ -564,14 +570,19 @@ mod tests {
     #[test]
     fn an_incidents_mails_are_one_thread() {
         let started = at(0);
-        let (opened, none) = thread(MailKind::Opened, started, "example.com");
-        let opened = opened.unwrap();
+        let (opened, none) = thread(MailKind::Opened, started, started, "example.com");
         assert_eq!(none, None);
         assert!(opened.starts_with("<ordersync-incident-") && opened.ends_with("@example.com>"), "{opened}");
-        for kind in [MailKind::Reminder, MailKind::Resolved] {
-            assert_eq!(thread(kind, started, "example.com"), (None, Some(opened.clone())), "{kind:?}");
+        let mut ids = vec![opened.clone()];
+        for (kind, sent) in [(MailKind::Reminder, at(60)), (MailKind::Reminder, at(120)), (MailKind::Resolved, at(150))]
+        {
+            let (id, reply_to) = thread(kind, started, sent, "example.com");
+            assert_eq!(reply_to, Some(opened.clone()), "{kind:?}");
+            assert!(id.starts_with("<ordersync-") && id.ends_with("@example.com>"), "on the sender's domain: {id}");
+            assert!(!ids.contains(&id), "each mail its own id: {id}");
+            ids.push(id);
         }
-        assert_ne!(thread(MailKind::Opened, at(60), "example.com").0, Some(opened), "another incident");
+        assert_ne!(thread(MailKind::Opened, at(60), at(60), "example.com").0, opened, "another incident");
     }
 
     #[test]

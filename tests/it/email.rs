@@ -142,6 +142,9 @@ async fn one_mail_per_incident_listing_the_stuck_orders_then_a_resolved_mail() {
     for mail in &headers {
         assert!(header(mail, "Date").is_some(), "{mail}");
         assert_eq!(header(mail, "Auto-Submitted"), Some("auto-generated"), "{mail}");
+        assert_eq!(header(mail, "MIME-Version"), Some("1.0"), "{mail}");
+        let id = header(mail, "Message-ID").expect("a Message-ID");
+        assert!(id.starts_with("<ordersync-") && id.ends_with("@example.com>"), "on the sender's domain: {id}");
         assert!(header(mail, "User-Agent").is_some_and(|ua| ua.starts_with("ordersync ")), "{mail}");
     }
     let second_id = header(&headers[1], "Message-ID").expect("a Message-ID");
