@@ -411,14 +411,14 @@ pub const SETTINGS: &[Setting] = &[
     value("log", ENV_LOG, "log")
         .named("FILTER")
         .default(crate::telemetry::DEFAULT_FILTER)
-        .help("log filter (tracing `EnvFilter` syntax, e.g. `info,ordersync=debug`); SIGHUP reloads the file's")
+        .help("log filter (tracing `EnvFilter` syntax, e.g. `info,ordersync=debug`); `serve` reloads the file's `log` on SIGHUP")
         .uses(Uses::CONFIGURED | Uses::SANDBOX)
         .heading(LOGGING),
     value("log-format", ENV_LOG_FORMAT, "")
         .named("FORMAT")
         .default("text")
         .form(Form::Choice(&["text", "json"]))
-        .help("`text`, or `json`: one JSON object a line, with its spans (`pass`, `due`, `check`, `listen`)")
+        .help("`text`, or `json`: one JSON object a line, with its spans (`serve` and `reconcile`: `pass`, `due`, `check`, `listen`)")
         .uses(Uses::CONFIGURED | Uses::SANDBOX)
         .heading(LOGGING),
 ];
@@ -522,9 +522,14 @@ fn strip_code(text: &str) -> String {
 }
 
 fn arg(setting: &Setting) -> clap::Arg {
+    // A sentence opens with a capital; a help that opens with a value (`none`, `text`) keeps its case.
     let plain = strip_code(setting.help);
-    let mut first = plain.chars();
-    let mut help: String = first.next().map(|c| c.to_uppercase().chain(first).collect()).unwrap_or_default();
+    let mut help = if setting.help.starts_with('`') {
+        plain
+    } else {
+        let mut first = plain.chars();
+        first.next().map(|c| c.to_uppercase().chain(first).collect()).unwrap_or_default()
+    };
     if !setting.default.is_empty() {
         help.push_str(&format!(" [default: {}]", strip_code(setting.default)));
     }
