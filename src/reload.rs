@@ -121,7 +121,7 @@ mod tests {
     use std::time::Duration;
 
     fn config(toml: &str) -> Config {
-        let file: FileConfig = toml::from_str(toml).unwrap();
+        let file = FileConfig::parse(toml, std::path::Path::new("ordersync.toml")).unwrap();
         let over = Overrides::default().with("replica", "test");
         resolve(&over, &file, "ordersync.toml", &System).unwrap()
     }

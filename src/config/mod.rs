@@ -239,40 +239,31 @@ pub struct Config {
     pub log: Option<String>,
 }
 
-/// The TOML file. Every field is optional; unknown keys are an error so a typo never goes unnoticed.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The TOML file. Every key is optional; unknown keys are an error, all of them named at once, so a typo
+/// never goes unnoticed. The one-value keys are those of `settings::SETTINGS` (top level, `[coinbase]`,
+/// `[email]`), read as written and parsed by `resolve` like a flag's text; the tables of more than one
+/// value (`[[accounts]]`, `[trades]`, `[not_found]`) are typed here.
+#[derive(Debug, Clone, Default)]
 pub struct FileConfig {
-    pub database_url: Option<SecretString>,
-    pub poll_interval: Option<String>,
-    pub stuck_after: Option<String>,
-    pub grace: Option<String>,
-    pub verify_window: Option<String>,
-    pub flag_after: Option<u32>,
-    pub batch_size: Option<usize>,
-    pub listen: Option<String>,
-    pub metrics_refresh: Option<String>,
-    pub api_token: Option<SecretString>,
-    pub max_corrections_per_pass: Option<usize>,
-    pub max_correction_share: Option<f64>,
-    pub observe_only: Option<bool>,
-    /// A duration, or `off`.
-    pub retention: Option<String>,
-    pub lease: Option<String>,
-    pub replica: Option<String>,
-    /// The log filter (tracing `EnvFilter` syntax); `ORDERSYNC_LOG` and `--log` win. `SIGHUP` reloads it.
-    pub log: Option<String>,
+    /// By dotted key (`poll_interval`, `email.smtp_host`): every value held as a secret, so no `Debug`
+    /// shows a database URL or token.
+    values: settings::Overrides,
     /// Present: the not-found policy is on.
     pub not_found: Option<FileNotFound>,
-    #[serde(default)]
-    pub coinbase: FileCoinbase,
     /// `[[accounts]]`: several Coinbase accounts, each with its own key.
-    #[serde(default)]
     pub accounts: Vec<FileAccount>,
-    #[serde(default)]
     pub trades: FileTrades,
+}
+
+/// The tables of more than one value, typed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTables {
+    not_found: Option<FileNotFound>,
     #[serde(default)]
-    pub email: FileEmail,
+    accounts: Vec<FileAccount>,
+    #[serde(default)]
+    trades: FileTrades,
 }
 
 /// `[not_found]`: the opt-in policy for orders Coinbase never knew.
@@ -283,35 +274,6 @@ pub struct FileNotFound {
     pub after: Option<String>,
     /// `failed`, `cancelled` or `expired`: the bot's word for it is written.
     pub write: Option<String>,
-}
-
-/// `[email]`: the password comes from the environment or a file, never from this file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileEmail {
-    pub smtp_host: Option<String>,
-    pub smtp_port: Option<u16>,
-    /// `none`, `starttls` or `tls`.
-    pub smtp_tls: Option<String>,
-    pub smtp_username: Option<String>,
-    pub smtp_password_file: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<Vec<String>>,
-    pub remind_every: Option<String>,
-    pub max_per_hour: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCoinbase {
-    pub api_url: Option<String>,
-    pub key_name: Option<String>,
-    pub key_file: Option<String>,
-    pub rate_limit: Option<u32>,
-    pub ws_url: Option<String>,
-    /// `true` or `false`.
-    pub websocket: Option<bool>,
-    pub websocket_stall_after: Option<String>,
 }
 
 /// `[[accounts]]`: one Coinbase account. The key is a file or an environment variable, never this file.
@@ -351,9 +313,63 @@ pub struct FileTrades {
 
 impl FileConfig {
     /// Parse TOML text; `path` only names the file in errors.
+    ///
+    /// # Errors
+    /// `ConfigError::ParseFile`: the TOML does not parse, keys nobody reads (all of them), or a table of
+    /// more than one value that does not fit.
     pub fn parse(text: &str, path: &std::path::Path) -> Result<Self, ConfigError> {
-        toml::from_str(text)
-            .map_err(|error| ConfigError::ParseFile { path: path.to_path_buf(), message: error.to_string() })
+        let fail = |message: String| ConfigError::ParseFile { path: path.to_path_buf(), message };
+        let table: toml::Table = toml::from_str(text).map_err(|error| fail(error.to_string()))?;
+        let mut values = settings::Overrides::default();
+        let mut tables = toml::Table::new();
+        let mut unknown: Vec<String> = Vec::new();
+        let mut take = |key: String, value: toml::Value, unknown: &mut Vec<String>| match settings::by_key(&key) {
+            Some(setting) => values.set_key(setting.key, value_text(value)),
+            None => unknown.push(key),
+        };
+        for (key, value) in table {
+            match (key.as_str(), value) {
+                ("not_found" | "accounts" | "trades", value) => {
+                    tables.insert(key, value);
+                }
+                ("coinbase" | "email", toml::Value::Table(section)) => {
+                    for (inner, value) in section {
+                        take(format!("{key}.{inner}"), value, &mut unknown);
+                    }
+                }
+                (_, value) => take(key, value, &mut unknown),
+            }
+        }
+        if !unknown.is_empty() {
+            let keys: Vec<String> = unknown.iter().map(|key| format!("`{key}`")).collect();
+            return Err(fail(format!(
+                "unknown key{} {}: the keys are the file keys of the README's configuration reference",
+                if keys.len() == 1 { "" } else { "s" },
+                keys.join(", ")
+            )));
+        }
+        let tables: FileTables =
+            toml::Value::Table(tables).try_into().map_err(|error: toml::de::Error| fail(error.to_string()))?;
+        Ok(FileConfig { values, not_found: tables.not_found, accounts: tables.accounts, trades: tables.trades })
+    }
+
+    /// The value of a one-value key as written (a list joined by commas), when present.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.values.get(key)
+    }
+
+    fn secret(&self, key: &str) -> Option<SecretString> {
+        self.values.secret(key)
+    }
+}
+
+/// A TOML value as a flag would give it: strings as they are, numbers and booleans written out, a list's
+/// items joined by commas (`email.to`).
+fn value_text(value: toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => text,
+        toml::Value::Array(items) => items.into_iter().map(value_text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
     }
 }
 
@@ -361,6 +377,7 @@ impl FileConfig {
 struct Resolver<'a> {
     file_name: &'a str,
     over: &'a Overrides,
+    file: &'a FileConfig,
     reader: &'a dyn Reader,
     bad: Vec<BadValue>,
 }
@@ -368,14 +385,9 @@ struct Resolver<'a> {
 impl Resolver<'_> {
     /// `--flag`'s override, else the file's value, else nothing; parsed; a failure remembered under the
     /// name the user wrote (`--flag / ENV`, or the file key and file).
-    fn pick<T>(
-        &mut self,
-        flag: &str,
-        file_value: Option<String>,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<T> {
+    fn pick<T>(&mut self, flag: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
         let setting = settings::by_flag(flag).unwrap_or_else(|| panic!("no setting has the flag --{flag}"));
-        let (key, value) = match (self.over.get(flag), file_value) {
+        let (key, value) = match (self.over.get(flag), self.file.get(setting.key)) {
             (Some(value), _) => (setting.flag_and_env(), value),
             (None, Some(value)) => (format!("{} in {}", setting.key, self.file_name), value),
             (None, None) => return None,
@@ -499,57 +511,44 @@ pub fn resolve(
     file_name: &str,
     reader: &dyn Reader,
 ) -> Result<Config, ConfigError> {
-    let mut r = Resolver { file_name, over, reader, bad: Vec::new() };
+    let mut r = Resolver { file_name, over, file, reader, bad: Vec::new() };
     // The URL may carry a password: exposed only to parse it here; an error shows it with the password hidden.
     let bad_before = r.bad.len();
-    let database_url = r
-        .pick("database-url", file.database_url.as_ref().map(|url| url.expose_secret().to_string()), parse_database_url)
-        .map(SecretString::from);
+    let database_url = r.pick("database-url", parse_database_url).map(SecretString::from);
     for bad in &mut r.bad[bad_before..] {
         bad.value = crate::db::redact_url(&bad.value);
     }
-    let api_url = r.pick("coinbase-api-url", file.coinbase.api_url.clone(), parse_http_url);
-    let key_name =
-        r.pick("coinbase-key-name", file.coinbase.key_name.clone(), |text| Ok::<_, String>(text.to_string()));
-    let key_file =
-        r.pick("coinbase-key-file", file.coinbase.key_file.clone(), |text| Ok::<_, String>(PathBuf::from(text)));
-    let rate_limit = r.pick("coinbase-rate-limit", file.coinbase.rate_limit.map(|v| v.to_string()), parse_rate_limit);
-    let ws_url = r.pick("coinbase-ws-url", file.coinbase.ws_url.clone(), parse_ws_url);
-    let websocket = r.pick("websocket", file.coinbase.websocket.map(|v| v.to_string()), parse_switch);
-    let websocket_stall_after =
-        r.pick("websocket-stall-after", file.coinbase.websocket_stall_after.clone(), parse_positive_duration);
-    let poll_interval = r.pick("poll-interval", file.poll_interval.clone(), parse_positive_duration);
-    let stuck_after = r.pick("stuck-after", file.stuck_after.clone(), parse_positive_duration);
-    let grace = r.pick("grace", file.grace.clone(), parse_duration);
-    let verify_window = r.pick("verify-window", file.verify_window.clone(), parse_duration);
-    let flag_after = r.pick("flag-after", file.flag_after.map(|v| v.to_string()), parse_positive::<u32>);
-    let batch_size =
-        r.pick("batch-size", file.batch_size.map(|v| v.to_string()), |text| match parse_positive::<usize>(text) {
-            Ok(size) if size <= 1000 => Ok(size),
-            _ => Err("a whole number from 1 to 1000".to_string()),
-        });
-    let listen = r.pick("listen", file.listen.clone(), parse_listen);
-    let metrics_refresh = r.pick("metrics-refresh", file.metrics_refresh.clone(), parse_positive_duration);
-    let api_token = resolve_secret(&mut r, "api-token", file);
-    let max_corrections = r.pick(
-        "max-corrections-per-pass",
-        file.max_corrections_per_pass.map(|v| v.to_string()),
-        parse_positive::<usize>,
-    );
-    let max_share = r.pick("max-correction-share", file.max_correction_share.map(|v| v.to_string()), |text| match text
-        .trim()
-        .parse::<f64>()
-    {
+    let api_url = r.pick("coinbase-api-url", parse_http_url);
+    let key_name = r.pick("coinbase-key-name", |text| Ok::<_, String>(text.to_string()));
+    let key_file = r.pick("coinbase-key-file", |text| Ok::<_, String>(PathBuf::from(text)));
+    let rate_limit = r.pick("coinbase-rate-limit", parse_rate_limit);
+    let ws_url = r.pick("coinbase-ws-url", parse_ws_url);
+    let websocket = r.pick("websocket", parse_switch);
+    let websocket_stall_after = r.pick("websocket-stall-after", parse_positive_duration);
+    let poll_interval = r.pick("poll-interval", parse_positive_duration);
+    let stuck_after = r.pick("stuck-after", parse_positive_duration);
+    let grace = r.pick("grace", parse_duration);
+    let verify_window = r.pick("verify-window", parse_duration);
+    let flag_after = r.pick("flag-after", parse_positive::<u32>);
+    let batch_size = r.pick("batch-size", |text| match parse_positive::<usize>(text) {
+        Ok(size) if size <= 1000 => Ok(size),
+        _ => Err("a whole number from 1 to 1000".to_string()),
+    });
+    let listen = r.pick("listen", parse_listen);
+    let metrics_refresh = r.pick("metrics-refresh", parse_positive_duration);
+    let api_token = resolve_secret(&mut r, "api-token");
+    let max_corrections = r.pick("max-corrections-per-pass", parse_positive::<usize>);
+    let max_share = r.pick("max-correction-share", |text| match text.trim().parse::<f64>() {
         Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
         _ => Err("a share of the pending rows above 0 and at most 1, e.g. 0.5".to_string()),
     });
-    let observe_only = r.pick("observe-only", file.observe_only.map(|v| v.to_string()), parse_switch);
-    let retention = r.pick("retention", file.retention.clone(), parse_retention);
-    let lease = r.pick("lease", file.lease.clone(), |text| match parse_duration(text) {
+    let observe_only = r.pick("observe-only", parse_switch);
+    let retention = r.pick("retention", parse_retention);
+    let lease = r.pick("lease", |text| match parse_duration(text) {
         Ok(lease) if (Duration::from_secs(3)..=Duration::from_secs(600)).contains(&lease) => Ok(lease),
         _ => Err("a duration from 3s to 10m, e.g. 15s".to_string()),
     });
-    let replica = r.pick("replica", file.replica.clone(), |text| match text.trim() {
+    let replica = r.pick("replica", |text| match text.trim() {
         name if crate::account::valid_name(name)
             || (name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic())) =>
         {
@@ -558,7 +557,7 @@ pub fn resolve(
         _ => Err("a name of at most 64 printable characters without spaces, e.g. ordersync-1".to_string()),
     });
     let not_found = file.not_found.as_ref().and_then(|policy| resolve_not_found(&mut r, policy));
-    let log = r.pick("log", file.log.clone(), parse_log_filter);
+    let log = r.pick("log", parse_log_filter);
     let single_key = [
         (key_file.is_some(), "--coinbase-key-file / ORDERSYNC_COINBASE_KEY_FILE / coinbase.key_file"),
         (over.is_set("coinbase-private-key"), "ORDERSYNC_COINBASE_PRIVATE_KEY"),
@@ -566,13 +565,13 @@ pub fn resolve(
     ];
     let accounts = resolve_accounts(&mut r, &file.accounts, &single_key, rate_limit);
     let trades = resolve_trades(&mut r, &file.trades);
-    let email = resolve_email(&mut r, &file.email);
+    let email = resolve_email(&mut r);
     // Settlements younger than the verify window keep recent terminal rows from being checked (and
     // settled) again: the retention never reaches into it.
     let window = verify_window.unwrap_or(DEFAULT_VERIFY_WINDOW);
     if let Some(Some(kept)) = retention {
         if kept < window {
-            let (key, value) = match (over.get("retention"), file.retention.clone()) {
+            let (key, value) = match (over.get("retention"), file.get("retention")) {
                 (Some(value), _) => (format!("--retention / {ENV_RETENTION}"), value),
                 (None, Some(value)) => (format!("retention in {}", r.file_name), value),
                 (None, None) => ("retention".to_string(), format_duration(kept)),
@@ -790,33 +789,33 @@ fn parse_address(text: &str) -> Result<String, String> {
     }
 }
 
-fn resolve_email(r: &mut Resolver<'_>, file: &FileEmail) -> Option<EmailConfig> {
-    let host = r.pick("smtp-host", file.smtp_host.clone(), |t| match t.trim() {
+fn resolve_email(r: &mut Resolver<'_>) -> Option<EmailConfig> {
+    let host = r.pick("smtp-host", |t| match t.trim() {
         "" => Err("a host name, e.g. smtp.example.com".to_string()),
         host => Ok(host.to_string()),
     });
-    let tls = r.pick("smtp-tls", file.smtp_tls.clone(), parse_tls).unwrap_or(SmtpTls::StartTls);
-    let port = r.pick("smtp-port", file.smtp_port.map(|p| p.to_string()), parse_positive::<u16>);
-    let username = r.pick("smtp-username", file.smtp_username.clone(), |t| Ok::<_, String>(t.to_string()));
-    let password_file = r.pick("smtp-password-file", file.smtp_password_file.clone(), |path| {
+    let tls = r.pick("smtp-tls", parse_tls).unwrap_or(SmtpTls::StartTls);
+    let port = r.pick("smtp-port", parse_positive::<u16>);
+    let username = r.pick("smtp-username", |t| Ok::<_, String>(t.to_string()));
+    let password_file = r.pick("smtp-password-file", |path| {
         r.reader
             .file(std::path::Path::new(path))
             .map(|text| SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
             .map_err(|e| format!("a readable file ({e})"))
     });
     let password = r.over.secret("smtp-password").or(password_file);
-    let from = r.pick("email-from", file.from.clone(), parse_address);
-    let to = r.pick("email-to", file.to.as_ref().map(|list| list.join(",")), |text| {
+    let from = r.pick("email-from", parse_address);
+    let to = r.pick("email-to", |text| {
         let list: Vec<&str> = text.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
         if list.is_empty() {
             return Err("one or more e-mail addresses, separated by commas".to_string());
         }
         list.into_iter().map(parse_address).collect::<Result<Vec<_>, _>>()
     });
-    let remind_every = r.pick("email-remind-every", file.remind_every.clone(), parse_positive_duration);
-    let max_per_hour = r.pick("email-max-per-hour", file.max_per_hour.map(|v| v.to_string()), parse_positive::<u32>);
+    let remind_every = r.pick("email-remind-every", parse_positive_duration);
+    let max_per_hour = r.pick("email-max-per-hour", parse_positive::<u32>);
     let host = host?;
-    let given = r.over.is_set("email-to") || file.to.is_some();
+    let given = r.over.is_set("email-to") || r.file.get("email.to").is_some();
     let Some(to) = to else {
         if given {
             // Already reported as invalid.
@@ -847,9 +846,9 @@ fn resolve_email(r: &mut Resolver<'_>, file: &FileEmail) -> Option<EmailConfig> 
 }
 
 /// The API token is checked like any value but never echoed: the error shows `<redacted>`.
-fn resolve_secret(r: &mut Resolver<'_>, flag: &str, file: &FileConfig) -> Option<SecretString> {
+fn resolve_secret(r: &mut Resolver<'_>, flag: &str) -> Option<SecretString> {
     let setting = settings::by_flag(flag).unwrap_or_else(|| panic!("no setting has the flag --{flag}"));
-    let (key, value) = match (r.over.secret(flag), file.api_token.clone()) {
+    let (key, value) = match (r.over.secret(flag), r.file.secret(setting.key)) {
         (Some(value), _) => (setting.flag_and_env(), value),
         (None, Some(value)) => (format!("{} in {}", setting.key, r.file_name), value),
         (None, None) => return None,
@@ -993,35 +992,42 @@ mod tests {
         assert_eq!(resolve_with(off, "").unwrap().retention, None);
     }
 
-    /// The file's keys are the settings table's, both ways: each key the table names is one the file takes,
-    /// and each one-value key the file takes is in the table (the tables of more than one value aside:
-    /// `[[accounts]]`, `[trades]`, `[not_found]`). The file's own list comes from serde's "expected one of".
+    /// The file takes each one-value key of the settings table, where the table says (top level,
+    /// `[coinbase]`, `[email]`), and refuses every other key, naming all of them at once.
     #[test]
     fn the_file_takes_exactly_the_keys_the_settings_table_names() {
-        let expected = |section: &str| -> Vec<String> {
-            let text =
-                if section.is_empty() { "zz_unknown = 1".to_string() } else { format!("[{section}]\nzz_unknown = 1") };
-            let error = FileConfig::parse(&text, std::path::Path::new("x.toml")).unwrap_err().to_string();
-            let list = error.split("expected one of ").nth(1).unwrap_or_else(|| panic!("{error}"));
-            let list = list.lines().next().unwrap();
-            list.split(", ").map(|name| name.trim().trim_matches('`').to_string()).collect()
-        };
-        let mut file_keys: Vec<String> = Vec::new();
-        for name in expected("") {
-            match name.as_str() {
-                "coinbase" | "email" => {
-                    file_keys.extend(expected(&name).into_iter().map(|key| format!("{name}.{key}")))
-                }
-                "not_found" => file_keys.extend(expected(&name).into_iter().map(|key| format!("{name}.{key}"))),
-                "accounts" | "trades" => {}
-                _ => file_keys.push(name),
-            }
+        let path = std::path::Path::new("x.toml");
+        for setting in settings::SETTINGS.iter().filter(|s| !s.key.is_empty() && !s.key.starts_with("not_found.")) {
+            let text = match setting.key.split_once('.') {
+                Some((section, key)) => format!("[{section}]\n{key} = \"v\""),
+                None => format!("{} = \"v\"", setting.key),
+            };
+            let file = FileConfig::parse(&text, path).unwrap_or_else(|e| panic!("{}: {e}", setting.key));
+            assert_eq!(file.get(setting.key).as_deref(), Some("v"), "{}", setting.key);
         }
-        file_keys.sort();
-        let mut table_keys: Vec<String> =
-            settings::SETTINGS.iter().filter(|s| !s.key.is_empty()).map(|s| s.key.to_string()).collect();
-        table_keys.sort();
-        assert_eq!(file_keys, table_keys);
+        let policy = FileConfig::parse("[not_found]\nafter_checks = 2\nafter = \"1h\"\nwrite = \"failed\"", path);
+        assert!(policy.unwrap().not_found.is_some());
+        let error =
+            FileConfig::parse("pol_interval = \"5s\"\n[email]\nsmpt_host = \"h\"\n[coinbase]\nkey = \"k\"", path)
+                .unwrap_err()
+                .to_string();
+        for key in ["`pol_interval`", "`email.smpt_host`", "`coinbase.key`"] {
+            assert!(error.contains(key), "every unknown key at once: {error}");
+        }
+    }
+
+    #[test]
+    fn file_values_are_read_as_written_and_never_shown() {
+        let text = "flag_after = 4\nobserve_only = true\nmax_correction_share = 0.25\ndatabase_url = \"postgres://u:pw-s3cret@h/d\"\n\
+                    [email]\nto = [\"a@example.com\", \"b@example.com\"]";
+        let file = FileConfig::parse(text, std::path::Path::new("x.toml")).unwrap();
+        assert_eq!(file.get("flag_after").as_deref(), Some("4"));
+        assert_eq!(file.get("observe_only").as_deref(), Some("true"));
+        assert_eq!(file.get("max_correction_share").as_deref(), Some("0.25"));
+        assert_eq!(file.get("email.to").as_deref(), Some("a@example.com,b@example.com"));
+        assert!(!format!("{file:?}").contains("pw-s3cret"));
+        let bad = bad_keys(resolve_with(Overrides::default(), "flag_after = \"three\"\nobserve_only = \"maybe\""));
+        assert_eq!(bad, vec!["flag_after in test.toml".to_string(), "observe_only in test.toml".to_string()]);
     }
 
     /// The defaults the settings table shows (in `--help` and the README) are the ones `resolve` applies.

@@ -423,6 +423,11 @@ pub const SETTINGS: &[Setting] = &[
         .heading(LOGGING),
 ];
 
+/// The setting of a file key (`poll_interval`, `email.smtp_host`).
+pub fn by_key(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| !s.key.is_empty() && s.key == key)
+}
+
 /// The setting of a flag (without dashes).
 pub fn by_flag(flag: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| !s.flag.is_empty() && s.flag == flag)
@@ -443,6 +448,11 @@ impl Overrides {
         let setting = by_flag(flag).unwrap_or_else(|| panic!("no setting has the flag --{flag}"));
         self.0.insert(setting.flag, SecretString::from(value.into()));
         self
+    }
+
+    /// Set a file key's value (`FileConfig`, whose keys are the table's).
+    pub(crate) fn set_key(&mut self, key: &'static str, value: String) {
+        self.0.insert(key, SecretString::from(value));
     }
 
     /// The value of `--flag`, when given.
