@@ -147,6 +147,10 @@ pub enum EndSource {
     SeenPoll,
     /// The first manual check that saw it ended.
     SeenManual,
+    /// The first check of the pending order that got no certain answer (a timeout, a 5xx, an unreadable
+    /// reply) since the last one that saw it open, when that is earlier than the first sighting of its end:
+    /// the order may have ended then, unseen, so an exchange outage counts in the sync latency.
+    Unanswered,
     /// Not an end the exchange reported: the not-found policy wrote the order off (`NotFoundPolicy`) at the
     /// time of that check.
     NotFoundPolicy,
@@ -160,6 +164,7 @@ impl EndSource {
             EndSource::SeenWebsocket => "seen_websocket",
             EndSource::SeenPoll => "seen_poll",
             EndSource::SeenManual => "seen_manual",
+            EndSource::Unanswered => "unanswered_check",
             EndSource::NotFoundPolicy => "not_found_policy",
         }
     }
@@ -171,6 +176,7 @@ impl EndSource {
             EndSource::SeenWebsocket,
             EndSource::SeenPoll,
             EndSource::SeenManual,
+            EndSource::Unanswered,
             EndSource::NotFoundPolicy,
         ]
         .into_iter()
@@ -478,6 +484,9 @@ pub struct Context {
     /// The exchange answered other orders of this account normally in the same round: only then does a
     /// 404 count (an outage or a key that sees nothing never does).
     pub exchange_answering: bool,
+    /// The first check of this pending order that got no certain answer since the last one that saw it
+    /// open (`EndSource::Unanswered`); `None` when the last check before this one had an answer.
+    pub unanswered_since: Option<DateTime<Utc>>,
 }
 
 impl Context {
@@ -495,6 +504,7 @@ impl Context {
             not_found_policy: None,
             not_found_before: Vec::new(),
             exchange_answering: false,
+            unanswered_since: None,
         }
     }
 
@@ -515,16 +525,27 @@ impl Context {
             _ => (self.now, self.seen_by),
         }
     }
+
+    /// The earliest the order can have ended unseen: the first sighting of its end, or the first unanswered
+    /// check before it.
+    pub fn earliest_end(&self) -> (DateTime<Utc>, EndSource) {
+        let seen = self.first_seen();
+        match self.unanswered_since {
+            Some(at) if at < seen.0 => (at, EndSource::Unanswered),
+            _ => seen,
+        }
+    }
 }
 
 /// When the order ended on the exchange: the last fill time for FILLED; for CANCELLED, EXPIRED and FAILED
-/// (and a FILLED order without a fill time) the earliest moment ordersync saw it ended, never the last
-/// fill time (a partly filled order that expires hours later ended when it expired).
+/// (and a FILLED order without a fill time) the earliest moment ordersync saw it ended, or could have seen
+/// it had the exchange answered (`Context::earliest_end`), never the last fill time (a partly filled order
+/// that expires hours later ended when it expired).
 pub fn ended_at(order: &ExchangeOrder, context: &Context) -> (DateTime<Utc>, EndSource) {
     match (&order.status, order.last_fill_time) {
         (ExchangeStatus::Filled, Some(at)) if order.fill_time_from_fills => (at, EndSource::ListFills),
         (ExchangeStatus::Filled, Some(at)) => (at, EndSource::LastFillTime),
-        _ => context.first_seen(),
+        _ => context.earliest_end(),
     }
 }
 
@@ -653,7 +674,13 @@ pub fn decide(db: DbStatus, answer: &Answer, context: &Context) -> Action {
         (DbStatus::Pending, None) => Action::Keep(Verdict::InSync),
         (DbStatus::Pending, Some(to)) => {
             let fill = fill_of(order, context);
-            let until = fill.ended_at + context.grace;
+            // The bot's grace runs from when the end could be known: an end dated back over an outage
+            // (`Unanswered`) still gives the bot its grace from the first sighting.
+            let known = match fill.end_source {
+                EndSource::Unanswered => context.first_seen().0,
+                _ => fill.ended_at,
+            };
+            let until = known + context.grace;
             if context.now < until {
                 Action::Keep(Verdict::Waiting { until })
             } else {
@@ -825,6 +852,34 @@ mod tests {
             Context { seen_before: Some((later() + chrono::Duration::hours(1), EndSource::SeenPoll)), ..context };
         let Action::Correct { fill, .. } = decide(DbStatus::Pending, &answer, &future) else { panic!() };
         assert_eq!(fill.ended_at, later(), "a sighting after now is no sighting");
+    }
+
+    #[test]
+    fn a_cancel_after_unanswered_checks_ended_no_later_than_the_first_of_them() {
+        let blind = later() - chrono::Duration::seconds(74);
+        let cancel = Answer::Order(order(ExchangeStatus::Cancelled, "0", None));
+        let grace = chrono::Duration::seconds(10);
+        let after_outage = Context { unanswered_since: Some(blind), grace, ..context() };
+        // First seen now: the bot still has its grace from now, and the wait says so.
+        assert_eq!(
+            decide(DbStatus::Pending, &cancel, &after_outage),
+            Action::Keep(Verdict::Waiting { until: later() + grace })
+        );
+        // Once the grace is over, the end is dated to the first unanswered check: the outage is in the latency.
+        let graced =
+            Context { now: later() + grace, seen_before: Some((later(), EndSource::SeenPoll)), ..after_outage };
+        let Action::Correct { fill, .. } = decide(DbStatus::Pending, &cancel, &graced) else { panic!() };
+        assert_eq!((fill.ended_at, fill.end_source), (blind, EndSource::Unanswered));
+        // A sighting before the outage (the WebSocket's news) is earlier still, and wins.
+        let news = later() - chrono::Duration::seconds(90);
+        let with_news = Context { seen_before: Some((news, EndSource::SeenWebsocket)), ..graced.clone() };
+        let Action::Correct { fill, .. } = decide(DbStatus::Pending, &cancel, &with_news) else { panic!() };
+        assert_eq!((fill.ended_at, fill.end_source), (news, EndSource::SeenWebsocket));
+        // A fill is dated by the exchange, outage or not.
+        let filled = Answer::Order(order(ExchangeStatus::Filled, "1", Some("2")));
+        let Action::Correct { fill, .. } = decide(DbStatus::Pending, &filled, &graced) else { panic!() };
+        assert_eq!((fill.ended_at, fill.end_source), (fill_time(), EndSource::LastFillTime));
+        assert_eq!(EndSource::parse("unanswered_check"), Some(EndSource::Unanswered));
     }
 
     #[test]

@@ -371,8 +371,9 @@ impl Metrics {
             sync_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "ordersync_sync_latency_seconds",
-                    "Time from the order ending on the exchange (the last fill for FILLED; the first sighting of it \
-                     ended for CANCELLED, EXPIRED, FAILED) to ordersync's commit of the correction.",
+                    "Time from the order ending on the exchange (the last fill for FILLED; for CANCELLED, EXPIRED, \
+                     FAILED the first sighting of it ended, or the first check of it the exchange left unanswered \
+                     before that) to ordersync's commit of the correction.",
                 )
                 .buckets(SYNC_LATENCY_BUCKETS.to_vec()),
                 &["source"],

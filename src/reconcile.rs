@@ -737,6 +737,10 @@ pub struct Reconciler {
     brake: Arc<Mutex<BrakeState>>,
     /// The number of the last pass begun (the `pass` span's id).
     passes: Arc<AtomicU64>,
+    /// Pending orders whose checks have had no certain answer since the last one that saw them open, with
+    /// the first such check (`Context::unanswered_since`). Kept in memory: nothing is written during an
+    /// outage, and a restart forgets it (the latency is then measured from the first sighting).
+    unanswered: Arc<Mutex<HashMap<OrderId, DateTime<Utc>>>>,
 }
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
@@ -768,6 +772,7 @@ impl Reconciler {
             due: Arc::new(DueChecks::default()),
             brake: Arc::default(),
             passes: Arc::default(),
+            unanswered: Arc::default(),
         }
     }
 
@@ -974,6 +979,13 @@ impl Reconciler {
         };
         for row in &rows {
             self.metrics.bot_label(row.bot_id.as_deref());
+        }
+        {
+            let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            if !unanswered.is_empty() {
+                let pending: HashSet<&OrderId> = rows.iter().map(|row| &row.order_id).collect();
+                unanswered.retain(|id, _| pending.contains(id));
+            }
         }
         // A row no account claims is never asked about with another account's key: reported, left alone.
         let (rows, unmatched): (Vec<TradeRow>, Vec<TradeRow>) =
@@ -1504,6 +1516,21 @@ impl Reconciler {
         results
     }
 
+    /// Keep the first unanswered check of a pending order since it was last seen open, and tell it when this
+    /// answer shows the order ended (it is kept until the row leaves the pending ones: the end may wait
+    /// for the bot's grace).
+    fn unanswered(&self, id: &OrderId, answer: &Answer, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            Answer::Ambiguous(_) | Answer::Unavailable(_) => {
+                unanswered.entry(id.clone()).or_insert(now);
+                None
+            }
+            Answer::Order(order) if ends_order(&order.status) => unanswered.get(id).copied(),
+            Answer::Order(_) | Answer::NotFound => unanswered.remove(id),
+        }
+    }
+
     /// Decide on one order and count the check; nothing is written yet.
     fn plan<'r>(&self, item: &Item<'r, '_>, source: Source, now: DateTime<Utc>) -> Plan<'r> {
         let row = item.row;
@@ -1523,6 +1550,7 @@ impl Reconciler {
         };
         let grace = if source == Source::Manual { Duration::ZERO } else { self.settings().grace };
         let not_found_before = state.map(|s| s.not_found_at.clone()).unwrap_or_default();
+        let unanswered_since = (db == DbStatus::Pending).then(|| self.unanswered(&row.order_id, item.answer, now));
         let context = Context {
             now,
             grace: chrono_duration(grace),
@@ -1535,6 +1563,7 @@ impl Reconciler {
             not_found_policy: self.settings().not_found,
             not_found_before,
             exchange_answering: item.answering,
+            unanswered_since: unanswered_since.flatten(),
         };
         let action = decide(db, item.answer, &context);
         let (exchange_status, label, ended, filled_size, exchange_product) = match item.answer {

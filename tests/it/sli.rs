@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::both;
 use crate::harness::{
-    config, dec, incident, open_order, reconciler, spawn_app_keyed, spawn_app_on, Backend, TestApp, TestDb, INCIDENT,
+    client, config, dec, incident, open_order, reconciler, sandbox_http, settings, spawn_app_keyed, spawn_app_on,
+    Backend, TestApp, TestDb, INCIDENT,
 };
 
 /// Whole milliseconds: what both databases keep of a time.
@@ -196,6 +197,54 @@ async fn an_expiry_hours_after_the_last_fill_is_not_an_hours_long_sync(backend: 
     assert_eq!(metrics.settled.with_label_values(&["alpha", "ordersync"]).get(), 1);
 }
 both!(an_expiry_hours_after_the_last_fill_is_not_an_hours_long_sync);
+
+/// An order cancelled while the exchange answered nothing but 5xx is seen ended only after the outage. Its
+/// end is dated to ordersync's first unanswered check of it, not to the first sighting: the outage is in the
+/// sync latency (the histogram and the event), and the event says where the end came from.
+async fn an_exchange_outage_is_in_the_sync_latency_of_the_orders_it_hid(backend: Backend) {
+    let db = TestDb::with_trades(backend).await;
+    db.watched_since(Utc::now() - chrono::Duration::days(1)).await;
+    let sandbox = Sandbox::new(1);
+    let id = open_order(&db, &sandbox, "alpha", chrono::Duration::minutes(5)).await;
+    let config = config(&db);
+    // Over HTTP: the simulator's faults are served there.
+    let token = CancellationToken::new();
+    let (url, key) = sandbox_http(&sandbox, None, &token).await;
+    let store = ordersync::db::Store::connect(&db.url, &config.trades).await.unwrap();
+    store.migrate().await.unwrap();
+    let metrics = ordersync::metrics::Metrics::standalone(config.stuck_after);
+    let exchange = std::sync::Arc::new(client(&url, key, &metrics));
+    let reconciler = ordersync::reconcile::Reconciler::new(store, exchange, metrics.clone(), settings(&config));
+    reconciler.pass(Mode::Apply, &token).await.unwrap();
+    sandbox.set_faults(Faults { error_5xx_rate: 1.0, ..Faults::default() });
+    let blind = ms(Utc::now());
+    reconciler.pass(Mode::Apply, &token).await.unwrap();
+    let blind_checked = Utc::now();
+    sandbox.end(&id, "CANCELLED").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reconciler.pass(Mode::Apply, &token).await.unwrap();
+    assert_eq!(db.trade(&id).await.status, "pending", "nothing is written on no answer");
+    sandbox.set_faults(Faults::default());
+    let seen = Utc::now();
+    reconciler.pass(Mode::Apply, &token).await.unwrap();
+    let done = Utc::now();
+
+    assert_eq!(db.trade(&id).await.status, "cancelled");
+    let event = db
+        .rows(&format!(
+            "SELECT CAST(latency_seconds AS TEXT), end_source FROM ordersync_events WHERE order_id = '{id}'"
+        ))
+        .await;
+    let latency: f64 = event[0][0].as_deref().unwrap().parse().unwrap();
+    // The end lies between the second pass's start and its end; the commit between the last pass's.
+    let (least, most) = ((seen - blind_checked).as_seconds_f64(), (done - blind).as_seconds_f64());
+    assert!(least >= 1.5 && (least..=most).contains(&latency), "from the first unanswered check: {latency} s");
+    assert_eq!(event[0][1].as_deref(), Some("unanswered_check"));
+    let histogram = metrics.sync_latency.with_label_values(&["poll"]);
+    assert_eq!(histogram.get_sample_count(), 1);
+    assert!(histogram.get_sample_sum() >= least, "{} s", histogram.get_sample_sum());
+}
+both!(an_exchange_outage_is_in_the_sync_latency_of_the_orders_it_hid);
 
 /// Rows the bot marked terminal are checked once: right ones are settled by the bot; one cancelled by the
 /// bot but FILLED on Coinbase, and one completed but CANCELLED with nothing filled, are conflicts (settled
