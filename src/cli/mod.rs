@@ -218,9 +218,16 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page ordersync(1) (roff), generated from this command line's definition
-    #[command(after_help = "Example:\n  ordersync man > /usr/local/share/man/man1/ordersync.1 && man ordersync")]
-    Man,
+    /// Print the manual page ordersync(1) (roff), or write it and one page per command (ordersync-serve(1), …)
+    /// into a directory; generated from this command line's definition
+    #[command(after_help = "Examples:\n  ordersync man --dir /usr/local/share/man/man1 && man ordersync-serve\n  \
+                            ordersync man | man -l -")]
+    Man {
+        /// Write ordersync.1 and ordersync-<command>.1 for every command into DIR (it must exist), and list
+        /// them, instead of printing ordersync.1
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
@@ -240,7 +247,7 @@ impl Command {
             Command::Report { flags, .. } => Some(&flags.given),
             Command::Sandbox { flags, .. } => Some(&flags.given),
             Command::Demo { flags, .. } => Some(&flags.given),
-            Command::Completions { .. } | Command::Man => None,
+            Command::Completions { .. } | Command::Man { .. } => None,
         }
     }
 
@@ -256,7 +263,7 @@ impl Command {
             Command::Sandbox { .. } => "sandbox",
             Command::Demo { .. } => "demo",
             Command::Completions { .. } => "completions",
-            Command::Man => "man",
+            Command::Man { .. } => "man",
         }
     }
 }
@@ -327,7 +334,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     // Generated from the definition alone, and the simulator: no configuration is read.
     match cli.command {
         Command::Completions { shell } => return generate::completions(shell),
-        Command::Man => return generate::man(),
+        Command::Man { dir } => return generate::man(dir.as_deref()),
         Command::Sandbox { listen, keys, rate_limit, seed, faults, clock_skew_ms, .. } => {
             return sandbox::sandbox(&listen, &keys, rate_limit, seed, faults.as_deref(), clock_skew_ms)
                 .await
@@ -370,7 +377,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::demo::run(config, options, token).await.map_err(app_error)?;
             Ok(0)
         }
-        Command::Sandbox { .. } | Command::Completions { .. } | Command::Man => Ok(0),
+        Command::Sandbox { .. } | Command::Completions { .. } | Command::Man { .. } => Ok(0),
     }
 }
 

@@ -197,6 +197,22 @@ async fn completions_and_the_man_page_are_generated_for_every_command() {
         assert!(page.stdout.contains(&format!("ordersync\\-{command}")), "the page lists {command}");
     }
     assert!(page.stdout.contains("ORDERSYNC_DATABASE_URL"), "the page names the environment");
+    // With --dir, the pages the main one points to are written too, each with its own command's flags only.
+    let listed = run(ordersync().args(["man", "--dir"]).arg(dir.path())).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert_eq!(listed.stdout.lines().count(), COMMANDS.len() + 2, "ordersync.1, man and the rest: {}", listed.stdout);
+    for command in COMMANDS {
+        let page = std::fs::read_to_string(dir.path().join(format!("ordersync-{command}.1"))).unwrap();
+        assert!(page.contains(&format!(".TH ordersync-{command} 1 ")), "{command}: {}", &page[..200.min(page.len())]);
+        assert!(listed.stdout.contains(&format!("ordersync-{command}.1")), "listed: {}", listed.stdout);
+    }
+    let serve = std::fs::read_to_string(dir.path().join("ordersync-serve.1")).unwrap();
+    assert!(serve.contains("listen") && serve.contains("smtp") && serve.contains("ORDERSYNC_DATABASE_URL"), "{serve}");
+    let sandbox = std::fs::read_to_string(dir.path().join("ordersync-sandbox.1")).unwrap();
+    assert!(!sandbox.contains("smtp") && !sandbox.contains("database"), "only the sandbox's flags: {sandbox}");
+    let missing = run(ordersync().args(["man", "--dir"]).arg(dir.path().join("nowhere"))).await;
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(missing.stderr.contains("no such directory"), "{}", missing.stderr);
 }
 
 /// A bot database with the incident, the simulator over HTTP, and a key file: what a user points ordersync at.
