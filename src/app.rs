@@ -79,15 +79,64 @@ impl AppError {
     }
 }
 
-/// Connect to the bot's database named in the config.
-pub async fn connect_store(config: &Config) -> Result<Store, AppError> {
-    let url = config.database_url.as_ref().map(|url| url.expose_secret()).ok_or_else(|| {
+/// The bot's database's URL, or what to set.
+fn database_url(config: &Config) -> Result<&str, AppError> {
+    config.database_url.as_ref().map(|url| url.expose_secret()).ok_or_else(|| {
         AppError::Config(format!(
             "{ENV_DATABASE_URL} is not set: point it at the bot's database, e.g. sqlite://trades.db or \
              postgres://user@host/db (or --database-url, or database_url in the config file)"
         ))
-    })?;
-    Ok(Store::connect(url, &config.trades).await?)
+    })
+}
+
+/// Connect to the bot's database named in the config.
+pub async fn connect_store(config: &Config) -> Result<Store, AppError> {
+    Ok(Store::connect(database_url(config)?, &config.trades).await?)
+}
+
+/// Refuse to serve `/api/` beyond loopback without a token.
+fn check_listen(config: &Config, listen: SocketAddr) -> Result<(), AppError> {
+    if config.api_token.is_none() && !listen.ip().is_loopback() {
+        return Err(AppError::Config(format!(
+            "{ENV_API_TOKEN} is required when listening on {listen} (not loopback): /api/ could otherwise reconcile \
+             orders for anyone who can reach it"
+        )));
+    }
+    Ok(())
+}
+
+/// What a command needs of the configuration before it starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    /// The bot's database's URL.
+    pub database: bool,
+    /// Every account's key, readable and each its own.
+    pub keys: bool,
+    /// The HTTP address, with a token unless it is loopback (`serve`).
+    pub listen: bool,
+}
+
+/// Everything `needs` asks for that the configuration lacks or that cannot work, said at once (each is
+/// checked again where it is used).
+///
+/// # Errors
+/// The one problem as it is; several as one `AppError::Config` listing them.
+pub fn preflight(config: &Config, needs: Needs) -> Result<(), AppError> {
+    let mut problems = Vec::new();
+    if needs.database {
+        problems.extend(database_url(config).err());
+    }
+    if needs.keys {
+        problems.extend(read_keys(config).err().into_iter().flatten());
+    }
+    if needs.listen {
+        problems.extend(check_listen(config, config.listen).err());
+    }
+    if problems.len() > 1 {
+        let list: Vec<String> = problems.iter().map(|problem| format!("  - {problem}")).collect();
+        return Err(AppError::Config(format!("the configuration cannot work yet:\n{}", list.join("\n"))));
+    }
+    problems.pop().map_or(Ok(()), Err)
 }
 
 /// Claim the config's database for this process when it is SQLite, where one ordersync serves a file
@@ -120,6 +169,42 @@ pub fn key_from_config(config: &Config) -> Result<CdpKey, AppError> {
     }
 }
 
+/// Every account's key, in configuration order; every problem with them (a key missing, unreadable or
+/// invalid, two accounts with one key) at once.
+fn read_keys(config: &Config) -> Result<Vec<CdpKey>, Vec<AppError>> {
+    let mut keys: Vec<CdpKey> = Vec::with_capacity(config.accounts.len());
+    let mut problems = Vec::new();
+    for account in &config.accounts {
+        let key = match key_of(account) {
+            Ok(key) => key,
+            Err(error) if config.accounts.len() == 1 => {
+                problems.push(error);
+                continue;
+            }
+            Err(error) => {
+                problems.push(AppError::Config(format!("account {:?}: {error}", account.name)));
+                continue;
+            }
+        };
+        // One key is one account: Coinbase limits it once, however many entries name it.
+        if let Some(twin) = config.accounts.iter().zip(&keys).find(|(_, k)| k.name() == key.name()) {
+            problems.push(AppError::Config(format!(
+                "accounts {:?} and {:?} use the same API key {}: one key is one Coinbase account with one rate \
+                 limit; give each [[accounts]] entry its own key",
+                twin.0.name,
+                account.name,
+                key.name()
+            )));
+        }
+        keys.push(key);
+    }
+    if problems.is_empty() {
+        Ok(keys)
+    } else {
+        Err(problems)
+    }
+}
+
 /// Every account's key and client, in configuration order: each key signs only its own account's
 /// requests and has its own rate limiter, and asks only while `ownership` holds its account. Every key is
 /// read before anything runs.
@@ -130,27 +215,12 @@ pub fn accounts_from_config(
 ) -> Result<(Accounts, Vec<CdpKey>), AppError> {
     let rules: Vec<_> = config.accounts.iter().map(AccountConfig::rule).collect();
     let map = AccountMap::new(&rules).map_err(|e| AppError::Config(e.to_string()))?;
+    let keys = read_keys(config).map_err(|mut problems| problems.remove(0))?;
     let mut exchanges: Vec<Arc<dyn Exchange>> = Vec::with_capacity(config.accounts.len());
-    let mut keys = Vec::with_capacity(config.accounts.len());
-    for account in &config.accounts {
-        let key = key_of(account).map_err(|error| match (config.accounts.len(), error) {
-            (1, error) => error,
-            (_, error) => AppError::Config(format!("account {:?}: {error}", account.name)),
-        })?;
-        // One key is one account: Coinbase limits it once, however many entries name it.
-        if let Some(twin) = config.accounts.iter().zip(&keys).find(|(_, k): &(_, &CdpKey)| k.name() == key.name()) {
-            return Err(AppError::Config(format!(
-                "accounts {:?} and {:?} use the same API key {}: one key is one Coinbase account with one rate \
-                 limit; give each [[accounts]] entry its own key",
-                twin.0.name,
-                account.name,
-                key.name()
-            )));
-        }
+    for (account, key) in config.accounts.iter().zip(&keys) {
         let rate = NonZeroU32::new(account.rate_limit).unwrap_or(NonZeroU32::MIN);
         let client = CoinbaseClient::new(&config.coinbase.api_url, key.clone(), rate, metrics.clone())?;
         exchanges.push(Arc::new(client.with_account(&account.name).with_ownership(ownership.clone())));
-        keys.push(key);
     }
     Ok((Accounts::new(map, exchanges, ownership), keys))
 }
@@ -255,15 +325,8 @@ impl App {
     /// Configuration that cannot work, an unreachable database, a bad key, an address in use.
     pub async fn build(config: &Config, parts: AppParts) -> Result<App, AppError> {
         let AppParts { exchange, listener, metrics, key, no_migrate } = parts;
-        let listen_loopback =
-            listener.as_ref().and_then(|l| l.local_addr().ok()).unwrap_or(config.listen).ip().is_loopback();
-        if config.api_token.is_none() && !listen_loopback {
-            return Err(AppError::Config(format!(
-                "{ENV_API_TOKEN} is required when listening on {} (not loopback): /api/ could otherwise reconcile \
-                 orders for anyone who can reach it",
-                config.listen
-            )));
-        }
+        let listen = listener.as_ref().and_then(|l| l.local_addr().ok()).unwrap_or(config.listen);
+        check_listen(config, listen)?;
         let metrics = match metrics {
             Some(metrics) => metrics,
             None => Metrics::new(Registry::new(), config.stuck_after)

@@ -347,6 +347,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         // The file's `log` (flags and the environment were read at start, and win).
         let _ = crate::telemetry::set_filter(filter);
     }
+    // What is missing or cannot work, all in one round, before anything connects.
+    let needs = match &cli.command {
+        Command::Serve { .. } => app::Needs { database: true, keys: true, listen: true },
+        Command::Reconcile { .. } | Command::Audit { .. } => app::Needs { database: true, keys: true, listen: false },
+        Command::Migrate { .. } | Command::Prune { .. } | Command::Report { .. } => {
+            app::Needs { database: true, ..app::Needs::default() }
+        }
+        _ => app::Needs::default(),
+    };
+    app::preflight(&config, needs).map_err(app_error)?;
     match cli.command {
         Command::Serve { no_migrate, .. } => serve::serve(&config, &given, no_migrate).await.map(|()| 0),
         Command::Reconcile { once, dry_run, json, no_migrate, allow_mass_correction, .. } => {

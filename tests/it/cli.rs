@@ -75,6 +75,24 @@ async fn bad_values_fail_at_start_naming_every_key_and_what_is_accepted() {
     assert!(out.stderr.contains("--log / ORDERSYNC_LOG: invalid value \"ordersync=loud\""), "{}", out.stderr);
 }
 
+/// What is missing or cannot work is said in one round too: no database, a key file that is not there, and
+/// a public address without a token, all in one refusal before anything connects or listens.
+#[tokio::test]
+async fn everything_a_command_lacks_is_said_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("missing-key.json");
+    let out = run(ordersync().args(["serve", "--listen", "0.0.0.0:0"]).env("ORDERSYNC_COINBASE_KEY_FILE", &key)).await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for said in ["ORDERSYNC_DATABASE_URL is not set", "missing-key.json", "ORDERSYNC_API_TOKEN is required"] {
+        assert!(out.stderr.contains(said), "{said}: {}", out.stderr);
+    }
+    // A command says only what it needs: report reads no key and listens nowhere.
+    let report = run(ordersync().args(["report"]).env("ORDERSYNC_COINBASE_KEY_FILE", &key)).await;
+    assert_eq!(report.code, 2, "{}", report.stderr);
+    assert!(report.stderr.contains("ORDERSYNC_DATABASE_URL is not set"), "{}", report.stderr);
+    assert!(!report.stderr.contains("missing-key") && !report.stderr.contains("API_TOKEN"), "{}", report.stderr);
+}
+
 #[tokio::test]
 async fn flags_beat_the_environment_and_the_environment_beats_the_file() {
     let dir = tempfile::tempdir().unwrap();
