@@ -23,9 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Fence, Store};
 
-/// The default lease: an account whose owner died is taken over within two of these.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
-
 #[derive(Debug, Clone, Copy)]
 struct Held {
     epoch: i64,

@@ -1,11 +1,19 @@
 //! Configuration, typed once: flags beat environment, environment beats the TOML file, the file beats
 //! defaults. `resolve` is pure (no environment reads, no I/O) so every rule is tested with plain values;
-//! reading the file and the environment happens in `cli.rs`.
+//! reading the file and the environment happens in `cli/`. Each value's parser is in `parse.rs`, each
+//! setting's flag, environment variable, file key, default and help in `settings.rs`.
 //!
 //! Deliberately not here: connecting to anything. A `Config` says what to connect to; `app.rs` connects.
 
+mod parse;
 pub mod settings;
+pub use parse::{format_duration, parse_duration};
 pub use settings::Overrides;
+
+use parse::{
+    parse_address, parse_database_url, parse_http_url, parse_listen, parse_log_filter, parse_positive,
+    parse_positive_duration, parse_rate_limit, parse_retention, parse_switch, parse_tls, parse_ws_url,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,29 +42,8 @@ pub const DEFAULT_COINBASE_API_URL: &str = "https://api.coinbase.com";
 /// 9787 is outside the ports of the exporters people run beside us (node 9100, postgres 9187,
 /// blackbox 9115, Prometheus 9090, Alertmanager 9093, Pushgateway 9091).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9787";
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
-pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(5 * 60);
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-/// Terminal rows created this recently are checked once against the exchange.
-pub const DEFAULT_VERIFY_WINDOW: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_FLAG_AFTER: u32 = 3;
-/// Orders looked up (and then written) per round; the client puts as many ids in one List Orders URL as fit
-/// `exchange::coinbase::MAX_URL_BYTES` (164).
-pub const DEFAULT_BATCH_SIZE: usize = 984;
-/// Coinbase allows about 30 private requests per second per user; stay well below it.
-pub const DEFAULT_RATE_LIMIT: u32 = 20;
-/// Coinbase sends a heartbeat every second; this long without any message means the socket is deaf.
-pub const DEFAULT_WEBSOCKET_STALL_AFTER: Duration = Duration::from_secs(10);
-pub const DEFAULT_METRICS_REFRESH: Duration = Duration::from_secs(15);
-/// The mass-correction brake: a pass correcting more rows than this writes none.
-pub const DEFAULT_MAX_CORRECTIONS_PER_PASS: usize = 1000;
-/// ... or more than this share of the pending rows (above `reconcile::BRAKE_SHARE_FLOOR` corrections).
-pub const DEFAULT_MAX_CORRECTION_SHARE: f64 = 0.5;
-/// Check state of settled orders and settlements older than this are pruned daily by `serve`.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
-/// The not-found policy's defaults, when `[not_found]` is present without them.
-pub const DEFAULT_NOT_FOUND_AFTER_CHECKS: u32 = 5;
-pub const DEFAULT_NOT_FOUND_AFTER: Duration = Duration::from_secs(3600);
+// The other defaults are written once, in `settings::SETTINGS`, and read by the setting's own parser
+// (`Resolver::pick_or_default`).
 
 /// One bad configuration value: which key, what it was, and what would be accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,35 +80,6 @@ pub enum ConfigError {
 
 fn list(bad: &[BadValue]) -> String {
     bad.iter().map(|b| format!("  - {b}")).collect::<Vec<_>>().join("\n")
-}
-
-/// Parse a duration such as `500ms`, `30s`, `5m`, `2h` or `1d`: one whole number and one unit.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const EXPECTED: &str = "a whole number followed by ms, s, m, h or d, e.g. 30s, 5m, 2h";
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| EXPECTED.to_string())?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "s" => number.checked_mul(1_000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        "d" => number.checked_mul(86_400_000),
-        _ => return Err(EXPECTED.to_string()),
-    };
-    millis.map(Duration::from_millis).ok_or_else(|| "a shorter duration".to_string())
-}
-
-/// Format a duration the way `parse_duration` reads it (largest exact unit).
-pub fn format_duration(duration: Duration) -> String {
-    let ms = duration.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
 }
 
 /// Log output format.
@@ -395,6 +353,35 @@ impl Resolver<'_> {
         self.parse(key, value, parse)
     }
 
+    /// As `pick`, and when nothing is given, the setting's default as `SETTINGS` shows it, read by the same
+    /// `parse`: each default is written once. `None` only when a value does not parse (it is in `bad`).
+    fn pick_or_default<T>(&mut self, flag: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let before = self.bad.len();
+        match self.pick(flag, &parse) {
+            None if self.bad.len() == before => {
+                let setting = settings::by_flag(flag).unwrap_or_else(|| panic!("no setting has the flag --{flag}"));
+                self.parse(format!("the default of --{flag}"), setting.default.to_string(), parse)
+            }
+            picked => picked,
+        }
+    }
+
+    /// As `pick_file`, with the key's default in `SETTINGS` when the file does not have it.
+    fn pick_file_or_default<T>(
+        &mut self,
+        key: &str,
+        file_value: Option<String>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match file_value {
+            Some(value) => self.pick_file(key, Some(value), parse),
+            None => {
+                let setting = settings::by_key(key).unwrap_or_else(|| panic!("no setting has the key {key}"));
+                self.parse(format!("the default of {key}"), setting.default.to_string(), parse)
+            }
+        }
+    }
+
     /// A key that only the file has (`trades.table`, `not_found.after`).
     fn pick_file<T>(
         &mut self,
@@ -417,68 +404,8 @@ impl Resolver<'_> {
     }
 }
 
-fn parse_database_url(text: &str) -> Result<String, String> {
-    if text.starts_with("sqlite:") || text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        Ok(text.to_string())
-    } else {
-        Err("a URL starting with sqlite:// or postgres://, e.g. sqlite://trades.db".into())
-    }
-}
-
-fn parse_http_url(text: &str) -> Result<String, String> {
-    match reqwest::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => {
-            Ok(text.trim_end_matches('/').to_string())
-        }
-        _ => Err("an http:// or https:// URL, e.g. https://api.coinbase.com".into()),
-    }
-}
-
-fn parse_ws_url(text: &str) -> Result<String, String> {
-    match reqwest::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "ws" | "wss") && url.host_str().is_some() => Ok(text.to_string()),
-        _ => Err("a ws:// or wss:// URL, e.g. wss://advanced-trade-ws-user.coinbase.com".into()),
-    }
-}
-
-fn parse_switch(text: &str) -> Result<bool, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "on" | "true" | "yes" | "1" => Ok(true),
-        "off" | "false" | "no" | "0" => Ok(false),
-        _ => Err("on or off".into()),
-    }
-}
-
-fn parse_positive<T: std::str::FromStr + PartialOrd + Default>(text: &str) -> Result<T, String> {
-    match text.trim().parse::<T>() {
-        Ok(value) if value > T::default() => Ok(value),
-        _ => Err("a whole number greater than 0".into()),
-    }
-}
-
 /// Coinbase's documented limit for private endpoints: about 30 requests per second per key.
 pub const COINBASE_PRIVATE_RATE_LIMIT: u32 = 30;
-
-fn parse_rate_limit(text: &str) -> Result<u32, String> {
-    match text.trim().parse::<u32>() {
-        Ok(value) if (1..=COINBASE_PRIVATE_RATE_LIMIT).contains(&value) => Ok(value),
-        _ => Err(format!(
-            "a whole number from 1 to {COINBASE_PRIVATE_RATE_LIMIT} (Coinbase allows about \
-             {COINBASE_PRIVATE_RATE_LIMIT} private requests per second per key; more is answered 429)"
-        )),
-    }
-}
-
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    match parse_duration(text)? {
-        duration if duration.is_zero() => Err("a duration greater than 0, e.g. 30s".into()),
-        duration => Ok(duration),
-    }
-}
-
-fn parse_listen(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| "an address with a port, e.g. 127.0.0.1:9787 or 0.0.0.0:9787".into())
-}
 
 /// What the configuration only names, `resolve` reads through this: an account's key from the environment
 /// variable its `private_key_env` names, and the SMTP password from `smtp_password_file`. The binary passes
@@ -518,33 +445,33 @@ pub fn resolve(
     for bad in &mut r.bad[bad_before..] {
         bad.value = crate::db::redact_url(&bad.value);
     }
-    let api_url = r.pick("coinbase-api-url", parse_http_url);
+    let api_url = r.pick_or_default("coinbase-api-url", parse_http_url);
     let key_name = r.pick("coinbase-key-name", |text| Ok::<_, String>(text.to_string()));
     let key_file = r.pick("coinbase-key-file", |text| Ok::<_, String>(PathBuf::from(text)));
-    let rate_limit = r.pick("coinbase-rate-limit", parse_rate_limit);
-    let ws_url = r.pick("coinbase-ws-url", parse_ws_url);
-    let websocket = r.pick("websocket", parse_switch);
-    let websocket_stall_after = r.pick("websocket-stall-after", parse_positive_duration);
-    let poll_interval = r.pick("poll-interval", parse_positive_duration);
-    let stuck_after = r.pick("stuck-after", parse_positive_duration);
-    let grace = r.pick("grace", parse_duration);
-    let verify_window = r.pick("verify-window", parse_duration);
-    let flag_after = r.pick("flag-after", parse_positive::<u32>);
-    let batch_size = r.pick("batch-size", |text| match parse_positive::<usize>(text) {
+    let rate_limit = r.pick_or_default("coinbase-rate-limit", parse_rate_limit);
+    let ws_url = r.pick_or_default("coinbase-ws-url", parse_ws_url);
+    let websocket = r.pick_or_default("websocket", parse_switch);
+    let websocket_stall_after = r.pick_or_default("websocket-stall-after", parse_positive_duration);
+    let poll_interval = r.pick_or_default("poll-interval", parse_positive_duration);
+    let stuck_after = r.pick_or_default("stuck-after", parse_positive_duration);
+    let grace = r.pick_or_default("grace", parse_duration);
+    let verify_window = r.pick_or_default("verify-window", parse_duration);
+    let flag_after = r.pick_or_default("flag-after", parse_positive::<u32>);
+    let batch_size = r.pick_or_default("batch-size", |text| match parse_positive::<usize>(text) {
         Ok(size) if size <= 1000 => Ok(size),
         _ => Err("a whole number from 1 to 1000".to_string()),
     });
-    let listen = r.pick("listen", parse_listen);
-    let metrics_refresh = r.pick("metrics-refresh", parse_positive_duration);
+    let listen = r.pick_or_default("listen", parse_listen);
+    let metrics_refresh = r.pick_or_default("metrics-refresh", parse_positive_duration);
     let api_token = resolve_secret(&mut r, "api-token");
-    let max_corrections = r.pick("max-corrections-per-pass", parse_positive::<usize>);
-    let max_share = r.pick("max-correction-share", |text| match text.trim().parse::<f64>() {
+    let max_corrections = r.pick_or_default("max-corrections-per-pass", parse_positive::<usize>);
+    let max_share = r.pick_or_default("max-correction-share", |text| match text.trim().parse::<f64>() {
         Ok(share) if share > 0.0 && share <= 1.0 => Ok(share),
         _ => Err("a share of the pending rows above 0 and at most 1, e.g. 0.5".to_string()),
     });
-    let observe_only = r.pick("observe-only", parse_switch);
-    let retention = r.pick("retention", parse_retention);
-    let lease = r.pick("lease", |text| match parse_duration(text) {
+    let observe_only = r.pick_or_default("observe-only", parse_switch);
+    let retention = r.pick_or_default("retention", parse_retention);
+    let lease = r.pick_or_default("lease", |text| match parse_duration(text) {
         Ok(lease) if (Duration::from_secs(3)..=Duration::from_secs(600)).contains(&lease) => Ok(lease),
         _ => Err("a duration from 3s to 10m, e.g. 15s".to_string()),
     });
@@ -568,8 +495,7 @@ pub fn resolve(
     let email = resolve_email(&mut r);
     // Settlements younger than the verify window keep recent terminal rows from being checked (and
     // settled) again: the retention never reaches into it.
-    let window = verify_window.unwrap_or(DEFAULT_VERIFY_WINDOW);
-    if let Some(Some(kept)) = retention {
+    if let (Some(Some(kept)), Some(window)) = (retention, verify_window) {
         if kept < window {
             let (key, value) = match (over.get("retention"), file.get("retention")) {
                 (Some(value), _) => (format!("--retention / {ENV_RETENTION}"), value),
@@ -581,11 +507,51 @@ pub fn resolve(
         }
     }
 
-    if !r.bad.is_empty() {
+    // Every setting with a default has a value unless one did not parse, and then its error is in `bad`.
+    let (
+        Some(api_url),
+        Some(rate_limit),
+        Some(ws_url),
+        Some(websocket),
+        Some(websocket_stall_after),
+        Some(poll_interval),
+        Some(stuck_after),
+        Some(grace),
+        Some(verify_window),
+        Some(flag_after),
+        Some(batch_size),
+        Some(listen),
+        Some(metrics_refresh),
+        Some(max_corrections),
+        Some(max_share),
+        Some(observe_only),
+        Some(retention),
+        Some(lease),
+        true,
+    ) = (
+        api_url,
+        rate_limit,
+        ws_url,
+        websocket,
+        websocket_stall_after,
+        poll_interval,
+        stuck_after,
+        grace,
+        verify_window,
+        flag_after,
+        batch_size,
+        listen,
+        metrics_refresh,
+        max_corrections,
+        max_share,
+        observe_only,
+        retention,
+        lease,
+        r.bad.is_empty(),
+    )
+    else {
         return Err(ConfigError::Invalid(r.bad));
-    }
-    let default_listen = DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a valid socket address");
-    let rate_limit = rate_limit.unwrap_or(DEFAULT_RATE_LIMIT);
+    };
     let accounts = accounts.unwrap_or_else(|| {
         vec![AccountConfig {
             name: crate::account::DEFAULT_ACCOUNT.to_string(),
@@ -601,45 +567,34 @@ pub fn resolve(
         database_url,
         accounts,
         coinbase: CoinbaseConfig {
-            api_url: api_url.unwrap_or_else(|| DEFAULT_COINBASE_API_URL.to_string()),
+            api_url,
             key_name,
             key_file,
             private_key: over.secret("coinbase-private-key"),
             rate_limit,
-            ws_url: ws_url.unwrap_or_else(|| crate::exchange::ws::DEFAULT_USER_WS_URL.to_string()),
-            websocket: websocket.unwrap_or(true),
-            websocket_stall_after: websocket_stall_after.unwrap_or(DEFAULT_WEBSOCKET_STALL_AFTER),
+            ws_url,
+            websocket,
+            websocket_stall_after,
         },
-        poll_interval: poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL),
-        stuck_after: stuck_after.unwrap_or(DEFAULT_STUCK_AFTER),
-        grace: grace.unwrap_or(DEFAULT_GRACE),
-        verify_window: verify_window.unwrap_or(DEFAULT_VERIFY_WINDOW),
-        flag_after: flag_after.unwrap_or(DEFAULT_FLAG_AFTER),
-        batch_size: batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-        listen: listen.unwrap_or(default_listen),
-        metrics_refresh: metrics_refresh.unwrap_or(DEFAULT_METRICS_REFRESH),
+        poll_interval,
+        stuck_after,
+        grace,
+        verify_window,
+        flag_after,
+        batch_size,
+        listen,
+        metrics_refresh,
         api_token,
         email,
         trades,
-        brake: crate::reconcile::Brake {
-            max_corrections: max_corrections.unwrap_or(DEFAULT_MAX_CORRECTIONS_PER_PASS),
-            max_share: max_share.unwrap_or(DEFAULT_MAX_CORRECTION_SHARE),
-            allowed: false,
-        },
-        observe_only: observe_only.unwrap_or(false),
-        retention: retention.unwrap_or(Some(DEFAULT_RETENTION)),
-        lease: lease.unwrap_or(crate::replica::DEFAULT_LEASE),
+        brake: crate::reconcile::Brake { max_corrections, max_share, allowed: false },
+        observe_only,
+        retention,
+        lease,
         replica: replica.unwrap_or_else(crate::replica::default_replica_name),
         not_found,
         log,
     })
-}
-
-fn parse_log_filter(text: &str) -> Result<String, String> {
-    match tracing_subscriber::EnvFilter::try_new(text) {
-        Ok(_) => Ok(text.to_string()),
-        Err(error) => Err(format!("a tracing filter such as info,sqlx=warn or ordersync=debug ({error})")),
-    }
 }
 
 /// `[[accounts]]`, checked: `None` when there are none (the single key of `[coinbase]` serves). Each needs a
@@ -708,11 +663,13 @@ fn resolve_accounts(
             Some(rate) => match parse_rate_limit(&rate.to_string()) {
                 Ok(rate) => rate,
                 Err(expected) => {
+                    // Refused with the rest: the 0 is never used.
                     bad(at("rate_limit"), rate.to_string(), &expected);
-                    DEFAULT_RATE_LIMIT
+                    0
                 }
             },
-            None => default_rate.unwrap_or(DEFAULT_RATE_LIMIT),
+            // `None` only when the global rate limit did not parse: refused too.
+            None => default_rate.unwrap_or_default(),
         };
         accounts.push(AccountConfig {
             name,
@@ -735,58 +692,32 @@ fn resolve_accounts(
     Some(accounts)
 }
 
-/// `off`, or a duration of at least a day.
-fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
-    const EXPECTED: &str = "off, or a duration of at least 1d, e.g. 90d";
-    if matches!(text.trim().to_ascii_lowercase().as_str(), "off" | "never") {
-        return Ok(None);
-    }
-    match parse_duration(text) {
-        Ok(duration) if duration >= Duration::from_secs(86_400) => Ok(Some(duration)),
-        _ => Err(EXPECTED.to_string()),
-    }
-}
-
 fn resolve_not_found(r: &mut Resolver<'_>, file: &FileNotFound) -> Option<crate::decide::NotFoundPolicy> {
-    let after_checks = r.pick_file("not_found.after_checks", file.after_checks.map(|v| v.to_string()), |text| {
-        match text.trim().parse::<u32>() {
-            // One 404 is weak evidence (a young order can answer 404 for a while): never enough alone.
-            Ok(n) if (2..=100).contains(&n) => Ok(n),
-            _ => Err("a whole number from 2 to 100".to_string()),
-        }
-    });
-    let after = r.pick_file("not_found.after", file.after.clone(), parse_duration);
-    let write =
-        r.pick_file("not_found.write", file.write.clone(), |text| match text.trim().to_ascii_lowercase().as_str() {
+    let after_checks =
+        r.pick_file_or_default("not_found.after_checks", file.after_checks.map(|v| v.to_string()), |text| {
+            match text.trim().parse::<u32>() {
+                // One 404 is weak evidence (a young order can answer 404 for a while): never enough alone.
+                Ok(n) if (2..=100).contains(&n) => Ok(n),
+                _ => Err("a whole number from 2 to 100".to_string()),
+            }
+        });
+    let after = r.pick_file_or_default("not_found.after", file.after.clone(), parse_duration);
+    let write = r.pick_file_or_default("not_found.write", file.write.clone(), |text| {
+        match text.trim().to_ascii_lowercase().as_str() {
             "failed" => Ok(crate::decide::Terminal::Failed),
             "cancelled" => Ok(crate::decide::Terminal::Cancelled),
             "expired" => Ok(crate::decide::Terminal::Expired),
             _ => Err("failed, cancelled or expired (never completed: no fill is claimed for an order Coinbase \
                       does not know)"
                 .to_string()),
-        });
-    let after = after.unwrap_or(DEFAULT_NOT_FOUND_AFTER);
+        }
+    });
+    // `None` only with an error in `bad`: the configuration is refused.
     Some(crate::decide::NotFoundPolicy {
-        after_checks: after_checks.unwrap_or(DEFAULT_NOT_FOUND_AFTER_CHECKS),
-        after: chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX),
-        write: write.unwrap_or(crate::decide::Terminal::Failed),
+        after_checks: after_checks?,
+        after: chrono::Duration::from_std(after?).unwrap_or(chrono::Duration::MAX),
+        write: write?,
     })
-}
-
-fn parse_tls(text: &str) -> Result<SmtpTls, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "none" => Ok(SmtpTls::None),
-        "starttls" => Ok(SmtpTls::StartTls),
-        "tls" => Ok(SmtpTls::Tls),
-        _ => Err("none, starttls or tls".into()),
-    }
-}
-
-fn parse_address(text: &str) -> Result<String, String> {
-    match text.trim().parse::<lettre::message::Mailbox>() {
-        Ok(_) => Ok(text.trim().to_string()),
-        Err(_) => Err("an e-mail address, e.g. ordersync@example.com or \"ordersync <ordersync@example.com>\"".into()),
-    }
 }
 
 fn resolve_email(r: &mut Resolver<'_>) -> Option<EmailConfig> {
@@ -794,7 +725,7 @@ fn resolve_email(r: &mut Resolver<'_>) -> Option<EmailConfig> {
         "" => Err("a host name, e.g. smtp.example.com".to_string()),
         host => Ok(host.to_string()),
     });
-    let tls = r.pick("smtp-tls", parse_tls).unwrap_or(SmtpTls::StartTls);
+    let tls = r.pick_or_default("smtp-tls", parse_tls);
     let port = r.pick("smtp-port", parse_positive::<u16>);
     let username = r.pick("smtp-username", |t| Ok::<_, String>(t.to_string()));
     let password_file = r.pick("smtp-password-file", |path| {
@@ -803,6 +734,13 @@ fn resolve_email(r: &mut Resolver<'_>) -> Option<EmailConfig> {
             .map(|text| SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
             .map_err(|e| format!("a readable file ({e})"))
     });
+    if r.over.is_set("smtp-password") && password_file.is_some() {
+        r.bad.push(BadValue {
+            key: "--smtp-password / ORDERSYNC_SMTP_PASSWORD".to_string(),
+            value: "<redacted>".to_string(),
+            expected: "either the password or the password file (--smtp-password-file), not both".to_string(),
+        });
+    }
     let password = r.over.secret("smtp-password").or(password_file);
     let from = r.pick("email-from", parse_address);
     let to = r.pick("email-to", |text| {
@@ -812,9 +750,9 @@ fn resolve_email(r: &mut Resolver<'_>) -> Option<EmailConfig> {
         }
         list.into_iter().map(parse_address).collect::<Result<Vec<_>, _>>()
     });
-    let remind_every = r.pick("email-remind-every", parse_positive_duration);
-    let max_per_hour = r.pick("email-max-per-hour", parse_positive::<u32>);
-    let host = host?;
+    let remind_every = r.pick_or_default("email-remind-every", parse_positive_duration);
+    let max_per_hour = r.pick_or_default("email-max-per-hour", parse_positive::<u32>);
+    let (host, tls) = (host?, tls?);
     let given = r.over.is_set("email-to") || r.file.get("email.to").is_some();
     let Some(to) = to else {
         if given {
@@ -839,8 +777,8 @@ fn resolve_email(r: &mut Resolver<'_>) -> Option<EmailConfig> {
         password,
         from: from.unwrap_or_else(|| format!("ordersync@{host}")),
         to,
-        remind_every: remind_every.unwrap_or(Duration::from_secs(3600)),
-        max_per_hour: max_per_hour.unwrap_or(10),
+        remind_every: remind_every?,
+        max_per_hour: max_per_hour?,
         host,
     })
 }
@@ -939,284 +877,4 @@ fn resolve_trades(r: &mut Resolver<'_>, file: &FileTrades) -> TradesSchema {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resolve_with(over: Overrides, file_text: &str) -> Result<Config, ConfigError> {
-        let file = FileConfig::parse(file_text, std::path::Path::new("test.toml"))?;
-        resolve(&over, &file, "test.toml", &System)
-    }
-
-    fn bad_keys(result: Result<Config, ConfigError>) -> Vec<String> {
-        match result {
-            Err(ConfigError::Invalid(bad)) => bad.into_iter().map(|b| b.key).collect(),
-            other => panic!("expected invalid config, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_settings_of_months_in_production_are_checked_every_one() {
-        let config = resolve_with(Overrides::default(), "").unwrap();
-        assert_eq!(config.brake.max_corrections, DEFAULT_MAX_CORRECTIONS_PER_PASS);
-        assert_eq!((config.observe_only, config.retention, config.not_found), (false, Some(DEFAULT_RETENTION), None));
-        let on =
-            resolve_with(Overrides::default(), "[not_found]\nafter_checks = 4\nafter = \"2h\"\nwrite = \"expired\"")
-                .unwrap();
-        let policy = on.not_found.expect("present: on");
-        assert_eq!(
-            (policy.after_checks, policy.after, policy.write),
-            (4, chrono::Duration::hours(2), crate::decide::Terminal::Expired)
-        );
-        let over = Overrides::default()
-            .with("max-correction-share", "2")
-            .with("retention", "1h")
-            .with("observe-only", "maybe");
-        let bad = bad_keys(resolve_with(
-            over,
-            "max_corrections_per_pass = 0\n[not_found]\nafter_checks = 1\nwrite = \"completed\"",
-        ));
-        for key in [
-            "--max-correction-share / ORDERSYNC_MAX_CORRECTION_SHARE",
-            "--retention / ORDERSYNC_RETENTION",
-            "--observe-only / ORDERSYNC_OBSERVE_ONLY",
-            "max_corrections_per_pass in test.toml",
-            "not_found.after_checks in test.toml",
-            "not_found.write in test.toml",
-        ] {
-            assert!(bad.contains(&key.to_string()), "{key} not in {bad:?}");
-        }
-        // A retention inside the verify window would let recent terminal rows be settled twice.
-        let inside = Overrides::default().with("retention", "2d").with("verify-window", "7d");
-        assert_eq!(bad_keys(resolve_with(inside, "")), vec!["--retention / ORDERSYNC_RETENTION".to_string()]);
-        let off = Overrides::default().with("retention", "off");
-        assert_eq!(resolve_with(off, "").unwrap().retention, None);
-    }
-
-    /// The file takes each one-value key of the settings table, where the table says (top level,
-    /// `[coinbase]`, `[email]`), and refuses every other key, naming all of them at once.
-    #[test]
-    fn the_file_takes_exactly_the_keys_the_settings_table_names() {
-        let path = std::path::Path::new("x.toml");
-        for setting in settings::SETTINGS.iter().filter(|s| !s.key.is_empty() && !s.key.starts_with("not_found.")) {
-            let text = match setting.key.split_once('.') {
-                Some((section, key)) => format!("[{section}]\n{key} = \"v\""),
-                None => format!("{} = \"v\"", setting.key),
-            };
-            let file = FileConfig::parse(&text, path).unwrap_or_else(|e| panic!("{}: {e}", setting.key));
-            assert_eq!(file.get(setting.key).as_deref(), Some("v"), "{}", setting.key);
-        }
-        let policy = FileConfig::parse("[not_found]\nafter_checks = 2\nafter = \"1h\"\nwrite = \"failed\"", path);
-        assert!(policy.unwrap().not_found.is_some());
-        let error =
-            FileConfig::parse("pol_interval = \"5s\"\n[email]\nsmpt_host = \"h\"\n[coinbase]\nkey = \"k\"", path)
-                .unwrap_err()
-                .to_string();
-        for key in ["`pol_interval`", "`email.smpt_host`", "`coinbase.key`"] {
-            assert!(error.contains(key), "every unknown key at once: {error}");
-        }
-    }
-
-    #[test]
-    fn file_values_are_read_as_written_and_never_shown() {
-        let text = "flag_after = 4\nobserve_only = true\nmax_correction_share = 0.25\ndatabase_url = \"postgres://u:pw-s3cret@h/d\"\n\
-                    [email]\nto = [\"a@example.com\", \"b@example.com\"]";
-        let file = FileConfig::parse(text, std::path::Path::new("x.toml")).unwrap();
-        assert_eq!(file.get("flag_after").as_deref(), Some("4"));
-        assert_eq!(file.get("observe_only").as_deref(), Some("true"));
-        assert_eq!(file.get("max_correction_share").as_deref(), Some("0.25"));
-        assert_eq!(file.get("email.to").as_deref(), Some("a@example.com,b@example.com"));
-        assert!(!format!("{file:?}").contains("pw-s3cret"));
-        let bad = bad_keys(resolve_with(Overrides::default(), "flag_after = \"three\"\nobserve_only = \"maybe\""));
-        assert_eq!(bad, vec!["flag_after in test.toml".to_string(), "observe_only in test.toml".to_string()]);
-    }
-
-    /// The defaults the settings table shows (in `--help` and the README) are the ones `resolve` applies.
-    #[test]
-    fn the_defaults_shown_are_the_defaults_applied() {
-        let shown = |flag: &str| settings::by_flag(flag).unwrap().default;
-        let config = resolve_with(Overrides::default(), "").unwrap();
-        let durations = [
-            ("poll-interval", config.poll_interval),
-            ("stuck-after", config.stuck_after),
-            ("grace", config.grace),
-            ("verify-window", config.verify_window),
-            ("metrics-refresh", config.metrics_refresh),
-            ("websocket-stall-after", config.coinbase.websocket_stall_after),
-            ("lease", config.lease),
-        ];
-        for (flag, applied) in durations {
-            assert_eq!(parse_duration(shown(flag)), Ok(applied), "--{flag}");
-        }
-        assert_eq!(config.retention.map(format_duration).as_deref(), Some(shown("retention")));
-        assert_eq!(shown("flag-after"), config.flag_after.to_string());
-        assert_eq!(shown("batch-size"), config.batch_size.to_string());
-        assert_eq!(shown("coinbase-rate-limit"), config.coinbase.rate_limit.to_string());
-        assert_eq!(shown("max-corrections-per-pass"), config.brake.max_corrections.to_string());
-        assert_eq!(shown("max-correction-share"), config.brake.max_share.to_string());
-        assert_eq!(shown("listen"), config.listen.to_string());
-        assert_eq!(shown("coinbase-api-url"), config.coinbase.api_url);
-        assert_eq!(shown("coinbase-ws-url"), config.coinbase.ws_url);
-        assert_eq!((shown("websocket"), shown("observe-only")), ("on", "off"));
-        assert!(config.coinbase.websocket && !config.observe_only);
-        let email =
-            resolve_with(Overrides::default(), "[email]\nsmtp_host = \"h\"\nto = [\"a@b.c\"]").unwrap().email.unwrap();
-        assert_eq!(parse_duration(shown("email-remind-every")), Ok(email.remind_every));
-        assert_eq!(shown("email-max-per-hour"), email.max_per_hour.to_string());
-        assert_eq!(shown("smtp-tls"), "starttls");
-        assert_eq!(email.tls, SmtpTls::StartTls);
-        let policy = resolve_with(Overrides::default(), "[not_found]").unwrap().not_found.unwrap();
-        let shown_key = |key: &str| settings::SETTINGS.iter().find(|s| s.key == key).unwrap().default;
-        assert!(shown_key("not_found.after_checks").starts_with(&policy.after_checks.to_string()));
-        assert_eq!(
-            parse_duration(shown_key("not_found.after")).map(|d| d.as_secs()),
-            Ok(policy.after.num_seconds() as u64)
-        );
-    }
-
-    #[test]
-    fn durations_parse_in_every_unit() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration(" 0s "), Ok(Duration::ZERO));
-    }
-
-    #[test]
-    fn durations_refuse_bad_forms() {
-        for bad in ["", "30", "s", "5 m", "1.5h", "-5m", "5min", "5M", "1h30m", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
-
-    #[test]
-    fn durations_format_back_to_what_parses() {
-        for text in ["30s", "5m", "2h", "1d", "1500ms"] {
-            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
-        }
-    }
-
-    #[test]
-    fn identifiers_refuse_anything_that_could_inject_sql() {
-        for good in ["trades", "_t", "bot_trades2", "public.trades"] {
-            assert!(SqlIdent::parse(good).is_ok(), "{good}");
-        }
-        for bad in ["", "1trades", "trades; drop table x", "tr\"ades", "a.b.c", "trades--", "t a", "é"] {
-            assert!(SqlIdent::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(SqlIdent::parse("public.trades").unwrap().quoted(), "\"public\".\"trades\"");
-    }
-
-    #[test]
-    fn defaults_match_the_incident_schema() {
-        let config = resolve_with(Overrides::default(), "").unwrap();
-        assert_eq!(config.poll_interval, Duration::from_secs(30));
-        assert_eq!(config.stuck_after, Duration::from_secs(300));
-        assert_eq!(config.coinbase.api_url, "https://api.coinbase.com");
-        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(config.trades, TradesSchema::default());
-        assert_eq!(config.trades.words.pending, "pending");
-        assert!(config.database_url.is_none());
-    }
-
-    #[test]
-    fn overrides_beat_the_file_and_the_file_beats_defaults() {
-        let over = Overrides::default().with("poll-interval", "10s");
-        let config = resolve_with(over, "poll_interval = \"1m\"\nstuck_after = \"15m\"").unwrap();
-        assert_eq!(config.poll_interval, Duration::from_secs(10));
-        assert_eq!(config.stuck_after, Duration::from_secs(900));
-    }
-
-    #[test]
-    fn every_bad_key_is_named_with_its_value_and_what_is_accepted() {
-        let over = Overrides::default().with("poll-interval", "soon").with("database-url", "mysql://x");
-        let result = resolve_with(over, "stuck_after = \"5 minutes\"\n[trades]\ntable = \"trades; drop\"");
-        let message = match &result {
-            Err(error) => error.to_string(),
-            Ok(_) => panic!("expected an error"),
-        };
-        assert!(message.contains("--poll-interval / ORDERSYNC_POLL_INTERVAL: invalid value \"soon\""), "{message}");
-        assert!(message.contains("e.g. 30s, 5m, 2h"), "{message}");
-        assert!(message.contains("stuck_after in test.toml"), "{message}");
-        assert!(message.contains("trades.table in test.toml"), "{message}");
-        assert!(message.contains("ORDERSYNC_DATABASE_URL"), "{message}");
-        assert_eq!(bad_keys(result).len(), 4);
-    }
-
-    #[test]
-    fn a_custom_schema_comes_from_the_file_alone() {
-        let file = r#"
-            [trades]
-            table = "bot.orders"
-            order_id = "exchange_order_id"
-            status = "state"
-            created_at = "placed_at"
-            filled_at = "done_at"
-            bot_id = ""
-            product_id = "symbol"
-            [trades.status_words]
-            pending = "OPEN"
-            completed = "DONE"
-        "#;
-        let trades = resolve_with(Overrides::default(), file).unwrap().trades;
-        assert_eq!(trades.table.as_str(), "bot.orders");
-        assert_eq!(trades.status.as_str(), "state");
-        assert_eq!(trades.bot_id, None);
-        assert_eq!(trades.product_id.as_ref().map(|c| (c.name.as_str(), c.explicit)), Some(("symbol", true)));
-        assert_eq!(trades.filled_size.as_ref().map(|c| c.explicit), Some(false));
-        assert_eq!((trades.words.pending.as_str(), trades.words.completed.as_str()), ("OPEN", "DONE"));
-        assert_eq!(trades.words.cancelled, "cancelled");
-    }
-
-    #[test]
-    fn two_statuses_cannot_share_a_word() {
-        let keys = bad_keys(resolve_with(Overrides::default(), "[trades.status_words]\ncompleted = \"pending\""));
-        assert_eq!(keys, vec!["trades.status_words in test.toml".to_string()]);
-    }
-
-    #[test]
-    fn email_is_off_without_a_host_and_needs_a_recipient_with_one() {
-        assert!(resolve_with(Overrides::default(), "").unwrap().email.is_none());
-        let file = "[email]\nsmtp_host = \"smtp.example.com\"\nto = [\"ops@example.com\", \"oncall@example.com\"]";
-        let email = resolve_with(Overrides::default(), file).unwrap().email.unwrap();
-        assert_eq!((email.port, email.tls, email.to.len()), (587, SmtpTls::StartTls, 2));
-        assert_eq!(email.from, "ordersync@smtp.example.com");
-        let keys = bad_keys(resolve_with(Overrides::default(), "[email]\nsmtp_host = \"smtp.example.com\""));
-        assert_eq!(keys, vec!["--email-to / ORDERSYNC_EMAIL_TO".to_string()]);
-        let over = Overrides::default().with("smtp-tls", "ssl").with("email-to", "not an address");
-        assert_eq!(bad_keys(resolve_with(over, "[email]\nsmtp_host = \"h\"")).len(), 2);
-    }
-
-    #[test]
-    fn unknown_file_keys_are_refused() {
-        let error = FileConfig::parse("pol_interval = \"5s\"", std::path::Path::new("x.toml")).unwrap_err();
-        assert!(error.to_string().contains("pol_interval"), "{error}");
-    }
-
-    /// No struct that derives `Debug` holds a secret in clear.
-    #[test]
-    fn the_debug_form_of_the_configuration_shows_no_secret() {
-        let over = Overrides::default()
-            .with("database-url", "postgres://bot:db-s3cret@db/trading")
-            .with("api-token", "api-token-s3cret-0123456789")
-            .with("coinbase-private-key", "key-s3cret")
-            .with("smtp-password", "smtp-s3cret")
-            .with("smtp-host", "mail")
-            .with("email-to", "ops@example.com");
-        let config = resolve(&over, &FileConfig::default(), "test.toml", &System).unwrap();
-        let shown = format!("{over:?} {config:?}");
-        for secret in ["db-s3cret", "api-token-s3cret", "key-s3cret", "smtp-s3cret"] {
-            assert!(!shown.contains(secret), "{secret} in {shown}");
-        }
-    }
-
-    #[test]
-    fn short_api_tokens_are_refused_without_echoing_them_as_config() {
-        let over = Overrides::default().with("api-token", "short");
-        let result = resolve_with(over, "");
-        let message = result.as_ref().map(|_| ()).unwrap_err().to_string();
-        assert!(!message.contains("short"), "{message}");
-        assert_eq!(bad_keys(result), vec!["--api-token / ORDERSYNC_API_TOKEN".to_string()]);
-    }
-}
+mod tests;

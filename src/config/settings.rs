@@ -326,8 +326,8 @@ pub const SETTINGS: &[Setting] = &[
         .uses(Uses::SERVE | Uses::RECONCILE)
         .heading(CHECKING),
     value("", "", "not_found.after_checks")
-        .default("5 (when `[not_found]` is present)")
-        .help("the opt-in not-found policy (see below): counted 404s needed")
+        .default("5")
+        .help("the opt-in not-found policy, on when `[not_found]` is present (see below): counted 404s needed")
         .uses(Uses::WRITES),
     value("", "", "not_found.after").default("1h").help("... the first of them at least this long ago").uses(Uses::WRITES),
     value("", "", "not_found.write")
