@@ -170,13 +170,13 @@ pub fn compose(
     let (conflicts, pending): (Vec<&StuckOrder>, Vec<&StuckOrder>) = stuck.into_iter().partition(|o| o.conflict);
     let mut what = Vec::new();
     if !pending.is_empty() {
-        what.push(format!("{} orders stuck pending longer than {threshold}", pending.len()));
+        what.push(format!("{} stuck pending longer than {threshold}", counted(pending.len(), "order")));
     }
     if !conflicts.is_empty() {
-        what.push(format!("{} terminal conflicts", conflicts.len()));
+        what.push(counted(conflicts.len(), "terminal conflict"));
     }
     if !written_off.is_empty() {
-        what.push(format!("{} orders Coinbase never knew written off", written_off.len()));
+        what.push(format!("{} Coinbase never knew written off", counted(written_off.len(), "order")));
     }
     let subject = format!("{prefix}{} (bots: {})", what.join(", "), bots.join(", "));
     let mut body = String::new();
@@ -241,6 +241,15 @@ fn action_words(verdict: Option<&str>, error: Option<&str>) -> String {
         (Some(VerdictWord::Flagged), Some(error)) => format!("flagged for a human: {error}"),
         (Some(VerdictWord::Unresolved), Some(error)) => format!("{error}; left pending, asked again"),
         _ => format!("{word}; left pending"),
+    }
+}
+
+/// `1 order`, `3 orders`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -542,7 +551,7 @@ mod tests {
         let (subject, body) = compose(MailKind::Opened, &orders, Duration::from_secs(300), Some(at(0)), at(5));
         assert_eq!(
             subject,
-            "[ordersync] 1 orders stuck pending longer than 5m, 1 terminal conflicts (bots: alpha, gamma)"
+            "[ordersync] 1 order stuck pending longer than 5m, 1 terminal conflict (bots: alpha, gamma)"
         );
         let conflict = body.find("order-c").unwrap();
         assert!(body.contains("TERMINAL CONFLICTS") && body.contains("row cancelled / Coinbase FILLED"), "{body}");
@@ -562,7 +571,7 @@ mod tests {
             action: "written off as failed by the not-found policy: 404 at 10:00, 10:30, 11:00".into(),
         }];
         let (subject, body) = compose(MailKind::Opened, &orders, Duration::from_secs(300), Some(at(0)), at(5));
-        assert_eq!(subject, "[ordersync] 1 orders Coinbase never knew written off (bots: delta)");
+        assert_eq!(subject, "[ordersync] 1 order Coinbase never knew written off (bots: delta)");
         assert!(body.contains("WRITTEN OFF") && body.contains("order-w") && body.contains("404 at 10:00"), "{body}");
         assert!(!body.contains("stuck pending"), "not listed as stuck: {body}");
     }

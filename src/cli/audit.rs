@@ -90,10 +90,12 @@ pub(super) async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -
         }
         let _ = writeln!(
             out,
-            "{} pending orders checked, {} mismatches, {} younger than the grace period not checked",
+            "{} pending orders checked, {} mismatches, {} younger than the grace period not checked, {} unresolved \
+             ones waiting on their backoff not asked again yet",
             report.checked.len(),
             report.mismatches(),
-            report.too_young
+            report.too_young,
+            report.deferred
         );
         if !conflicts.is_empty() {
             let _ = writeln!(
@@ -114,7 +116,7 @@ pub(super) async fn audit(config: &Config, json: bool, fail_on_mismatch: bool) -
                 );
             }
         }
-        let _ = writeln!(out, "{} terminal conflicts", conflicts.len());
+        let _ = writeln!(out, "terminal conflicts: {}", conflicts.len());
         if !report.unmatched.is_empty() {
             let _ = writeln!(
                 out,

@@ -129,13 +129,15 @@ pub(super) fn print_summary(report: &PassReport, dry_run: bool) {
     let changed = report.count(if dry_run { CheckResult::WouldCorrect } else { CheckResult::Corrected });
     let _ = writeln!(
         out,
-        "{} checked, {} mismatches, {} {}, {} unresolved, {} left alone by the grace period{}",
+        "{} checked, {} mismatches, {} {}, {} unresolved, {} left alone by the grace period, {} waiting on their \
+         backoff{}",
         report.checked.len(),
         report.mismatches(),
         changed,
         if dry_run { "would be corrected (dry run: nothing written)" } else { "corrected" },
         report.checked.iter().filter(|c| matches!(c.verdict, VerdictWord::Unresolved | VerdictWord::Flagged)).count(),
         report.too_young,
+        report.deferred,
         if report.interrupted { ", interrupted" } else { "" },
     );
 }

@@ -24,6 +24,17 @@ pub(super) async fn serve(config: &Config, given: &Given, no_migrate: bool) -> a
         accounts = config.accounts.len(),
         "ordersync started"
     );
+    // An API moved elsewhere (a proxy, a test exchange) with the user channel still on Coinbase is rarely meant.
+    if config.coinbase.websocket
+        && config.coinbase.api_url != config::DEFAULT_COINBASE_API_URL
+        && config.coinbase.ws_url == crate::exchange::ws::DEFAULT_USER_WS_URL
+    {
+        tracing::warn!(
+            exchange = %config.coinbase.api_url,
+            websocket = %config.coinbase.ws_url,
+            "the REST API is not Coinbase's but the user channel is: set --coinbase-ws-url too, or --websocket=off"
+        );
+    }
     app.run(token).await.map_err(app_error)
 }
 

@@ -226,11 +226,25 @@ impl CoinbaseClient {
     }
 }
 
-/// reqwest's message without the URL (which would repeat every order id).
+/// reqwest's message with its causes (connection refused, a DNS failure, a TLS error) and the host it was
+/// sent to, without the whole URL (which would repeat every order id).
 fn without_url(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
+    let strip = |text: String| match error.url() {
+        Some(url) => text.replace(&format!(" ({url})"), "").replace(url.as_str(), "<url>"),
+        None => text,
+    };
+    let mut text = strip(error.to_string());
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        let said = strip(inner.to_string());
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = inner.source();
+    }
     if let Some(url) = error.url() {
-        text = text.replace(&format!(" ({url})"), "").replace(url.as_str(), "<url>");
+        let port = url.port().map(|port| format!(":{port}")).unwrap_or_default();
+        text = format!("{text} (to {}://{}{port})", url.scheme(), url.host_str().unwrap_or(""));
     }
     text
 }
@@ -429,5 +443,23 @@ mod tests {
         assert!(policy.backoff(0, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
         let capped = policy.backoff(0, Some(Duration::from_secs(3600)));
         assert!(capped >= RETRY_AFTER_CAP && capped < RETRY_AFTER_CAP + Duration::from_secs(1), "{capped:?}");
+    }
+
+    /// An exchange that cannot be reached says why and where: the cause (connection refused) and the host,
+    /// not the whole URL with its order ids.
+    #[tokio::test]
+    async fn a_transport_failure_names_its_cause_and_the_host() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let key = crate::exchange::auth::CdpKey::generate("organizations/test/apiKeys/test");
+        let metrics = crate::metrics::Metrics::standalone(Duration::from_secs(300));
+        let client = CoinbaseClient::new(&format!("http://{addr}"), key, NonZeroU32::MIN, metrics)
+            .unwrap()
+            .with_retry(RetryPolicy { max_retries: 0, ..RetryPolicy::default() });
+        let id = OrderId::parse("0000000a-0000-4000-8000-000000000001").unwrap();
+        let Err(ExchangeError::Transient(why)) = client.order(&id).await else { panic!("a transient error") };
+        assert!(why.to_lowercase().contains("connection refused"), "{why}");
+        assert!(why.contains(&format!("(to http://{addr})")) && !why.contains(id.as_str()), "{why}");
     }
 }

@@ -557,7 +557,7 @@ async fn audit_lists_terminal_conflicts_and_fails_on_them(backend: Backend) {
     let audit = run(setup.command().args(["audit", "--fail-on-mismatch"])).await;
     assert_eq!(audit.code, 3, "{}{}", audit.stdout, audit.stderr);
     assert!(audit.stdout.contains("TERMINAL CONFLICTS") && audit.stdout.contains(order_id), "{}", audit.stdout);
-    assert!(audit.stdout.contains("1 terminal conflicts"), "{}", audit.stdout);
+    assert!(audit.stdout.contains("terminal conflicts: 1"), "{}", audit.stdout);
     let json = run(setup.command().args(["audit", "--json"])).await;
     assert_eq!(json.code, 0, "without --fail-on-mismatch");
     let audited: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();

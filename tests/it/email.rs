@@ -115,7 +115,7 @@ async fn one_mail_per_incident_listing_the_stuck_orders_then_a_resolved_mail() {
     let mails = smtp.mails();
     assert_eq!(mails.len(), 1, "one mail per incident, not one per check");
     let (subject, body) = &mails[0];
-    assert_eq!(subject, "[ordersync] 1 orders stuck pending longer than 1m (bots: alpha)");
+    assert_eq!(subject, "[ordersync] 1 order stuck pending longer than 1m (bots: alpha)");
     assert!(body.contains(&stuck) && body.contains("alpha") && body.contains("AVNT-USD"), "{body}");
     assert!(body.contains("does not know this order (404)"), "what ordersync did: {body}");
     let line = body.lines().find(|l| l.contains(&stuck)).unwrap();
